@@ -1,0 +1,169 @@
+//! The validated configuration (SPEC §2): what every other module reads.
+//!
+//! Loading goes raw TOML (`config/raw.rs`, serde mirror with
+//! `deny_unknown_fields` and spans) → validation (`config/validate.rs`) →
+//! these types, whose invariants the rest of the gateway relies on: every
+//! tenant names a known plan, hosts are unique and lower-case, budgets of
+//! plans with API access are non-zero and endpoint budgets fit the total.
+//! Errors carry `PATH:LINE:COL`.
+
+mod plans;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::endpoint::Endpoint;
+
+pub use plans::builtin_plans;
+
+/// A config that could not be loaded, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file at fault.
+    pub path: PathBuf,
+    /// 1-based line (0 when the error has no position, e.g. an unreadable file).
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// What is wrong, naming the offending key or name.
+    pub msg: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.path.display(), self.line.max(1), self.col.max(1), self.msg)
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The main config file this was loaded from.
+    pub path: PathBuf,
+    /// Every file read (main file + tenant files), for the reload watcher.
+    pub files: Vec<PathBuf>,
+    /// `tenants_dir`, resolved relative to the main file's directory.
+    pub tenants_dir: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub limiter: LimiterConfig,
+    /// Effective plans: built-ins, replaced or extended by the config.
+    pub plans: BTreeMap<String, Arc<Plan>>,
+    /// Tenants in file order (main file first, then `tenants_dir` sorted by file name).
+    pub tenants: Vec<Arc<Tenant>>,
+    pub webhooks: Option<WebhooksConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub require_https: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `http://` or `https://` with an authority; path is ignored except `/`.
+    pub url: http::Uri,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis { url: String },
+    RedisCluster { urls: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    FailOpen,
+    FailClosed,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimiterConfig {
+    pub store: StoreKind,
+    pub on_store_error: OnStoreError,
+    pub store_timeout: Duration,
+    pub key_prefix: String,
+    pub charge_invalid: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    pub listen: SocketAddr,
+    pub max_postpone: Duration,
+    pub retry_schedule: Vec<Duration>,
+    pub delivery_timeout: Duration,
+    pub alert_url: Option<String>,
+}
+
+/// Per-endpoint budgets, indexed by [`Endpoint::index`] (`None`: no endpoint budget).
+pub type EndpointBudgets = [Option<u32>; Endpoint::CLASSIFIED];
+
+/// A plan: the helpdesk's published limits, or the config's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    pub api_access: bool,
+    /// Account budget per window (0 only when `api_access` is false).
+    pub per_minute: u32,
+    pub endpoints: EndpointBudgets,
+    pub window_seconds: u32,
+}
+
+/// A tenant with its effective budget (plan merged with the tenant's overrides).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub name: Arc<str>,
+    /// Canonical host, lower-case, no port, no trailing dot.
+    pub domain: String,
+    pub vanity_hosts: Vec<String>,
+    pub plan: String,
+    pub api_access: bool,
+    /// Effective account budget per window.
+    pub per_minute: u32,
+    /// Effective endpoint budgets.
+    pub endpoints: EndpointBudgets,
+    pub window_seconds: u32,
+    pub shadow: bool,
+}
+
+impl Config {
+    /// Loads and validates the config at `path` (and its `tenants_dir`).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        validate::load(path)
+    }
+
+    /// A tenant by name.
+    pub fn tenant(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.iter().find(|t| &*t.name == name)
+    }
+}
