@@ -5,4 +5,5 @@ pub mod body;
 pub mod checks;
 pub mod config;
 pub mod endpoint;
+pub mod limiter;
 pub mod reject;

@@ -1,0 +1,1 @@
+//! STUB (replaced by the pure-steps branch).

@@ -1,0 +1,109 @@
+//! In-process store for one replica (SPEC §4 `memory`).
+//!
+//! One `std::sync::Mutex` per tenant: the critical section is a few array
+//! updates and never spans an `.await`, so a blocking mutex is cheaper than
+//! tokio's and cannot deadlock the runtime. The map itself sits behind an
+//! `RwLock` that is written only when a tenant is seen for the first time,
+//! so it survives config reloads and keeps consumed budgets (SPEC §2).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::time::Instant;
+
+use super::window::Window;
+use super::store::{Store, StoreError};
+use super::{Ask, Decision, Policy, PolicyState};
+use crate::endpoint::Endpoint;
+
+/// Windows of one tenant: the account and, lazily, each endpoint class.
+#[derive(Debug)]
+struct TenantWindows {
+    account: Window,
+    endpoints: [Option<Box<Window>>; Endpoint::CLASSIFIED],
+}
+
+/// The memory store. Time is `tokio::time::Instant`, so tests can pause it.
+#[derive(Debug)]
+pub struct MemoryStore {
+    epoch: Instant,
+    tenants: RwLock<HashMap<Arc<str>, Arc<Mutex<TenantWindows>>>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore { epoch: Instant::now(), tenants: RwLock::new(HashMap::new()) }
+    }
+
+    fn now_us(&self) -> u64 {
+        // Offset by one window of the longest kind so slot arithmetic never starts at 0.
+        self.epoch.elapsed().as_micros() as u64 + 3_600_000_000
+    }
+
+    fn tenant(&self, ask: &Ask<'_>) -> Arc<Mutex<TenantWindows>> {
+        // Poisoning only follows a panic inside the tiny critical sections below,
+        // which do no I/O; recovering the data is safe.
+        if let Some(t) = self.tenants.read().unwrap_or_else(|e| e.into_inner()).get(ask.tenant) {
+            return t.clone();
+        }
+        let mut map = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(Arc::from(ask.tenant))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(TenantWindows {
+                    account: Window::new(ask.account.window_s),
+                    endpoints: Default::default(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Decides synchronously (also used by the benchmarks).
+    pub fn acquire_now(&self, ask: &Ask<'_>) -> Decision {
+        let now = self.now_us();
+        let tenant = self.tenant(ask);
+        let mut guard = tenant.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut *guard;
+        refit(&mut t.account, ask.account);
+        let mut endpoint = ask.endpoint.map(|(e, p)| {
+            let slot = &mut t.endpoints[e.index().unwrap_or(0)];
+            let w = slot.get_or_insert_with(|| Box::new(Window::new(p.window_s)));
+            refit(w, p);
+            (w, p)
+        });
+        let av = t.account.judge(now, ask.account.quota, ask.cost);
+        let ev = endpoint.as_mut().map(|(w, p)| w.judge(now, p.quota, ask.cost));
+        let allowed = av.fits && ev.is_none_or(|v| v.fits);
+        if allowed && ask.cost > 0 {
+            t.account.charge(now, ask.cost);
+            if let Some((w, _)) = endpoint.as_mut() {
+                w.charge(now, ask.cost);
+            }
+        }
+        let account = PolicyState::new(ask.account, &av, allowed, ask.cost, t.account.reset_us(now));
+        let endpoint = endpoint.zip(ev).map(|((w, p), v)| {
+            let reset = w.reset_us(now);
+            PolicyState::new(p, &v, allowed, ask.cost, reset)
+        });
+        Decision { allowed, cost: ask.cost, account, endpoint, degraded: false }
+    }
+}
+
+/// A reload may change a policy's window length; slots of another width
+/// cannot be reinterpreted, so the window restarts empty (quota changes keep counts).
+fn refit(w: &mut Window, p: Policy) {
+    if w.slot_width_us() != super::window::slot_us(p.window_s) {
+        *w = Window::new(p.window_s);
+    }
+}
+
+impl Store for MemoryStore {
+    async fn acquire(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
+        Ok(self.acquire_now(ask))
+    }
+}

@@ -1,0 +1,228 @@
+//! The rolling window shared by every store (SPEC §3.2): a ring of
+//! `SLOTS + 1` per-slot counters over one window.
+//!
+//! Why this shape: an exact sliding log needs one entry per admitted call, so
+//! its memory grows with the budget (2,000 timestamps for an Enterprise add-on).
+//! Counting per slot bounds memory at `SLOTS + 1` counters whatever the
+//! budget. To stay exact for ANY interval of `window` we count every slot that
+//! the window `(now - window, now]` touches, including the oldest one in full,
+//! i.e. the `SLOTS + 1` slots `now_slot - SLOTS ..= now_slot`. Proof sketch: for
+//! an interval `[a, a + window)`, every call admitted in it lies in slots
+//! `slot(a) ..= slot(t)` where `t` is the time of its last admission, and
+//! `slot(t) - SLOTS <= slot(a)`; that admission saw all of them and fit the
+//! quota. The price is the oldest slot counted whole: under sustained demand
+//! the quota spreads over `SLOTS + 1` slots, so at least `SLOTS / (SLOTS + 1)`
+//! = 99.2 % of the budget is used per window.
+//!
+//! `redis/window.lua` implements the same arithmetic against Redis `TIME`;
+//! the table tests here pin the numbers both must produce.
+
+/// Slots per window. 120 gives 0.5 s slots for a 60 s window and ≥ 99 % use.
+pub const SLOTS: u64 = 120;
+/// Ring length: the slots one window can touch.
+pub const RING: usize = SLOTS as usize + 1;
+
+/// Width of one slot in microseconds for a window of `window_s` seconds,
+/// rounded up so that `SLOTS` slots always cover the whole window.
+pub const fn slot_us(window_s: u32) -> u64 {
+    (window_s as u64 * 1_000_000).div_ceil(SLOTS)
+}
+
+/// One policy's counters.
+#[derive(Debug, Clone)]
+pub struct Window {
+    slot_us: u64,
+    /// Sum of `counts` (what the window holds now, after `evict`).
+    total: u64,
+    /// Absolute index of the oldest slot that may still hold calls.
+    oldest: u64,
+    counts: [u32; RING],
+}
+
+/// What one policy says about a call of some cost at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// The call fits what is left.
+    pub fits: bool,
+    /// Credits left now, before any charge.
+    pub left: u64,
+    /// Microseconds until enough leaves the window for the call to fit
+    /// (0 when it fits; `u64::MAX` when the cost exceeds the quota itself).
+    pub retry_us: u64,
+    /// Microseconds until anything held now leaves the window (0 if empty).
+    pub reset_us: u64,
+}
+
+impl Window {
+    /// An empty window of `window_s` seconds.
+    pub fn new(window_s: u32) -> Window {
+        Window { slot_us: slot_us(window_s), total: 0, oldest: 0, counts: [0; RING] }
+    }
+
+    /// Slot width in µs (changes only when the window length is reconfigured).
+    pub fn slot_width_us(&self) -> u64 {
+        self.slot_us
+    }
+
+    /// Drops the slots that no longer touch the window ending at `now_us`.
+    fn evict(&mut self, now_slot: u64) {
+        let live_from = now_slot.saturating_sub(SLOTS);
+        if live_from <= self.oldest {
+            return;
+        }
+        if live_from - self.oldest >= RING as u64 {
+            self.counts = [0; RING];
+            self.total = 0;
+        } else {
+            for s in self.oldest..live_from {
+                let c = &mut self.counts[(s % RING as u64) as usize];
+                self.total -= u64::from(*c);
+                *c = 0;
+            }
+        }
+        self.oldest = live_from;
+    }
+
+    /// Judges a call of `cost` against `quota` at `now_us`, without charging.
+    pub fn judge(&mut self, now_us: u64, quota: u32, cost: u32) -> Verdict {
+        let now_slot = now_us / self.slot_us;
+        self.evict(now_slot);
+        let quota = u64::from(quota);
+        let cost = u64::from(cost);
+        let reset_us = self.first_exit_after(now_us, now_slot, |_| true);
+        if self.total + cost <= quota {
+            return Verdict { fits: true, left: quota - self.total, retry_us: 0, reset_us };
+        }
+        let left = quota.saturating_sub(self.total);
+        if cost > quota {
+            return Verdict { fits: false, left, retry_us: u64::MAX, reset_us };
+        }
+        // Walk from the oldest slot, freeing as slots leave, until the call fits.
+        let need = self.total + cost - quota;
+        let mut freed = 0u64;
+        let retry_us = self.first_exit_after(now_us, now_slot, |c| {
+            freed += u64::from(c);
+            freed >= need
+        });
+        Verdict { fits: false, left, retry_us, reset_us }
+    }
+
+    /// Time until the first non-empty slot for which `stop` says yes leaves the window.
+    fn first_exit_after(&self, now_us: u64, now_slot: u64, mut stop: impl FnMut(u32) -> bool) -> u64 {
+        for s in self.oldest..=now_slot {
+            let c = self.counts[(s % RING as u64) as usize];
+            if c > 0 && stop(c) {
+                // Slot `s` stops being counted once `now_slot - SLOTS > s`.
+                return (s + SLOTS + 1) * self.slot_us - now_us;
+            }
+        }
+        0
+    }
+
+    /// Charges `cost` at `now_us` (call after a fitting `judge` at the same instant).
+    pub fn charge(&mut self, now_us: u64, cost: u32) {
+        let now_slot = now_us / self.slot_us;
+        self.evict(now_slot);
+        let c = &mut self.counts[(now_slot % RING as u64) as usize];
+        *c = c.saturating_add(cost);
+        self.total += u64::from(cost);
+    }
+
+    /// Microseconds until anything held now leaves the window (0 if empty).
+    pub fn reset_us(&mut self, now_us: u64) -> u64 {
+        let now_slot = now_us / self.slot_us;
+        self.evict(now_slot);
+        self.first_exit_after(now_us, now_slot, |_| true)
+    }
+
+    /// What the window holds now.
+    pub fn used(&mut self, now_us: u64) -> u64 {
+        self.evict(now_us / self.slot_us);
+        self.total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000;
+
+    #[test]
+    fn a_full_window_admits_exactly_the_quota() {
+        let mut w = Window::new(60);
+        let mut admitted = 0;
+        for _ in 0..100 {
+            let v = w.judge(5 * S, 50, 1);
+            if v.fits {
+                w.charge(5 * S, 1);
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 50);
+    }
+
+    #[test]
+    fn retry_is_when_the_oldest_slot_leaves_and_never_early() {
+        let mut w = Window::new(60);
+        w.charge(10 * S, 3); // slot 20 (0.5 s slots)
+        w.charge(20 * S, 2); // slot 40
+        let v = w.judge(30 * S, 5, 1);
+        assert!(!v.fits);
+        // slot 20 leaves when now_slot > 140, i.e. at 70.5 s.
+        assert_eq!(v.retry_us, 70_500_000 - 30 * S);
+        let just_before = 30 * S + v.retry_us - 1;
+        assert!(!w.judge(just_before, 5, 1).fits);
+        assert!(w.judge(30 * S + v.retry_us, 5, 1).fits);
+    }
+
+    #[test]
+    fn a_costlier_call_waits_for_more_slots() {
+        let mut w = Window::new(60);
+        w.charge(10 * S, 3);
+        w.charge(20 * S, 2);
+        let v = w.judge(30 * S, 5, 4);
+        assert_eq!(v.retry_us, 80_500_000 - 30 * S);
+    }
+
+    #[test]
+    fn no_interval_of_one_window_exceeds_the_quota() {
+        // Greedy demand every 100 ms for 5 windows; then check every interval.
+        let mut w = Window::new(10);
+        let quota = 37;
+        let mut log = Vec::new();
+        let mut t = 0;
+        while t < 50 * S {
+            for _ in 0..3 {
+                if w.judge(t, quota, 1).fits {
+                    w.charge(t, 1);
+                    log.push(t);
+                }
+            }
+            t += 100_000;
+        }
+        for (i, &start) in log.iter().enumerate() {
+            let n = log[i..].iter().take_while(|&&x| x < start + 10 * S).count();
+            assert!(n <= quota as usize, "{n} calls in the window starting at {start}");
+        }
+        // Sustained demand uses at least 99 % of the budget.
+        let used_last_windows = log.iter().filter(|&&x| x >= 10 * S).count() as f64;
+        assert!(used_last_windows >= 0.99 * 4.0 * quota as f64 - 1.0, "{used_last_windows}");
+    }
+
+    #[test]
+    fn a_cost_above_the_quota_never_fits() {
+        let mut w = Window::new(60);
+        let v = w.judge(0, 5, 7);
+        assert!(!v.fits);
+        assert_eq!(v.retry_us, u64::MAX);
+    }
+
+    #[test]
+    fn an_idle_window_forgets_everything() {
+        let mut w = Window::new(60);
+        w.charge(S, 50);
+        assert_eq!(w.used(S + 61 * S), 0);
+        assert_eq!(w.judge(10_000 * S, 50, 50).left, 50);
+    }
+}
