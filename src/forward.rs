@@ -1,0 +1,254 @@
+//! Step 10 (SPEC §3.5): send the call upstream over a pooled keep-alive
+//! client and stream the answer back.
+//!
+//! Bodies are never buffered: the downstream `Incoming` becomes the upstream
+//! request body and the upstream `Incoming` becomes the downstream response
+//! body. Hop-by-hop headers are dropped both ways (RFC 9110 §7.6.1: "a proxy
+//! or gateway MUST parse a received Connection header field before a message
+//! is forwarded and, for each connection-option in this field, remove any
+//! header or trailer field(s) from the message with the same name ..., and
+//! then remove the Connection header field itself").
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{BoxError, Body};
+use crate::config::UpstreamConfig;
+use crate::reject::Reject;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Why the upstream exchange failed; the `kind` label of
+/// `deskgate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Timeout,
+    /// The downstream body outgrew `max_body_bytes` while streaming.
+    BodyTooLarge,
+    /// Anything else: reset, malformed response, ...
+    Protocol,
+}
+
+impl UpstreamError {
+    pub fn kind(self) -> &'static str {
+        match self {
+            UpstreamError::Connect => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::BodyTooLarge => "body_too_large",
+            UpstreamError::Protocol => "protocol",
+        }
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The upstream: where calls go and the pooled client that takes them.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    timeout: Duration,
+}
+
+/// What `send` needs to know about the downstream call.
+pub struct Forwarding<'a> {
+    pub peer: SocketAddr,
+    /// The call arrived over TLS (or from a trusted proxy that says so).
+    pub https: bool,
+    /// Whether the peer's own X-Forwarded-* headers are believed.
+    pub peer_trusted: bool,
+    /// The normalised host the call was resolved by (sent upstream as `Host`).
+    pub host: &'a str,
+    /// The path to send (normalised for API calls), without query.
+    pub path: &'a str,
+    pub request_id: &'a HeaderValue,
+    pub max_body_bytes: u64,
+}
+
+impl Upstream {
+    /// Builds the pooled client. Fails on an unreadable `ca_file`.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = crate::tls::upstream_client_config(cfg.ca_file.as_deref())?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = cfg.url.authority().cloned().ok_or_else(|| "upstream url has no host".to_owned())?;
+        Ok(Upstream { client, scheme, authority, timeout: cfg.timeout })
+    }
+
+    /// Sends `req` upstream and returns its response, streaming.
+    pub async fn send(&self, f: &Forwarding<'_>, req: Request<Incoming>) -> Result<Response<Body>, UpstreamError> {
+        let (mut parts, incoming) = req.into_parts();
+        let pq = match parts.uri.query() {
+            Some(q) => {
+                let mut s = String::with_capacity(f.path.len() + 1 + q.len());
+                s.push_str(f.path);
+                s.push('?');
+                s.push_str(q);
+                PathAndQuery::try_from(s)
+            }
+            None => PathAndQuery::try_from(f.path),
+        }
+        .map_err(|_| UpstreamError::Protocol)?;
+        parts.uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| UpstreamError::Protocol)?;
+        // Whatever the downstream spoke (h2 included), the pool speaks HTTP/1.1.
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        set_forwarded(&mut parts.headers, f);
+
+        let body: Body = Limited::new(incoming, usize::try_from(f.max_body_bytes).unwrap_or(usize::MAX))
+            .map_err(BoxError::from)
+            .boxed();
+        let req = Request::from_parts(parts, body);
+        let rsp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Err(e)) => return Err(classify_error(&e)),
+            Ok(Ok(rsp)) => rsp,
+        };
+        let (mut parts, incoming) = rsp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, incoming.map_err(BoxError::from).boxed()))
+    }
+}
+
+fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
+    if e.is_connect() {
+        return UpstreamError::Connect;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return UpstreamError::BodyTooLarge;
+        }
+        source = s.source();
+    }
+    UpstreamError::Protocol
+}
+
+/// Maps an upstream failure to the refusal the downstream sees.
+pub fn reject_for(e: UpstreamError, timeout: Duration, max_body_bytes: u64) -> Reject {
+    match e {
+        UpstreamError::Timeout => Reject::GatewayTimeout { timeout_ms: timeout.as_millis() as u64 },
+        UpstreamError::BodyTooLarge => Reject::PayloadTooLarge { limit: max_body_bytes },
+        UpstreamError::Connect | UpstreamError::Protocol => Reject::BadGateway,
+    }
+}
+
+impl Upstream {
+    /// The configured response-headers timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// The hop-by-hop fields of RFC 9110 §7.6.1 plus the legacy ones proxies drop.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop fields, including those the `Connection` header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+fn set_forwarded(h: &mut HeaderMap, f: &Forwarding<'_>) {
+    let ip = f.peer.ip().to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        // Only a trusted proxy's chain is kept; anyone else's is replaced.
+        Some(prev) if f.peer_trusted => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.https { "https" } else { "http" }));
+    if let Ok(v) = HeaderValue::from_str(f.host) {
+        if !(f.peer_trusted && h.contains_key(&X_FORWARDED_HOST)) {
+            h.insert(X_FORWARDED_HOST.clone(), v.clone());
+        }
+        // The resolved host is the tenant the budget was charged to; the
+        // upstream must see the same one (absolute-form and :authority included).
+        h.insert(header::HOST, v);
+    }
+    h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
+}
+
+/// A body-less response for tests and the demo.
+pub fn bytes_body(b: &'static [u8]) -> Body {
+    crate::body::full(Bytes::from_static(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_fields_and_hop_by_hop_fields_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret-Hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,104 @@
+//! Decision → response headers (SPEC §3.3): `X-RateLimit-*`, the IETF
+//! `RateLimit-Policy` / `RateLimit` pair, and `Retry-After` on a 429.
+
+use std::fmt::Write as _;
+
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::HeaderMap;
+
+use crate::limiter::{Decision, PolicyState};
+
+pub static X_RATELIMIT_TOTAL: HeaderName = HeaderName::from_static("x-ratelimit-total");
+pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub static X_RATELIMIT_USED: HeaderName = HeaderName::from_static("x-ratelimit-used-currentrequest");
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Adds the rate-limit headers of `d` to a response (any status).
+pub fn render(d: &Decision, h: &mut HeaderMap) {
+    h.insert(X_RATELIMIT_TOTAL.clone(), HeaderValue::from(d.account.policy.quota));
+    h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(d.account.remaining));
+    h.insert(X_RATELIMIT_USED.clone(), HeaderValue::from(d.charged()));
+
+    let mut policy = String::with_capacity(64);
+    push_policy(&mut policy, &d.account);
+    if let Some(e) = &d.endpoint {
+        policy.push_str(", ");
+        push_policy(&mut policy, e);
+    }
+    if let Ok(v) = HeaderValue::try_from(policy) {
+        h.insert(RATELIMIT_POLICY.clone(), v);
+    }
+
+    let tight = d.tighter();
+    let mut rl = String::with_capacity(48);
+    let _ = write!(rl, "\"{}\";r={};t={}", tight.policy.name, tight.remaining, until_room_s(tight));
+    if let Ok(v) = HeaderValue::try_from(rl) {
+        h.insert(RATELIMIT.clone(), v);
+    }
+
+    if !d.allowed {
+        if let crate::reject::Reject::RateLimited { retry_after_s, .. } = d.reject() {
+            h.insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
+        }
+    }
+}
+
+fn push_policy(out: &mut String, p: &PolicyState) {
+    let _ = write!(out, "\"{}\";q={};w={}", p.policy.name, p.policy.quota, p.policy.window_s);
+}
+
+/// Seconds until the policy has room again: for a refusing policy, until the
+/// refused call would fit; otherwise until anything it holds frees up.
+fn until_room_s(p: &PolicyState) -> u64 {
+    match p.retry_ms {
+        Some(u64::MAX) => u64::from(p.policy.window_s),
+        Some(ms) => ms.div_ceil(1000),
+        None => p.reset_ms.div_ceil(1000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::Policy;
+
+    fn state(name: &'static str, quota: u32, remaining: u32, reset_ms: u64, retry_ms: Option<u64>) -> PolicyState {
+        PolicyState { policy: Policy { name, quota, window_s: 60 }, remaining, reset_ms, retry_ms }
+    }
+
+    #[test]
+    fn both_policies_are_named_and_the_tighter_one_is_reported() {
+        let d = Decision {
+            allowed: true,
+            cost: 1,
+            account: state("account", 400, 350, 30_000, None),
+            endpoint: Some(state("ticket_list", 100, 37, 11_200, None)),
+            degraded: false,
+        };
+        let mut h = HeaderMap::new();
+        render(&d, &mut h);
+        assert_eq!(h["x-ratelimit-total"], "400");
+        assert_eq!(h["x-ratelimit-remaining"], "350");
+        assert_eq!(h["x-ratelimit-used-currentrequest"], "1");
+        assert_eq!(h["ratelimit-policy"], "\"account\";q=400;w=60, \"ticket_list\";q=100;w=60");
+        assert_eq!(h["ratelimit"], "\"ticket_list\";r=37;t=12");
+        assert!(h.get("retry-after").is_none());
+    }
+
+    #[test]
+    fn a_refusal_costs_nothing_and_says_when_to_retry() {
+        let d = Decision {
+            allowed: false,
+            cost: 3,
+            account: state("account", 50, 1, 4_000, Some(9_001)),
+            endpoint: None,
+            degraded: false,
+        };
+        let mut h = HeaderMap::new();
+        render(&d, &mut h);
+        assert_eq!(h["x-ratelimit-used-currentrequest"], "0");
+        assert_eq!(h["retry-after"], "10");
+        assert_eq!(h["ratelimit"], "\"account\";r=1;t=10");
+    }
+}
