@@ -3,6 +3,5 @@
 
 pub mod body;
 pub mod checks;
-pub mod config;
 pub mod endpoint;
 pub mod reject;
