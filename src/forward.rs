@@ -218,7 +218,7 @@ fn set_forwarded(h: &mut HeaderMap, f: &Forwarding<'_>) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.https { "https" } else { "http" }));
-    if let Ok(v) = HeaderValue::from_str(f.host) {
+    if let Ok(v) = HeaderValue::from_str(f.host).map_err(|_| ()).and_then(|v| if f.host.is_empty() { Err(()) } else { Ok(v) }) {
         if !(f.peer_trusted && h.contains_key(&X_FORWARDED_HOST)) {
             h.insert(X_FORWARDED_HOST.clone(), v.clone());
         }

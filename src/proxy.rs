@@ -1,0 +1,259 @@
+//! One request, one straight line (SPEC §3): the ten steps in order, then a
+//! single exit that adds headers, counts and logs every outcome once.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+use hyper::body::{Body as _, Incoming};
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::config::{Config, Tenant};
+use crate::endpoint::{self, Endpoint};
+use crate::forward::{self, Forwarding, X_REQUEST_ID};
+use crate::limiter::{Ask, Decision};
+use crate::metrics::{DurationLabels, Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason};
+use crate::reject::Reject;
+use crate::state::{Shared, Snapshot};
+use crate::{checks, headers, tenant};
+
+/// What the server knows about the downstream connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The connection itself is TLS.
+    pub tls: bool,
+}
+
+/// What the single exit needs to know about one call.
+struct RequestCtx {
+    start: Instant,
+    request_id: HeaderValue,
+    /// `None` for portal (non-API) traffic, which is forwarded unpoliced.
+    api: bool,
+    tenant: Option<Arc<Tenant>>,
+    endpoint: Endpoint,
+    decision: Option<Decision>,
+    /// Time spent waiting for the upstream's response headers.
+    upstream: Option<Duration>,
+    reject: Option<&'static str>,
+}
+
+/// Serves one downstream request. Never fails: every refusal becomes a response.
+pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let snap = shared.snapshot.load_full();
+    let mut cx = RequestCtx {
+        start: Instant::now(),
+        request_id: request_id(&req),
+        api: false,
+        tenant: None,
+        endpoint: Endpoint::Other,
+        decision: None,
+        upstream: None,
+        reject: None,
+    };
+    let rsp = match police(&shared, &snap, conn, &mut cx, req).await {
+        Ok(rsp) => rsp,
+        Err(reject) => {
+            cx.reject = Some(reject.code());
+            reject.into_response()
+        }
+    };
+    Ok(finish(&shared, &cx, rsp))
+}
+
+/// Steps 1–10. Every `?` is a refusal that consumes nothing (but see `charge_invalid`).
+async fn police(
+    shared: &Shared,
+    snap: &Snapshot,
+    conn: ConnInfo,
+    cx: &mut RequestCtx,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Reject> {
+    let cfg = &*snap.config;
+    let path = endpoint::normalize_path(req.uri().path());
+    let is_api = match &path {
+        Ok(p) => endpoint::is_api(p),
+        // A path that cannot be normalised safely is refused only if it could
+        // be an API call; the portal gets it untouched.
+        Err(_) => req.uri().path().to_ascii_lowercase().contains("/api"),
+    };
+    let https = is_https(cfg, conn, &req);
+    let (parts, body) = req.into_parts();
+    let host = tenant::requested_host(&parts);
+    if !is_api {
+        let host = host.unwrap_or(Cow::Borrowed(""));
+        let fwd = forwarding(cfg, conn, https, &host, parts.uri.path(), &cx.request_id);
+        return send(shared, cx, &fwd, Request::from_parts(parts, body)).await;
+    }
+    cx.api = true;
+
+    let host = host?;
+    let tenant = tenant::resolve(snap, &host)?; // 1
+    cx.tenant = Some(tenant.clone());
+    if cfg.server.require_https && !https {
+        return Err(Reject::SslRequired); // 2
+    }
+    if !tenant.api_access {
+        return Err(Reject::RequireFeature { plan: tenant.plan.clone() }); // 3
+    }
+    let path = path?;
+    let body_present = checks::has_body(&parts.headers) || !body.is_end_stream();
+    let route = endpoint::classify(&parts.method, &path, parts.uri.query()); // 4
+    if let Ok(r) = &route {
+        cx.endpoint = r.endpoint;
+    }
+    let valid = route.clone().and_then(|_| {
+        checks::authorization(&parts.headers)?; // 5
+        checks::accept(&parts.headers)?; // 6
+        checks::content_type_given(&parts.headers, body_present)?; // 7
+        checks::content_length(&parts.headers, cfg.server.max_body_bytes) // 8
+    });
+    if let Err(reject) = valid {
+        if cfg.limiter.charge_invalid && reject.chargeable_as_invalid() {
+            // "Even invalid requests count": charge what fits, refuse as before.
+            let cost = route.as_ref().map_or(1, |r| r.cost);
+            if let Ok(d) = shared.limiter.acquire(&Ask::new(tenant, cx.endpoint, cost)).await {
+                cx.decision = Some(d);
+            }
+        }
+        return Err(reject);
+    }
+    let route = route?;
+
+    let store_start = Instant::now();
+    let decision = shared.limiter.acquire(&Ask::new(tenant, route.endpoint, route.cost)).await; // 9
+    shared.metrics.store_duration.observe(store_start.elapsed().as_secs_f64());
+    let decision = decision?;
+    cx.decision = Some(decision);
+    if !decision.allowed {
+        if !tenant.shadow {
+            return Err(decision.reject());
+        }
+        tracing::info!(tenant = %tenant.name, endpoint = route.endpoint.as_str(), request_id = ?cx.request_id, "shadow: would answer 429");
+    }
+
+    let fwd = forwarding(cfg, conn, https, &host, &route.path, &cx.request_id);
+    send(shared, cx, &fwd, Request::from_parts(parts, body)).await // 10
+}
+
+fn forwarding<'a>(
+    cfg: &Config,
+    conn: ConnInfo,
+    https: bool,
+    host: &'a str,
+    path: &'a str,
+    request_id: &'a HeaderValue,
+) -> Forwarding<'a> {
+    Forwarding {
+        peer: conn.peer,
+        https,
+        peer_trusted: is_trusted(cfg, conn.peer),
+        host,
+        path,
+        request_id,
+        max_body_bytes: cfg.server.max_body_bytes,
+    }
+}
+
+async fn send(shared: &Shared, cx: &mut RequestCtx, fwd: &Forwarding<'_>, req: Request<Incoming>) -> Result<Response<Body>, Reject> {
+    let start = Instant::now();
+    let result = shared.upstream.send(fwd, req).await;
+    let waited = start.elapsed();
+    cx.upstream = Some(waited);
+    shared.metrics.upstream_duration.observe(waited.as_secs_f64());
+    result.map_err(|e| {
+        shared.metrics.upstream_errors.get_or_create(&crate::metrics::KindLabel { kind: e.kind() }).inc();
+        forward::reject_for(e, shared.upstream.timeout(), fwd.max_body_bytes)
+    })
+}
+
+fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {
+    let ip = peer.ip().to_canonical();
+    cfg.server.trusted_proxies.iter().any(|net| net.contains(&ip))
+}
+
+/// Step 2's notion of HTTPS: TLS on this connection, or a trusted proxy's
+/// `X-Forwarded-Proto: https`.
+fn is_https(cfg: &Config, conn: ConnInfo, req: &Request<Incoming>) -> bool {
+    if conn.tls {
+        return true;
+    }
+    is_trusted(cfg, conn.peer)
+        && req
+            .headers()
+            .get(&forward::X_FORWARDED_PROTO)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
+/// The downstream's `X-Request-Id` if it sent a sane one, else a fresh one.
+fn request_id(req: &Request<Incoming>) -> HeaderValue {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 200 {
+            return v.clone();
+        }
+    }
+    let id: u128 = rand::random();
+    let mut buf = [0u8; 32];
+    hex(id, &mut buf);
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn hex(mut n: u128, out: &mut [u8; 32]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
+    }
+}
+
+/// The single exit: rate-limit headers, request id, metrics and one log line.
+fn finish(shared: &Shared, cx: &RequestCtx, mut rsp: Response<Body>) -> Response<Body> {
+    if let Some(d) = &cx.decision {
+        headers::render(d, rsp.headers_mut());
+    }
+    rsp.headers_mut().insert(X_REQUEST_ID.clone(), cx.request_id.clone());
+    if !cx.api {
+        return rsp;
+    }
+    let status = rsp.status().as_u16();
+    let endpoint = cx.endpoint.as_str();
+    let tenant = Name(cx.tenant.as_ref().map_or_else(|| Arc::from("unknown"), |t| t.name.clone()));
+    let m = &shared.metrics;
+    m.requests.get_or_create(&RequestLabels { tenant: tenant.clone(), endpoint, status }).inc();
+    let total = cx.start.elapsed();
+    m.request_duration.get_or_create(&DurationLabels { endpoint, kind: "total" }).observe(total.as_secs_f64());
+    let added = total.saturating_sub(cx.upstream.unwrap_or_default());
+    m.request_duration.get_or_create(&DurationLabels { endpoint, kind: "gateway" }).observe(added.as_secs_f64());
+    if let Some(d) = &cx.decision {
+        m.budget_remaining
+            .get_or_create(&TenantPolicy { tenant: tenant.clone(), policy: "account" })
+            .set(i64::from(d.account.remaining));
+        if let Some(e) = &d.endpoint {
+            m.budget_remaining
+                .get_or_create(&TenantPolicy { tenant: tenant.clone(), policy: e.policy.name })
+                .set(i64::from(e.remaining));
+        }
+    }
+    match cx.reject {
+        Some("rate_limit_exceeded") => {
+            m.rate_limited.get_or_create(&TenantEndpoint { tenant: tenant.clone(), endpoint }).inc();
+            tracing::info!(tenant = %tenant.0, endpoint, reason = "rate_limit_exceeded", status, request_id = ?cx.request_id, "refused");
+        }
+        Some(reason) => {
+            m.rejected.get_or_create(&TenantReason { tenant: tenant.clone(), reason }).inc();
+            tracing::info!(tenant = %tenant.0, endpoint, reason, status, request_id = ?cx.request_id, "refused");
+        }
+        None => {
+            tracing::debug!(tenant = %tenant.0, endpoint, status, request_id = ?cx.request_id, elapsed_us = total.as_micros() as u64, "served");
+        }
+    }
+    rsp
+}
