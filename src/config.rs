@@ -9,6 +9,7 @@
 
 mod plans;
 mod raw;
+mod summary;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,8 @@ use ipnet::IpNet;
 use crate::endpoint::Endpoint;
 
 pub use plans::builtin_plans;
+pub use summary::redact_url;
+pub use validate::normalize_host;
 
 /// A config that could not be loaded, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +42,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.path.display(), self.line.max(1), self.col.max(1), self.msg)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.line.max(1),
+            self.col.max(1),
+            self.msg
+        )
     }
 }
 

@@ -1,3 +1,67 @@
-//! STUB (replaced by the config branch).
+//! The helpdesk's published plans (SPEC §2): what a tenant gets when the
+//! config does not redefine its plan.
+
 use std::collections::BTreeMap;
-pub fn builtin_plans() -> BTreeMap<String, super::Plan> { BTreeMap::new() }
+
+use super::{EndpointBudgets, Plan};
+
+/// Default window of every built-in plan: per-minute budgets.
+pub(super) const DEFAULT_WINDOW_SECONDS: u32 = 60;
+
+/// The built-in plans by name. A `[plans.NAME]` table in the config replaces
+/// the plan of that name as a whole.
+pub fn builtin_plans() -> BTreeMap<String, Plan> {
+    // (name, api_access, per_minute, [ticket_create, ticket_update, ticket_list, contact_list])
+    const TABLE: [(&str, bool, u32, Option<[u32; 4]>); 8] = [
+        ("sprout", false, 0, None),
+        ("free", false, 0, None),
+        ("trial", true, 50, None),
+        ("growth", true, 200, Some([80, 80, 20, 20])),
+        ("pro", true, 400, Some([160, 160, 100, 100])),
+        ("enterprise", true, 700, Some([280, 280, 200, 200])),
+        ("enterprise_1000", true, 1000, Some([400, 400, 300, 300])),
+        ("enterprise_2000", true, 2000, Some([800, 800, 400, 400])),
+    ];
+    TABLE
+        .iter()
+        .map(|&(name, api_access, per_minute, endpoints)| {
+            let endpoints: EndpointBudgets = match endpoints {
+                Some(e) => e.map(Some),
+                None => [None; 4],
+            };
+            let plan = Plan {
+                name: name.to_owned(),
+                api_access,
+                per_minute,
+                endpoints,
+                window_seconds: DEFAULT_WINDOW_SECONDS,
+            };
+            (name.to_owned(), plan)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Endpoint;
+
+    #[test]
+    fn builtin_endpoint_budgets_fit_their_plan_totals() {
+        for plan in builtin_plans().values() {
+            assert_eq!(plan.api_access, plan.per_minute > 0, "{}", plan.name);
+            for b in plan.endpoints.iter().flatten() {
+                assert!(*b <= plan.per_minute, "{}", plan.name);
+            }
+        }
+    }
+
+    #[test]
+    fn pro_plan_has_the_published_budgets() {
+        let plans = builtin_plans();
+        let pro = &plans["pro"];
+        assert_eq!(pro.per_minute, 400);
+        let list = Endpoint::TicketList.index().map(|i| pro.endpoints[i]);
+        assert_eq!(list, Some(Some(100)));
+    }
+}
