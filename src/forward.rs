@@ -22,7 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{BoxError, Body};
+use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
 use crate::reject::Reject;
 
@@ -72,11 +72,12 @@ pub struct Forwarding<'a> {
     pub https: bool,
     /// Whether the peer's own X-Forwarded-* headers are believed.
     pub peer_trusted: bool,
-    /// The normalised host the call was resolved by (sent upstream as `Host`).
-    pub host: &'a str,
-    /// The path to send (normalised for API calls), without query.
-    pub path: &'a str,
-    pub request_id: &'a HeaderValue,
+    /// The tenant's canonical host the call was resolved by (sent upstream as
+    /// `Host`); `None` for portal traffic, whose `Host` passes untouched.
+    pub host: Option<&'a str>,
+    /// The normalised path, when it differs from the one received (no query).
+    pub path: Option<&'a str>,
+    pub request_id: HeaderValue,
     pub max_body_bytes: u64,
 }
 
@@ -101,22 +102,36 @@ impl Upstream {
             .pool_max_idle_per_host(1024)
             .build(connector);
         let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP);
-        let authority = cfg.url.authority().cloned().ok_or_else(|| "upstream url has no host".to_owned())?;
-        Ok(Upstream { client, scheme, authority, timeout: cfg.timeout })
+        let authority = cfg
+            .url
+            .authority()
+            .cloned()
+            .ok_or_else(|| "upstream url has no host".to_owned())?;
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            timeout: cfg.timeout,
+        })
     }
 
     /// Sends `req` upstream and returns its response, streaming.
-    pub async fn send(&self, f: &Forwarding<'_>, req: Request<Incoming>) -> Result<Response<Body>, UpstreamError> {
+    pub async fn send(
+        &self,
+        f: &Forwarding<'_>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, UpstreamError> {
         let (mut parts, incoming) = req.into_parts();
+        let path = f.path.unwrap_or(parts.uri.path());
         let pq = match parts.uri.query() {
             Some(q) => {
-                let mut s = String::with_capacity(f.path.len() + 1 + q.len());
-                s.push_str(f.path);
+                let mut s = String::with_capacity(path.len() + 1 + q.len());
+                s.push_str(path);
                 s.push('?');
                 s.push_str(q);
                 PathAndQuery::try_from(s)
             }
-            None => PathAndQuery::try_from(f.path),
+            None => PathAndQuery::try_from(path),
         }
         .map_err(|_| UpstreamError::Protocol)?;
         parts.uri = Uri::builder()
@@ -130,9 +145,12 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         set_forwarded(&mut parts.headers, f);
 
-        let body: Body = Limited::new(incoming, usize::try_from(f.max_body_bytes).unwrap_or(usize::MAX))
-            .map_err(BoxError::from)
-            .boxed();
+        let body: Body = Limited::new(
+            incoming,
+            usize::try_from(f.max_body_bytes).unwrap_or(usize::MAX),
+        )
+        .map_err(BoxError::from)
+        .boxed();
         let req = Request::from_parts(parts, body);
         let rsp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout),
@@ -141,7 +159,10 @@ impl Upstream {
         };
         let (mut parts, incoming) = rsp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, incoming.map_err(BoxError::from).boxed()))
+        Ok(Response::from_parts(
+            parts,
+            incoming.map_err(BoxError::from).boxed(),
+        ))
     }
 }
 
@@ -162,8 +183,12 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
 /// Maps an upstream failure to the refusal the downstream sees.
 pub fn reject_for(e: UpstreamError, timeout: Duration, max_body_bytes: u64) -> Reject {
     match e {
-        UpstreamError::Timeout => Reject::GatewayTimeout { timeout_ms: timeout.as_millis() as u64 },
-        UpstreamError::BodyTooLarge => Reject::PayloadTooLarge { limit: max_body_bytes },
+        UpstreamError::Timeout => Reject::GatewayTimeout {
+            timeout_ms: timeout.as_millis() as u64,
+        },
+        UpstreamError::BodyTooLarge => Reject::PayloadTooLarge {
+            limit: max_body_bytes,
+        },
         UpstreamError::Connect | UpstreamError::Protocol => Reject::BadGateway,
     }
 }
@@ -217,13 +242,20 @@ fn set_forwarded(h: &mut HeaderMap, f: &Forwarding<'_>) {
     if let Ok(v) = HeaderValue::try_from(xff) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.https { "https" } else { "http" }));
-    if let Ok(v) = HeaderValue::from_str(f.host).map_err(|_| ()).and_then(|v| if f.host.is_empty() { Err(()) } else { Ok(v) }) {
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if f.https { "https" } else { "http" }),
+    );
+    let host = match f.host {
+        // The resolved host is the tenant the budget was charged to; the
+        // upstream must see the same one (absolute-form and :authority included).
+        Some(host) => HeaderValue::from_str(host).ok(),
+        None => h.get(header::HOST).cloned(),
+    };
+    if let Some(v) = host {
         if !(f.peer_trusted && h.contains_key(&X_FORWARDED_HOST)) {
             h.insert(X_FORWARDED_HOST.clone(), v.clone());
         }
-        // The resolved host is the tenant the budget was charged to; the
-        // upstream must see the same one (absolute-form and :authority included).
         h.insert(header::HOST, v);
     }
     h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
@@ -241,7 +273,10 @@ mod tests {
     #[test]
     fn connection_named_fields_and_hop_by_hop_fields_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret-Hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret-Hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));

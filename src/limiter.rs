@@ -43,11 +43,29 @@ impl<'a> Ask<'a> {
     /// The ask for a call of `endpoint` costing `cost` by `tenant`.
     pub fn new(tenant: &'a Tenant, endpoint: Endpoint, cost: u32) -> Ask<'a> {
         let window_s = tenant.window_seconds;
-        let account = Policy { name: "account", quota: tenant.per_minute, window_s };
+        let account = Policy {
+            name: "account",
+            quota: tenant.per_minute,
+            window_s,
+        };
         let endpoint = endpoint.index().and_then(|i| {
-            tenant.endpoints[i].map(|quota| (endpoint, Policy { name: endpoint.as_str(), quota, window_s }))
+            tenant.endpoints[i].map(|quota| {
+                (
+                    endpoint,
+                    Policy {
+                        name: endpoint.as_str(),
+                        quota,
+                        window_s,
+                    },
+                )
+            })
         });
-        Ask { tenant: &tenant.name, cost, account, endpoint }
+        Ask {
+            tenant: &tenant.name,
+            cost,
+            account,
+            endpoint,
+        }
     }
 }
 
@@ -73,18 +91,33 @@ impl PolicyState {
         cost: u32,
         reset_us: u64,
     ) -> PolicyState {
-        let left = if allowed { v.left.saturating_sub(u64::from(cost)) } else { v.left };
+        let left = if allowed {
+            v.left.saturating_sub(u64::from(cost))
+        } else {
+            v.left
+        };
         PolicyState {
             policy,
             remaining: u32::try_from(left).unwrap_or(u32::MAX),
             reset_ms: reset_us.div_ceil(1000),
-            retry_ms: (!v.fits).then(|| if v.retry_us == u64::MAX { u64::MAX } else { v.retry_us.div_ceil(1000) }),
+            retry_ms: (!v.fits).then(|| {
+                if v.retry_us == u64::MAX {
+                    u64::MAX
+                } else {
+                    v.retry_us.div_ceil(1000)
+                }
+            }),
         }
     }
 
     /// A policy nobody could read (store down, failing open): shown as untouched.
     pub fn unknown(policy: Policy) -> PolicyState {
-        PolicyState { policy, remaining: policy.quota, reset_ms: 0, retry_ms: None }
+        PolicyState {
+            policy,
+            remaining: policy.quota,
+            reset_ms: 0,
+            retry_ms: None,
+        }
     }
 }
 
@@ -160,12 +193,30 @@ pub struct Limiter {
 impl Limiter {
     /// A limiter over `store`, configured by `[limiter]`.
     pub fn new(store: AnyStore, cfg: &LimiterConfig) -> Limiter {
-        Limiter { store, on_store_error: cfg.on_store_error }
+        Limiter {
+            store,
+            on_store_error: cfg.on_store_error,
+        }
     }
 
     /// An in-memory limiter (tests, demo, `store = "memory"`).
     pub fn memory(cfg: &LimiterConfig) -> Arc<Limiter> {
         Arc::new(Limiter::new(AnyStore::Memory(MemoryStore::new()), cfg))
+    }
+
+    /// Builds the store `[limiter]` names. (Memory only until the Redis store lands.)
+    pub async fn from_config(cfg: &LimiterConfig) -> Result<Arc<Limiter>, StoreError> {
+        match &cfg.store {
+            crate::config::StoreKind::Memory => Ok(Limiter::memory(cfg)),
+            _ => Err(StoreError::Backend(
+                "the redis store is not built yet".into(),
+            )),
+        }
+    }
+
+    /// For `/readyz`: the store answers, or failing open makes that moot.
+    pub fn ready(&self) -> bool {
+        true
     }
 
     /// Judges and, if it fits, charges a call. `Err` only when the store

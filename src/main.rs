@@ -1,1 +1,83 @@
-fn main(){}
+//! `deskgate`: parse the command line, set up logging, dispatch, exit codes.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use deskgate::cli::{Cli, Command, LogFormat};
+use deskgate::config::Config;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: Option<LogFormat>) {
+    let format = format.unwrap_or(if std::io::stdout().is_terminal() {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    });
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("deskgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = cli.config_path();
+    match cli.command {
+        Some(Command::Check) => match Config::load(&path) {
+            Ok(cfg) => {
+                println!("{}", cfg.summary());
+                println!("{}: OK", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Demo { listen, admin }) => {
+            match runtime.block_on(deskgate::demo::run(&listen, &admin)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("deskgate demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None | Some(Command::Run) => {
+            let cfg = match Config::load(&path) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(deskgate::app::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("deskgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -17,7 +17,10 @@ pub const JSON_UTF8: &str = "application/json; charset=utf-8";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     /// 400: the path cannot be normalised safely, or a header is malformed.
-    BadRequest { field: &'static str, message: String },
+    BadRequest {
+        field: &'static str,
+        message: String,
+    },
     /// 404: the Host names no tenant.
     UnknownHost,
     /// 403: a vanity host (CNAME) of a tenant was used for an API call.

@@ -81,14 +81,17 @@ where
                 }
                 Some(cfg) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
                     let svc = service_fn(move |req| handler(peer, true, req));
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn.into_owned()).await {

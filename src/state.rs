@@ -38,7 +38,10 @@ impl Snapshot {
                 hosts.insert(v.clone(), (t.clone(), HostKind::Vanity));
             }
         }
-        Snapshot { config: Arc::new(config), hosts }
+        Snapshot {
+            config: Arc::new(config),
+            hosts,
+        }
     }
 }
 

@@ -1,0 +1,138 @@
+//! The admin listener (SPEC §5): `/metrics`, `/healthz`, `/readyz`,
+//! `/tenants/{name}`, `/config`. Never on the API listener.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::endpoint::Endpoint;
+use crate::limiter::Ask;
+use crate::state::Shared;
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut rsp = Response::new(body::full(body));
+    *rsp.status_mut() = status;
+    rsp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    rsp
+}
+
+fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    respond(
+        status,
+        "application/json; charset=utf-8",
+        serde_json::to_vec_pretty(v).unwrap_or_default(),
+    )
+}
+
+/// Serves one admin request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"code": "method_not_allowed", "message": "Only GET is served here."}),
+        ));
+    }
+    let path = req.uri().path();
+    let rsp = match path {
+        "/healthz" => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
+        "/readyz" => {
+            if shared.limiter.ready() {
+                respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n")
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    "rate-limit store unreachable\n",
+                )
+            }
+        }
+        "/metrics" => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        "/config" => json(
+            StatusCode::OK,
+            &shared.snapshot.load().config.redacted_json(),
+        ),
+        _ => match path.strip_prefix("/tenants/") {
+            Some(name) => tenant(&shared, name).await,
+            None => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"code": "not_found", "message": "Try /metrics, /healthz, /readyz, /tenants/{name} or /config."}),
+            ),
+        },
+    };
+    Ok(rsp)
+}
+
+/// `/tenants/{name}`: plan, budgets, used and left per window, read with a
+/// cost-0 ask so nothing is consumed.
+async fn tenant(shared: &Shared, name: &str) -> Response<Body> {
+    let snap = shared.snapshot.load_full();
+    let Some(t) = snap.config.tenant(name) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"code": "unknown_tenant", "message": format!("No tenant named {name:?} is configured.")}),
+        );
+    };
+    let mut windows = Vec::new();
+    let account = shared
+        .limiter
+        .acquire(&Ask::new(t, Endpoint::Other, 0))
+        .await;
+    let mut push = |p: &crate::limiter::PolicyState| {
+        windows.push(serde_json::json!({
+            "policy": p.policy.name,
+            "budget": p.policy.quota,
+            "window_seconds": p.policy.window_s,
+            "used": p.policy.quota.saturating_sub(p.remaining),
+            "left": p.remaining,
+            "seconds_until_room": p.reset_ms.div_ceil(1000),
+        }));
+    };
+    let mut store_ok = true;
+    match account {
+        Ok(d) => push(&d.account),
+        Err(_) => store_ok = false,
+    }
+    for e in Endpoint::ALL_CLASSIFIED {
+        if let Some(i) = e.index() {
+            if t.endpoints[i].is_some() {
+                match shared.limiter.acquire(&Ask::new(t, e, 0)).await {
+                    Ok(d) => {
+                        if let Some(p) = &d.endpoint {
+                            push(p);
+                        }
+                    }
+                    Err(_) => store_ok = false,
+                }
+            }
+        }
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "tenant": &*t.name,
+            "domain": t.domain,
+            "plan": t.plan,
+            "api_access": t.api_access,
+            "shadow": t.shadow,
+            "store_reachable": store_ok,
+            "windows": windows,
+        }),
+    )
+}
