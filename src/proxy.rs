@@ -97,7 +97,14 @@ async fn police(
         Err(_) => parts.uri.path().to_ascii_lowercase().contains("/api"),
     };
     if !is_api {
-        let fwd = forwarding(cfg, conn, https, None, None, cx.request_id.clone());
+        // The portal is forwarded untouched, except a spelling that mentions
+        // the API but normalises outside it (`/api/v2/../../x`): the upstream
+        // gets the normalised path, so it cannot read an API call into it.
+        let path = match &normalized {
+            Ok(Some(p)) if parts.uri.path().to_ascii_lowercase().contains("api") => Some(p.as_str()),
+            _ => None,
+        };
+        let fwd = forwarding(cfg, conn, https, None, path, cx.request_id.clone());
         return send(shared, cx, &fwd, Request::from_parts(parts, body)).await;
     }
     cx.api = true;
