@@ -101,7 +101,9 @@ async fn police(
         // the API but normalises outside it (`/api/v2/../../x`): the upstream
         // gets the normalised path, so it cannot read an API call into it.
         let path = match &normalized {
-            Ok(Some(p)) if parts.uri.path().to_ascii_lowercase().contains("api") => Some(p.as_str()),
+            Ok(Some(p)) if parts.uri.path().to_ascii_lowercase().contains("api") => {
+                Some(p.as_str())
+            }
             _ => None,
         };
         let fwd = forwarding(cfg, conn, https, None, path, cx.request_id.clone());
