@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Load benchmark: deskgate against nginx (and haproxy) in ONE run, interleaved
+# over several rounds, with the pinning of issue 5: the load generator on CPU 0,
+# proxy and upstream sharing CPU 1, one worker each.
+#
+#   benches/load/run.sh                 # ROUNDS=3 DURATION=10 by default
+#   ROUNDS=5 DURATION=10 benches/load/run.sh
+#
+# Installs nginx, haproxy, wrk and redis-server from Debian if missing. Sends
+# traffic only to 127.0.0.1 and stops by itself. Prints a table of req/s,
+# p50/p99 and ratios to nginx, a light-load latency run at a fixed rate, and
+# Redis figures (store calls per request, script time per call).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+LOAD_CPU=${LOAD_CPU:-0}
+SERVE_CPU=${SERVE_CPU:-1}
+OUT=${OUT:-target/load}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+need=()
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+command -v redis-server >/dev/null || need+=(redis-server)
+if ((${#need[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+cargo build --release --quiet
+BIN=$PWD/target/release/deskgate
+
+P_UP=18181; P_NGINX=18182; P_MEM=18183; P_REDIS=18184; P_HA=18185; P_FLOOD=18186; P_RS=16399
+A_MEM=19183; A_REDIS=19184; A_FLOOD=19186
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$OUT/nginx.pid" ] && kill "$(cat "$OUT/nginx.pid")" 2>/dev/null || true
+    redis-cli -p $P_RS shutdown nosave >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+# --- upstream and nginx (one worker, keep-alive to the upstream) -------------
+cat > "$OUT/nginx.conf" <<NGX
+worker_processes 1;
+pid $OUT/nginx.pid;
+error_log $OUT/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream helpdesk { server 127.0.0.1:$P_UP; keepalive 128; }
+    server {
+        listen 127.0.0.1:$P_UP;
+        default_type application/json;
+        location / { return 200 '[{"id":1,"subject":"Printer on fire","status":2}]'; }
+    }
+    server {
+        listen 127.0.0.1:$P_NGINX;
+        location / {
+            proxy_pass http://helpdesk;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+        }
+    }
+}
+NGX
+taskset -c "$SERVE_CPU" "$NGINX" -c "$OUT/nginx.conf" -p "$OUT"
+
+cat > "$OUT/haproxy.cfg" <<HA
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+frontend fe
+    bind 127.0.0.1:$P_HA
+    default_backend be
+backend be
+    http-reuse always
+    server up 127.0.0.1:$P_UP
+HA
+taskset -c "$SERVE_CPU" "$HAPROXY" -f "$OUT/haproxy.cfg" -q &
+PIDS+=($!)
+
+# --- redis and three gateways --------------------------------------------------
+taskset -c "$SERVE_CPU" redis-server --port $P_RS --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+    --logfile "$OUT/redis.log" &
+PIDS+=($!)
+
+gateway_conf() { # port admin store tenant-block
+    cat <<TOML
+[server]
+listen = "127.0.0.1:$1"
+[admin]
+listen = "127.0.0.1:$2"
+[upstream]
+url = "http://127.0.0.1:$P_UP"
+[limiter]
+$3
+[[tenant]]
+name = "bench"
+domain = "bench.freshdesk.com"
+plan = "enterprise_2000"
+per_minute = 2000000000
+endpoints = { ticket_list = 2000000000 }
+[[tenant]]
+name = "flood"
+domain = "flood.freshdesk.com"
+plan = "trial"
+per_minute = 100
+TOML
+}
+gateway_conf $P_MEM $A_MEM 'store = "memory"' > "$OUT/mem.toml"
+gateway_conf $P_REDIS $A_REDIS "store = \"redis\"
+redis_url = \"redis://127.0.0.1:$P_RS/0\"
+store_timeout_ms = 200" > "$OUT/redis.toml"
+cp "$OUT/redis.toml" "$OUT/flood.toml"
+sed -i "s/$P_REDIS/$P_FLOOD/; s/$A_REDIS/$A_FLOOD/" "$OUT/flood.toml"
+sleep 0.5
+for g in mem redis flood; do
+    RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c "$SERVE_CPU" "$BIN" --log-format json --config "$OUT/$g.toml" \
+        2>"$OUT/$g.log" &
+    PIDS+=($!)
+done
+sleep 1.5
+
+AUTH="Authorization: Basic YXBpa2V5Olg="
+run_wrk() { # name url host [extra wrk args...]
+    local name=$1 url=$2 host=$3; shift 3
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $host" -H "$AUTH" "$@" "$url" > "$OUT/wrk-$name.txt"
+    local rps p50 p99
+    rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk-$name.txt")
+    p50=$(awk '$1=="50%" {print $2}' "$OUT/wrk-$name.txt")
+    p99=$(awk '$1=="99%" {print $2}' "$OUT/wrk-$name.txt")
+    echo "$name $rps $p50 $p99" >> "$OUT/results.txt"
+}
+
+redis_stat() { redis-cli -p $P_RS info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_evalsha/ {print $3, $5}'; }
+
+: > "$OUT/results.txt"
+URL=/api/v2/tickets
+for r in $(seq 1 "$ROUNDS"); do
+    echo "round $r/$ROUNDS"
+    run_wrk upstream "http://127.0.0.1:$P_UP$URL" bench.freshdesk.com
+    run_wrk nginx "http://127.0.0.1:$P_NGINX$URL" bench.freshdesk.com
+    run_wrk haproxy "http://127.0.0.1:$P_HA$URL" bench.freshdesk.com
+    run_wrk deskgate-memory "http://127.0.0.1:$P_MEM$URL" bench.freshdesk.com
+    before=$(redis_stat); before_calls=${before%% *}; before_calls=${before_calls:-0}
+    run_wrk deskgate-redis "http://127.0.0.1:$P_REDIS$URL" bench.freshdesk.com
+    after=$(redis_stat)
+    reqs=$(awk '/requests in/ {print $1}' "$OUT/wrk-deskgate-redis.txt")
+    echo "redis-calls $reqs $(( ${after%% *} - before_calls )) ${after##* }" >> "$OUT/results.txt"
+    before=$(redis_stat); before_calls=${before%% *}; before_calls=${before_calls:-0}
+    run_wrk deskgate-flood "http://127.0.0.1:$P_FLOOD$URL" flood.freshdesk.com
+    after=$(redis_stat)
+    reqs=$(awk '/requests in/ {print $1}' "$OUT/wrk-deskgate-flood.txt")
+    non2xx=$(awk '/Non-2xx/ {print $4}' "$OUT/wrk-deskgate-flood.txt")
+    echo "flood-calls $reqs $(( ${after%% *} - before_calls )) ${non2xx:-0}" >> "$OUT/results.txt"
+done
+
+# --- light load: ~2,000 req/s (20 connections, one call per 10 ms each) -------
+cat > "$OUT/pace.lua" <<'LUA'
+function delay() return 10 end
+LUA
+for r in $(seq 1 "$ROUNDS"); do
+    for t in "upstream $P_UP" "nginx $P_NGINX" "deskgate-memory $P_MEM" "deskgate-redis $P_REDIS"; do
+        set -- $t
+        CONNS=20 run_wrk "light-$1" "http://127.0.0.1:$2$URL" bench.freshdesk.com -s "$OUT/pace.lua"
+    done
+done
+
+# --- the naive sliding-log script, for Redis CPU per decision -----------------
+NAIVE='local now=tonumber(ARGV[1]) for i=1,2 do redis.call("ZREMRANGEBYSCORE",KEYS[i],0,now-60000000) end
+if redis.call("ZCARD",KEYS[1]) < 1000000 and redis.call("ZCARD",KEYS[2]) < 1000000 then
+for i=1,2 do redis.call("ZADD",KEYS[i],now,ARGV[2]) redis.call("PEXPIRE",KEYS[i],60000) end return 1 end return 0'
+SHA=$(redis-cli -p $P_RS script load "$NAIVE")
+redis-cli -p $P_RS config resetstat >/dev/null
+taskset -c "$LOAD_CPU" redis-benchmark -p $P_RS -n 200000 -c 16 -r 100000000 -q \
+    evalsha "$SHA" 2 '{naive}:a' '{naive}:e' 1700000000000000 __rand_int__ > /dev/null
+echo "naive-script $(redis_stat)" >> "$OUT/results.txt"
+
+python3 - "$OUT/results.txt" <<'PY'
+import sys, statistics as st, collections
+rows = collections.defaultdict(list)
+extra = collections.defaultdict(list)
+def ms(v):
+    if v is None: return float('nan')
+    for suf, f in (('us', 1e-3), ('ms', 1.0), ('s', 1e3)):
+        if v.endswith(suf): return float(v[:-len(suf)]) * f
+    return float(v)
+for line in open(sys.argv[1]):
+    p = line.split()
+    if p[0] in ('redis-calls', 'flood-calls', 'naive-script'):
+        extra[p[0]].append(p[1:])
+    else:
+        rows[p[0]].append((float(p[1]), ms(p[2]), ms(p[3])))
+med = {k: (st.median(a for a, _, _ in v), st.median(b for _, b, _ in v), st.median(c for _, _, c in v)) for k, v in rows.items()}
+ng = med.get('nginx', (float('nan'),))[0]
+print(f"\n{'target':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x nginx':>9}   (medians of {len(rows['nginx'])} rounds)")
+for k in ['upstream', 'nginx', 'haproxy', 'deskgate-memory', 'deskgate-redis', 'deskgate-flood']:
+    if k in med:
+        r, p50, p99 = med[k]
+        print(f"{k:<24}{r:>10.0f}{p50:>9.3f}{p99:>9.3f}{r / ng:>9.2f}")
+print("\nlight load (~2,000 req/s): median latency and what each proxy adds to the upstream alone")
+base = med.get('light-upstream', (0, 0, 0))[1]
+for k in ['light-upstream', 'light-nginx', 'light-deskgate-memory', 'light-deskgate-redis']:
+    if k in med:
+        r, p50, p99 = med[k]
+        print(f"{k:<24}{r:>10.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms  added p50 {p50 - base:+.3f} ms")
+for reqs, calls, usec in extra['redis-calls']:
+    print(f"redis store: {reqs} requests, {calls} EVALSHA calls ({int(calls) / max(1, int(reqs)):.3f} per request); script usec/call (cumulative) {usec}")
+for reqs, calls, non2xx in extra['flood-calls']:
+    print(f"flood: {reqs} requests, {non2xx} non-2xx, {calls} EVALSHA calls (1 per {int(reqs) / max(1, int(calls)):.0f} requests)")
+for v in extra['naive-script']:
+    print(f"naive ZSET sliding-log script: {v[0]} calls, {v[1]} usec/call of Redis time")
+PY
