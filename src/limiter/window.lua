@@ -134,8 +134,13 @@ local function evict(s, now_slot)
       end
       zero(s, first, live - first)
       first = live
-      while count(s, first) == 0 do
-        first = first + 1
+      -- `hi` is the newest slot seen, not the newest charged: the rest may be empty.
+      if s.total == 0 then
+        first = now_slot
+      else
+        while count(s, first) == 0 do
+          first = first + 1
+        end
       end
     end
     s.dirty = true
