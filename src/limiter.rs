@@ -74,13 +74,7 @@ pub struct PolicyState {
 
 impl PolicyState {
     /// From a window verdict; `reset_us` is read after any charge.
-    pub fn new(
-        policy: Policy,
-        v: &window::Verdict,
-        allowed: bool,
-        cost: u32,
-        reset_us: u64,
-    ) -> PolicyState {
+    pub fn new(policy: Policy, v: &window::Verdict, allowed: bool, cost: u32, reset_us: u64) -> PolicyState {
         let left = if allowed { v.left.saturating_sub(u64::from(cost)) } else { v.left };
         PolicyState {
             policy,
@@ -145,12 +139,7 @@ impl Decision {
         } else {
             retry_ms.div_ceil(1000).max(1)
         };
-        Reject::RateLimited {
-            policy: p.policy.name,
-            quota: p.policy.quota,
-            window_s: p.policy.window_s,
-            retry_after_s,
-        }
+        Reject::RateLimited { policy: p.policy.name, quota: p.policy.quota, window_s: p.policy.window_s, retry_after_s }
     }
 }
 
@@ -307,10 +296,11 @@ impl Circuit {
         if self.us(now) < self.open_until_us.load(Ordering::Acquire) {
             return None;
         }
-        self.probing
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| Permit { circuit: self, probe: true, done: false })
+        self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| Permit {
+            circuit: self,
+            probe: true,
+            done: false,
+        })
     }
 
     fn open(&self, now: Instant) {

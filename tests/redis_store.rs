@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use deskgate::config::{LimiterConfig, OnStoreError, StoreKind};
 use deskgate::endpoint::Endpoint;
 use deskgate::limiter::window::{self, Window};
-use deskgate::limiter::{
-    Ask, Decision, Limiter, Policy, PolicyState, RedisStore, Store, CIRCUIT_FAILURES,
-};
+use deskgate::limiter::{Ask, Decision, Limiter, Policy, PolicyState, RedisStore, Store, CIRCUIT_FAILURES};
 use deskgate::reject::Reject;
 use rand::{Rng, SeedableRng};
 use support::redis::{RedisCluster, RedisServer};
@@ -76,7 +74,9 @@ fn evalsha_calls(r: &RedisServer) -> u64 {
 
 #[tokio::test]
 async fn a_call_is_charged_to_both_windows_or_to_neither() {
-    let Some(r) = RedisServer::start("a_call_is_charged_to_both_windows_or_to_neither") else { return };
+    let Some(r) = RedisServer::start("a_call_is_charged_to_both_windows_or_to_neither") else {
+        return;
+    };
     let s = store(&r).await;
     let acc = account(10, 60);
     let list = ep(Endpoint::TicketList, 3, 60);
@@ -87,7 +87,7 @@ async fn a_call_is_charged_to_both_windows_or_to_neither() {
     // The endpoint is exhausted: refused, and the account is not charged.
     let d = s.acquire(&ask("acme", 1, acc, list)).await.unwrap();
     assert!(!d.allowed);
-    assert_eq!(d.endpoint.unwrap().retry_ms.is_some(), true);
+    assert!(d.endpoint.unwrap().retry_ms.is_some());
     assert_eq!(d.account.retry_ms, None);
     assert_eq!(d.account.remaining, 7);
     assert_eq!(s.acquire(&ask("acme", 0, acc, None)).await.unwrap().account.remaining, 7);
@@ -138,12 +138,7 @@ async fn the_cost_is_consumed_from_every_budget_and_a_read_writes_nothing() {
 }
 
 /// What the memory store's arithmetic says (window.rs), for comparison.
-fn expected(
-    wa: &mut Window,
-    we: &mut Window,
-    a: &Ask<'_>,
-    now: u64,
-) -> Decision {
+fn expected(wa: &mut Window, we: &mut Window, a: &Ask<'_>, now: u64) -> Decision {
     let (_, ep) = a.endpoint.unwrap();
     let av = wa.judge(now, a.account.quota, a.cost);
     let ev = we.judge(now, ep.quota, a.cost);
@@ -163,7 +158,9 @@ fn expected(
 
 #[tokio::test]
 async fn the_script_agrees_with_the_rust_window_step_by_step() {
-    let Some(r) = RedisServer::start("the_script_agrees_with_the_rust_window_step_by_step") else { return };
+    let Some(r) = RedisServer::start("the_script_agrees_with_the_rust_window_step_by_step") else {
+        return;
+    };
     let s = store(&r).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for (window_s, qa, qe) in [(10u32, 20u32, 8u32), (7, 50, 50), (60, 700, 200), (1, 3, 2)] {
@@ -192,7 +189,9 @@ async fn the_script_agrees_with_the_rust_window_step_by_step() {
 
 #[tokio::test]
 async fn retry_after_is_never_early_on_the_store_clock() {
-    let Some(r) = RedisServer::start("retry_after_is_never_early_on_the_store_clock") else { return };
+    let Some(r) = RedisServer::start("retry_after_is_never_early_on_the_store_clock") else {
+        return;
+    };
     let s = store(&r).await;
     let acc = account(10, 60);
     let list = ep(Endpoint::TicketList, 6, 60);
@@ -221,8 +220,7 @@ async fn retry_after_is_never_early_on_the_store_clock() {
 
 #[tokio::test]
 async fn a_rolling_window_frees_credits_when_the_oldest_slot_leaves_in_real_time() {
-    let Some(r) = RedisServer::start("a_rolling_window_frees_credits_when_the_oldest_slot_leaves_in_real_time")
-    else {
+    let Some(r) = RedisServer::start("a_rolling_window_frees_credits_when_the_oldest_slot_leaves_in_real_time") else {
         return;
     };
     let limiter = Limiter::from_config(&cfg(single(&r), OnStoreError::FailClosed, 2000)).await.unwrap();
@@ -241,7 +239,9 @@ async fn a_rolling_window_frees_credits_when_the_oldest_slot_leaves_in_real_time
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_limiters_sharing_one_redis_admit_exactly_the_budget() {
-    let Some(r) = RedisServer::start("two_limiters_sharing_one_redis_admit_exactly_the_budget") else { return };
+    let Some(r) = RedisServer::start("two_limiters_sharing_one_redis_admit_exactly_the_budget") else {
+        return;
+    };
     let c = cfg(single(&r), OnStoreError::FailClosed, 5000);
     let replicas = [Limiter::from_config(&c).await.unwrap(), Limiter::from_config(&c).await.unwrap()];
     let acc = account(57, 60);
@@ -273,7 +273,8 @@ async fn two_limiters_sharing_one_redis_admit_exactly_the_budget() {
 
 #[tokio::test]
 async fn no_interval_of_one_window_exceeds_the_budget_and_sustained_demand_uses_99_percent() {
-    let Some(r) = RedisServer::start("no_interval_of_one_window_exceeds_the_budget_and_sustained_demand_uses_99_percent")
+    let Some(r) =
+        RedisServer::start("no_interval_of_one_window_exceeds_the_budget_and_sustained_demand_uses_99_percent")
     else {
         return;
     };
@@ -300,7 +301,9 @@ async fn no_interval_of_one_window_exceeds_the_budget_and_sustained_demand_uses_
 
 #[tokio::test]
 async fn two_stores_agree_because_the_window_clock_is_redis_time() {
-    let Some(r) = RedisServer::start("two_stores_agree_because_the_window_clock_is_redis_time") else { return };
+    let Some(r) = RedisServer::start("two_stores_agree_because_the_window_clock_is_redis_time") else {
+        return;
+    };
     let (a, b) = (store(&r).await, store(&r).await);
     let acc = account(5, 60);
     for _ in 0..5 {
@@ -350,7 +353,9 @@ async fn killing_redis_fails_open_without_hanging_and_the_circuit_stops_waiting(
 
 #[tokio::test]
 async fn killing_redis_fails_closed_with_service_unavailable() {
-    let Some(mut r) = RedisServer::start("killing_redis_fails_closed_with_service_unavailable") else { return };
+    let Some(mut r) = RedisServer::start("killing_redis_fails_closed_with_service_unavailable") else {
+        return;
+    };
     let limiter = Limiter::from_config(&cfg(single(&r), OnStoreError::FailClosed, 50)).await.unwrap();
     let acc = account(5, 60);
     assert!(limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
@@ -397,7 +402,9 @@ async fn restarting_redis_resumes_enforcement_without_restarting_the_store() {
 
 #[tokio::test]
 async fn the_script_is_loaded_again_after_redis_forgets_it() {
-    let Some(r) = RedisServer::start("the_script_is_loaded_again_after_redis_forgets_it") else { return };
+    let Some(r) = RedisServer::start("the_script_is_loaded_again_after_redis_forgets_it") else {
+        return;
+    };
     let s = store(&r).await;
     let acc = account(5, 60);
     assert!(s.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
@@ -409,7 +416,9 @@ async fn the_script_is_loaded_again_after_redis_forgets_it() {
 
 #[tokio::test]
 async fn one_acquire_is_one_evalsha() {
-    let Some(r) = RedisServer::start("one_acquire_is_one_evalsha") else { return };
+    let Some(r) = RedisServer::start("one_acquire_is_one_evalsha") else {
+        return;
+    };
     let s = store(&r).await;
     let acc = account(700, 60);
     let list = ep(Endpoint::TicketList, 200, 60);
@@ -432,6 +441,62 @@ async fn one_acquire_is_one_evalsha() {
     println!("Redis CPU per acquire (evalsha usec_per_call, script included): {} µs", evalsha.2);
 }
 
+/// The naive sliding log (one ZSET member per call) the script is compared with.
+const ZSET_LOG: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cost, win, ok = tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000000, true
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - win)
+  if redis.call('ZCARD', KEYS[i]) + cost > tonumber(ARGV[2 + i]) then ok = false end
+end
+if ok then
+  for i = 1, #KEYS do
+    redis.call('ZADD', KEYS[i], now, now .. ':' .. math.random())
+    redis.call('PEXPIRE', KEYS[i], win / 1000)
+  end
+end
+return ok and 1 or 0";
+
+#[tokio::test]
+async fn the_script_costs_less_redis_cpu_than_a_sorted_set_log() {
+    let Some(r) = RedisServer::start("the_script_costs_less_redis_cpu_than_a_sorted_set_log") else {
+        return;
+    };
+    let s = store(&r).await;
+    let client = redis::Client::open(r.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let zset = redis::Script::new(ZSET_LOG);
+    // Enterprise budgets; 10 tenants, a mix of admitted and refused calls.
+    let acc = account(700, 60);
+    let list = ep(Endpoint::TicketList, 200, 60);
+    let n = 4000u64;
+    for round in 0..3 {
+        assert_eq!(r.cli(&["CONFIG", "RESETSTAT"]), "OK");
+        for i in 0..n {
+            let tenant = format!("r{round}t{}", i % 10);
+            s.acquire(&ask(&tenant, 1, acc, list)).await.unwrap();
+        }
+        let ring = commandstats(&r).iter().find(|c| c.0 == "evalsha").map_or(0.0, |c| c.2);
+        assert_eq!(r.cli(&["CONFIG", "RESETSTAT"]), "OK");
+        for i in 0..n {
+            let t = format!("{{z{round}t{}}}", i % 10);
+            let _: i64 = zset
+                .key(format!("{t}:a"))
+                .key(format!("{t}:e"))
+                .arg(1)
+                .arg(60)
+                .arg(700)
+                .arg(200)
+                .invoke_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let log = commandstats(&r).iter().find(|c| c.0 == "evalsha").map_or(0.0, |c| c.2);
+        println!("round {round}: window script {ring} µs/call, ZSET log {log} µs/call (Redis usec_per_call)");
+    }
+}
+
 #[tokio::test]
 async fn an_enterprise_tenant_costs_under_two_kilobytes_of_redis_memory() {
     let Some(r) = RedisServer::start("an_enterprise_tenant_costs_under_two_kilobytes_of_redis_memory") else {
@@ -439,7 +504,12 @@ async fn an_enterprise_tenant_costs_under_two_kilobytes_of_redis_memory() {
     };
     let s = store(&r).await;
     let acc = account(700, 60);
-    let endpoints = [(Endpoint::TicketCreate, 280), (Endpoint::TicketUpdate, 280), (Endpoint::TicketList, 200), (Endpoint::ContactList, 200)];
+    let endpoints = [
+        (Endpoint::TicketCreate, 280),
+        (Endpoint::TicketUpdate, 280),
+        (Endpoint::TicketList, 200),
+        (Endpoint::ContactList, 200),
+    ];
     // Every slot of every window holds something: the densest a tenant gets.
     let slot = window::slot_us(60);
     for k in 0..window::RING as u64 {
@@ -476,8 +546,10 @@ async fn the_deny_cache_refuses_without_asking_redis_until_room_comes_back() {
         assert!(!d.allowed);
         assert_eq!(d.endpoint.unwrap().remaining, 2);
         assert_eq!(d.account.remaining, 7);
-        let (Reject::RateLimited { retry_after_s: a, policy: pa, .. }, Reject::RateLimited { retry_after_s: b, policy: pb, .. }) =
-            (d.reject(), first.reject())
+        let (
+            Reject::RateLimited { retry_after_s: a, policy: pa, .. },
+            Reject::RateLimited { retry_after_s: b, policy: pb, .. },
+        ) = (d.reject(), first.reject())
         else {
             panic!("not 429s")
         };
@@ -499,7 +571,9 @@ async fn the_deny_cache_refuses_without_asking_redis_until_room_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_master_cluster_admits_exactly_the_budget() {
-    let Some(c) = RedisCluster::start("a_three_master_cluster_admits_exactly_the_budget") else { return };
+    let Some(c) = RedisCluster::start("a_three_master_cluster_admits_exactly_the_budget") else {
+        return;
+    };
     let kind = StoreKind::RedisCluster { urls: c.urls() };
     let cf = cfg(kind, OnStoreError::FailClosed, 5000);
     let replicas = [Limiter::from_config(&cf).await.unwrap(), Limiter::from_config(&cf).await.unwrap()];

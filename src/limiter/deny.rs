@@ -72,14 +72,11 @@ impl DenyCache {
         let t = map.get(ask.tenant)?;
         let account = t.account.as_ref().filter(|k| k.state.policy == ask.account);
         let endpoint = match ask.endpoint {
-            Some((e, p)) => {
-                Some(t.endpoints[e.index()?].as_ref().filter(|k| k.state.policy == p))
-            }
+            Some((e, p)) => Some(t.endpoints[e.index()?].as_ref().filter(|k| k.state.policy == p)),
             None => None,
         };
-        let blocks = |k: &Known| {
-            k.block.is_some_and(|b| now < b.until && ask.cost > k.state.remaining && ask.cost <= b.cost)
-        };
+        let blocks =
+            |k: &Known| k.block.is_some_and(|b| now < b.until && ask.cost > k.state.remaining && ask.cost <= b.cost);
         let blocked = account.is_some_and(blocks) || endpoint.flatten().is_some_and(blocks);
         if !blocked {
             return None;
@@ -91,10 +88,7 @@ impl DenyCache {
                 policy: k.state.policy,
                 remaining: k.state.remaining,
                 reset_ms: k.state.reset_ms.saturating_sub(elapsed_ms),
-                retry_ms: k
-                    .block
-                    .filter(|_| blocks(k))
-                    .map(|b| ceil_ms(b.retry_at.saturating_duration_since(now))),
+                retry_ms: k.block.filter(|_| blocks(k)).map(|b| ceil_ms(b.retry_at.saturating_duration_since(now))),
             }
         };
         let account = view(account?);

@@ -62,7 +62,7 @@ const WINDOW_LUA: &str = include_str!("window.lua");
 
 #[derive(Clone)]
 enum Conn {
-    Single(ConnectionManager),
+    Single(Box<ConnectionManager>),
     Cluster(ClusterConnection),
 }
 
@@ -99,9 +99,7 @@ impl RedisStore {
     /// Redis is retried in the background.
     pub async fn connect(kind: &StoreKind, key_prefix: &str) -> Result<RedisStore, StoreError> {
         let target = match kind {
-            StoreKind::Redis { url } => {
-                Target::Single(redis::Client::open(url.as_str()).map_err(backend)?)
-            }
+            StoreKind::Redis { url } => Target::Single(redis::Client::open(url.as_str()).map_err(backend)?),
             StoreKind::RedisCluster { urls } => Target::Cluster(
                 ClusterClientBuilder::new(urls.iter().map(String::as_str))
                     .connection_timeout(CONNECT_TIMEOUT)
@@ -112,9 +110,7 @@ impl RedisStore {
                     .build()
                     .map_err(backend)?,
             ),
-            StoreKind::Memory => {
-                return Err(StoreError::Backend("the memory store is not a Redis store".into()))
-            }
+            StoreKind::Memory => return Err(StoreError::Backend("the memory store is not a Redis store".into())),
         };
         let inner = Arc::new(Inner { target, conn: ArcSwapOption::empty(), connecting: AtomicBool::new(true) });
         let first = tokio::spawn(connect_loop(Arc::downgrade(&inner)));
@@ -143,18 +139,12 @@ impl RedisStore {
     async fn run(&self, ask: &Ask<'_>, now_us: Option<u64>) -> Result<Decision, StoreError> {
         let mut conn = self.conn()?;
         let mut inv = self.script.key(self.key(ask.tenant));
-        let n = if ask.endpoint.is_some() { 2 } else { 1 };
-        inv.arg(ask.cost).arg(n);
-        push_policy(&mut inv, 0, ask.account);
-        if let Some((e, p)) = ask.endpoint {
-            let id = e.index().map_or(0, |i| i + 1);
-            push_policy(&mut inv, id, p);
-        }
+        inv.arg(pack_args(ask)?);
         if let Some(now) = now_us {
             inv.arg(now);
         }
         let reply: Vec<i64> = match &mut conn {
-            Conn::Single(c) => inv.invoke_async(c).await,
+            Conn::Single(c) => inv.invoke_async(&mut **c).await,
             Conn::Cluster(c) => inv.invoke_async(c).await,
         }
         .map_err(backend)?;
@@ -183,7 +173,9 @@ impl Store for RedisStore {
 async fn connect_loop(inner: Weak<Inner>) {
     let mut delay = Duration::from_millis(50);
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         match open(&strong.target).await {
             Ok(c) => {
                 strong.conn.store(Some(Arc::new(c)));
@@ -208,14 +200,33 @@ async fn open(target: &Target) -> redis::RedisResult<Conn> {
                 .set_factor(50)
                 .set_max_delay(MAX_RECONNECT_DELAY.as_millis() as u64)
                 .set_number_of_retries(1);
-            Ok(Conn::Single(ConnectionManager::new_with_config(client.clone(), cfg).await?))
+            Ok(Conn::Single(Box::new(ConnectionManager::new_with_config(client.clone(), cfg).await?)))
         }
         Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
     }
 }
 
-fn push_policy(inv: &mut redis::ScriptInvocation<'_>, id: usize, p: Policy) {
-    inv.arg(id).arg(p.quota).arg(p.window_s).arg(window::slot_us(p.window_s));
+/// The script's arguments in one blob (one `struct.unpack` in Lua instead
+/// of a `tonumber` per number).
+fn pack_args(ask: &Ask<'_>) -> Result<Vec<u8>, StoreError> {
+    let mut b = Vec::with_capacity(31);
+    b.extend_from_slice(&ask.cost.to_be_bytes());
+    b.push(if ask.endpoint.is_some() { 2 } else { 1 });
+    let mut policy = |id: u8, p: Policy| {
+        // Slots of a window longer than ~6 days would not fit 32 bits.
+        let slot = u32::try_from(window::slot_us(p.window_s))
+            .map_err(|_| StoreError::Backend(format!("window of {} s is too long", p.window_s)))?;
+        b.push(id);
+        b.extend_from_slice(&p.quota.to_be_bytes());
+        b.extend_from_slice(&p.window_s.to_be_bytes());
+        b.extend_from_slice(&slot.to_be_bytes());
+        Ok::<(), StoreError>(())
+    };
+    policy(0, ask.account)?;
+    if let Some((e, p)) = ask.endpoint {
+        policy(e.index().map_or(0, |i| i as u8 + 1), p)?;
+    }
+    Ok(b)
 }
 
 /// The script's reply → a [`Decision`].
