@@ -459,8 +459,8 @@ end
 return ok and 1 or 0";
 
 #[tokio::test]
-async fn the_script_costs_less_redis_cpu_than_a_sorted_set_log() {
-    let Some(r) = RedisServer::start("the_script_costs_less_redis_cpu_than_a_sorted_set_log") else {
+async fn the_script_and_a_sorted_set_log_report_their_redis_cpu() {
+    let Some(r) = RedisServer::start("the_script_and_a_sorted_set_log_report_their_redis_cpu") else {
         return;
     };
     let s = store(&r).await;
