@@ -31,7 +31,13 @@ fn decision() -> Decision {
         reset_ms: 12_000,
         retry_ms: None,
     };
-    Decision { allowed: true, cost: 1, account: p("account", 400), endpoint: Some(p("ticket_list", 100)), degraded: false }
+    Decision {
+        allowed: true,
+        cost: 1,
+        account: p("account", 400),
+        endpoint: Some(p("ticket_list", 100)),
+        degraded: false,
+    }
 }
 
 /// Steps 4-8 for one call; returns the cost so nothing is optimised away.
@@ -79,7 +85,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("steps 4-8, include query", |b| {
         b.iter(|| steps(black_box("/api/v2/tickets"), Some("include=description,requester,stats"), &h))
     });
-    c.bench_function("steps 4-8, path to normalise", |b| b.iter(|| steps(black_box("//API/v2/./x/../tickets/"), None, &h)));
+    c.bench_function("steps 4-8, path to normalise", |b| {
+        b.iter(|| steps(black_box("//API/v2/./x/../tickets/"), None, &h))
+    });
     c.bench_function("render rate-limit headers", |b| {
         b.iter(|| {
             let mut out = HeaderMap::with_capacity(8);

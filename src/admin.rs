@@ -14,31 +14,19 @@ use crate::endpoint::Endpoint;
 use crate::limiter::Ask;
 use crate::state::Shared;
 
-fn respond(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Body> {
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut rsp = Response::new(body::full(body));
     *rsp.status_mut() = status;
-    rsp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     rsp
 }
 
 fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
-    respond(
-        status,
-        "application/json; charset=utf-8",
-        serde_json::to_vec_pretty(v).unwrap_or_default(),
-    )
+    respond(status, "application/json; charset=utf-8", serde_json::to_vec_pretty(v).unwrap_or_default())
 }
 
 /// Serves one admin request.
-pub async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -52,22 +40,11 @@ pub async fn handle(
             if shared.limiter.ready() {
                 respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n")
             } else {
-                respond(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain; charset=utf-8",
-                    "rate-limit store unreachable\n",
-                )
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "rate-limit store unreachable\n")
             }
         }
-        "/metrics" => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.encode(),
-        ),
-        "/config" => json(
-            StatusCode::OK,
-            &shared.snapshot.load().config.redacted_json(),
-        ),
+        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode()),
+        "/config" => json(StatusCode::OK, &shared.snapshot.load().config.redacted_json()),
         _ => match path.strip_prefix("/tenants/") {
             Some(name) => tenant(&shared, name).await,
             None => json(
@@ -90,10 +67,7 @@ async fn tenant(shared: &Shared, name: &str) -> Response<Body> {
         );
     };
     let mut windows = Vec::new();
-    let account = shared
-        .limiter
-        .acquire(&Ask::new(t, Endpoint::Other, 0))
-        .await;
+    let account = shared.limiter.acquire(&Ask::new(t, Endpoint::Other, 0)).await;
     let mut push = |p: &crate::limiter::PolicyState| {
         windows.push(serde_json::json!({
             "policy": p.policy.name,

@@ -25,10 +25,7 @@ use crate::{admin, tls};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("upstream: {0}")]
     Upstream(String),
     #[error("TLS: {0}")]
@@ -47,18 +44,14 @@ pub struct Gateway {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
 impl Gateway {
     /// Binds every listener and starts serving `config`.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let upstream = Upstream::new(&config.upstream).map_err(StartError::Upstream)?;
-        let limiter = Limiter::from_config(&config.limiter)
-            .await
-            .map_err(|e| StartError::Store(e.to_string()))?;
+        let limiter = Limiter::from_config(&config.limiter).await.map_err(|e| StartError::Store(e.to_string()))?;
         let tls = match &config.server.tls {
             Some(files) => Some(Arc::new(ArcSwapOption::from_pointee(
                 tls::server_config(&files.cert, &files.key).map_err(StartError::Tls)?,
@@ -67,21 +60,11 @@ impl Gateway {
         };
         let api = bind(config.server.listen).await?;
         let admin_listener = bind(config.admin.listen).await?;
-        let api_addr = api.local_addr().map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.admin.listen,
-                source,
-            })?;
+        let api_addr = api.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
+        let admin_addr =
+            admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.admin.listen, source })?;
         let grace = config.server.shutdown_grace;
-        let opts = ListenerOptions {
-            header_read_timeout: config.server.header_read_timeout,
-            tls,
-        };
+        let opts = ListenerOptions { header_read_timeout: config.server.header_read_timeout, tls };
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
             limiter,
@@ -93,15 +76,10 @@ impl Gateway {
         let api_shared = shared.clone();
         let api_rx = rx.clone();
         let api_task = tokio::spawn(async move {
-            let handler = move |peer, tls, req| {
-                proxy::handle(api_shared.clone(), ConnInfo { peer, tls }, req)
-            };
+            let handler = move |peer, tls, req| proxy::handle(api_shared.clone(), ConnInfo { peer, tls }, req);
             let graceful = server::serve(api, opts, api_rx, handler).await;
             // Stop accepting (done), then let in-flight calls finish within the grace.
-            if tokio::time::timeout(grace, graceful.shutdown())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
                 tracing::warn!(
                     grace_ms = grace.as_millis() as u64,
                     "shutdown grace over; closing remaining connections"
@@ -109,23 +87,14 @@ impl Gateway {
             }
         });
         let admin_shared = shared.clone();
-        let admin_opts = ListenerOptions {
-            header_read_timeout: Duration::from_secs(10),
-            tls: None,
-        };
+        let admin_opts = ListenerOptions { header_read_timeout: Duration::from_secs(10), tls: None };
         let admin_task = tokio::spawn(async move {
             let handler = move |_peer, _tls, req| admin::handle(admin_shared.clone(), req);
             let graceful = server::serve(admin_listener, admin_opts, rx, handler).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
         });
         tracing::info!(%api_addr, %admin_addr, "deskgate listening");
-        Ok(Gateway {
-            api_addr,
-            admin_addr,
-            shared,
-            shutdown,
-            tasks: vec![api_task, admin_task],
-        })
+        Ok(Gateway { api_addr, admin_addr, shared, shutdown, tasks: vec![api_task, admin_task] })
     }
 
     /// Stops accepting, drains in-flight requests (bounded by `shutdown_grace_ms`), returns.

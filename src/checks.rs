@@ -83,10 +83,7 @@ pub fn accept(h: &HeaderMap) -> Result<(), Reject> {
 /// also ask the body itself (`!body.is_end_stream()`) and use
 /// [`content_type_given`].
 pub fn has_body(h: &HeaderMap) -> bool {
-    if h.get_all(TRANSFER_ENCODING)
-        .iter()
-        .any(|v| !trim(v.as_bytes()).is_empty())
-    {
+    if h.get_all(TRANSFER_ENCODING).iter().any(|v| !trim(v.as_bytes()).is_empty()) {
         return true;
     }
     h.get_all(CONTENT_LENGTH)
@@ -119,9 +116,7 @@ pub fn content_type_given(h: &HeaderMap, has_body: bool) -> Result<(), Reject> {
         return Ok(());
     }
     if media.eq_ignore_ascii_case(b"multipart/form-data")
-        && parts
-            .filter_map(|p| param(p, b"boundary"))
-            .any(|b| !unquote(b).is_empty())
+        && parts.filter_map(|p| param(p, b"boundary")).any(|b| !unquote(b).is_empty())
     {
         return Ok(());
     }
@@ -141,16 +136,12 @@ pub fn content_length(h: &HeaderMap, max: u64) -> Result<(), Reject> {
         for item in v.as_bytes().split(|&b| b == b',') {
             let item = trim(item);
             if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
-                return Err(bad_length(
-                    "Content-Length must be a non-negative whole number of bytes.",
-                ));
+                return Err(bad_length("Content-Length must be a non-negative whole number of bytes."));
             }
             let n = parse_len(item).unwrap_or(u64::MAX);
             match declared {
                 Some(d) if d != n => {
-                    return Err(bad_length(
-                        "The request has conflicting Content-Length values; send exactly one.",
-                    ))
+                    return Err(bad_length("The request has conflicting Content-Length values; send exactly one."))
                 }
                 _ => declared = Some(n),
             }
@@ -163,10 +154,7 @@ pub fn content_length(h: &HeaderMap, max: u64) -> Result<(), Reject> {
 }
 
 fn bad_length(message: &str) -> Reject {
-    Reject::BadRequest {
-        field: "Content-Length",
-        message: message.to_owned(),
-    }
+    Reject::BadRequest { field: "Content-Length", message: message.to_owned() }
 }
 
 /// Trims optional whitespace (RFC 9110 §5.6.3: SP and HTAB).
@@ -183,9 +171,7 @@ fn trim(mut b: &[u8]) -> &[u8] {
 /// The value of parameter `name` (case-insensitive) in one `name=value` chunk.
 fn param<'a>(chunk: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let i = chunk.iter().position(|&b| b == b'=')?;
-    trim(&chunk[..i])
-        .eq_ignore_ascii_case(name)
-        .then(|| trim(&chunk[i + 1..]))
+    trim(&chunk[..i]).eq_ignore_ascii_case(name).then(|| trim(&chunk[i + 1..]))
 }
 
 fn unquote(v: &[u8]) -> &[u8] {
@@ -197,11 +183,7 @@ fn unquote(v: &[u8]) -> &[u8] {
 
 /// A q value; malformed (not a finite number) reads as 1.
 fn parse_q(v: &[u8]) -> f64 {
-    std::str::from_utf8(unquote(v))
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|q| q.is_finite())
-        .unwrap_or(1.0)
+    std::str::from_utf8(unquote(v)).ok().and_then(|s| s.parse::<f64>().ok()).filter(|q| q.is_finite()).unwrap_or(1.0)
 }
 
 /// Digits only (`str::parse` would take `+5`); None on anything else or overflow.
@@ -210,13 +192,16 @@ fn parse_len(v: &[u8]) -> Option<u64> {
     if v.is_empty() {
         return None;
     }
-    v.iter().try_fold(0u64, |n, &b| {
-        if b.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
+    v.iter().try_fold(
+        0u64,
+        |n, &b| {
+            if b.is_ascii_digit() {
+                n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+            } else {
+                None
+            }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -259,26 +244,9 @@ mod tests {
 
     #[test]
     fn missing_or_malformed_authorization_is_invalid_credentials() {
-        assert_eq!(
-            authorization(&HeaderMap::new()),
-            Err(Reject::InvalidCredentials)
-        );
-        for v in [
-            "",
-            "Basic",
-            "Basic ",
-            "Bearer   ",
-            "Digest abc",
-            "Token abc",
-            "BasicYWJj",
-            "YWJjOlg=",
-            "Basic\t",
-        ] {
-            assert_eq!(
-                authorization(&one(&AUTHORIZATION, v)),
-                Err(Reject::InvalidCredentials),
-                "{v:?}"
-            );
+        assert_eq!(authorization(&HeaderMap::new()), Err(Reject::InvalidCredentials));
+        for v in ["", "Basic", "Basic ", "Bearer   ", "Digest abc", "Token abc", "BasicYWJj", "YWJjOlg=", "Basic\t"] {
+            assert_eq!(authorization(&one(&AUTHORIZATION, v)), Err(Reject::InvalidCredentials), "{v:?}");
         }
         let two = headers(&[(&AUTHORIZATION, b"Basic a"), (&AUTHORIZATION, b"Bearer b")]);
         assert_eq!(authorization(&two), Err(Reject::InvalidCredentials));
@@ -330,11 +298,7 @@ mod tests {
             "application/*;q=0, */*;q=1",
             "text/html, text/plain;q=0.5",
         ] {
-            assert_eq!(
-                accept(&one(&ACCEPT, v)),
-                Err(Reject::InvalidAccept),
-                "{v:?}"
-            );
+            assert_eq!(accept(&one(&ACCEPT, v)), Err(Reject::InvalidAccept), "{v:?}");
         }
         let split = headers(&[(&ACCEPT, b"application/json;q=0"), (&ACCEPT, b"*/*")]);
         assert_eq!(accept(&split), Err(Reject::InvalidAccept));
@@ -350,13 +314,7 @@ mod tests {
             (vec![(&CONTENT_LENGTH, &b"abc"[..])], true),
             (vec![(&TRANSFER_ENCODING, &b"chunked"[..])], true),
             (vec![(&TRANSFER_ENCODING, &b"gzip, CHUNKED"[..])], true),
-            (
-                vec![
-                    (&CONTENT_LENGTH, &b"0"[..]),
-                    (&TRANSFER_ENCODING, &b"chunked"[..]),
-                ],
-                true,
-            ),
+            (vec![(&CONTENT_LENGTH, &b"0"[..]), (&TRANSFER_ENCODING, &b"chunked"[..])], true),
         ] {
             assert_eq!(has_body(&headers(&pairs)), want, "{pairs:?}");
         }
@@ -394,11 +352,8 @@ mod tests {
         }
         let none = headers(&[(&CONTENT_LENGTH, b"5")]);
         assert_eq!(content_type(&none), Err(Reject::InvalidContentType));
-        let two = headers(&[
-            (&CONTENT_LENGTH, b"5"),
-            (&CONTENT_TYPE, b"application/json"),
-            (&CONTENT_TYPE, b"text/plain"),
-        ]);
+        let two =
+            headers(&[(&CONTENT_LENGTH, b"5"), (&CONTENT_TYPE, b"application/json"), (&CONTENT_TYPE, b"text/plain")]);
         assert_eq!(content_type(&two), Err(Reject::InvalidContentType));
     }
 
@@ -407,19 +362,13 @@ mod tests {
         for pairs in [
             vec![(&CONTENT_TYPE, &b"application/json"[..])],
             vec![(&CONTENT_TYPE, &b"text/plain"[..])],
-            vec![
-                (&CONTENT_TYPE, &b"text/plain"[..]),
-                (&CONTENT_LENGTH, &b"0"[..]),
-            ],
+            vec![(&CONTENT_TYPE, &b"text/plain"[..]), (&CONTENT_LENGTH, &b"0"[..])],
             vec![],
         ] {
             assert_eq!(content_type(&headers(&pairs)), Ok(()), "{pairs:?}");
         }
         let h2_body = one(&CONTENT_TYPE, "text/plain");
-        assert_eq!(
-            content_type_given(&h2_body, true),
-            Err(Reject::InvalidContentType)
-        );
+        assert_eq!(content_type_given(&h2_body, true), Err(Reject::InvalidContentType));
     }
 
     #[test]
@@ -429,10 +378,7 @@ mod tests {
             vec![(&CONTENT_LENGTH, &b"0"[..])],
             vec![(&CONTENT_LENGTH, &b"100"[..])],
             vec![(&CONTENT_LENGTH, &b"100, 100"[..])],
-            vec![
-                (&CONTENT_LENGTH, &b"100"[..]),
-                (&CONTENT_LENGTH, &b"100"[..]),
-            ],
+            vec![(&CONTENT_LENGTH, &b"100"[..]), (&CONTENT_LENGTH, &b"100"[..])],
             vec![(&TRANSFER_ENCODING, &b"chunked"[..])],
         ] {
             assert_eq!(content_length(&headers(&pairs), 100), Ok(()), "{pairs:?}");
@@ -465,10 +411,7 @@ mod tests {
             assert!(
                 matches!(
                     content_length(&headers(&pairs), 100),
-                    Err(Reject::BadRequest {
-                        field: "Content-Length",
-                        ..
-                    })
+                    Err(Reject::BadRequest { field: "Content-Length", .. })
                 ),
                 "{pairs:?}"
             );

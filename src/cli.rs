@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "deskgate",
-    version,
-    about = "Rate-limiting reverse proxy for a helpdesk API"
-)]
+#[command(name = "deskgate", version, about = "Rate-limiting reverse proxy for a helpdesk API")]
 pub struct Cli {
     /// Config file [default: $DESKGATE_CONFIG, else config/deskgate.toml]
     #[arg(long, global = true, value_name = "PATH")]

@@ -42,14 +42,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.path.display(),
-            self.line.max(1),
-            self.col.max(1),
-            self.msg
-        )
+        write!(f, "{}:{}:{}: {}", self.path.display(), self.line.max(1), self.col.max(1), self.msg)
     }
 }
 

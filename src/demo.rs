@@ -34,24 +34,20 @@ pub async fn start_sample_helpdesk() -> std::io::Result<SocketAddr> {
             let next_id = next_id.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| sample_answer(next_id.clone(), req));
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
     Ok(addr)
 }
 
-async fn sample_answer(
-    next_id: Arc<AtomicU64>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn sample_answer(next_id: Arc<AtomicU64>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     let (status, body) = match (req.method(), path) {
         (&Method::GET, "/api/v2/tickets") => (
             StatusCode::OK,
-            r#"[{"id":1,"subject":"Printer on fire","status":2},{"id":2,"subject":"Cannot log in","status":3}]"#.to_owned(),
+            r#"[{"id":1,"subject":"Printer on fire","status":2},{"id":2,"subject":"Cannot log in","status":3}]"#
+                .to_owned(),
         ),
         (&Method::POST, "/api/v2/tickets") => {
             let id = next_id.fetch_add(1, Ordering::Relaxed);
@@ -74,10 +70,7 @@ async fn sample_answer(
 fn json(status: StatusCode, body: String) -> Response<Body> {
     let mut rsp = Response::new(body::full(Bytes::from(body)));
     *rsp.status_mut() = status;
-    rsp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     rsp
 }
 
@@ -114,18 +107,14 @@ plan = "sprout"                       # no API access
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(listen: &str, admin: &str) -> Result<(), String> {
-    let upstream = start_sample_helpdesk()
-        .await
-        .map_err(|e| format!("cannot start the sample helpdesk: {e}"))?;
+    let upstream = start_sample_helpdesk().await.map_err(|e| format!("cannot start the sample helpdesk: {e}"))?;
     let dir = std::env::temp_dir().join(format!("deskgate-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join("deskgate.toml");
-    std::fs::write(&path, demo_toml(listen, admin, upstream))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&path, demo_toml(listen, admin, upstream)).map_err(|e| format!("{}: {e}", path.display()))?;
     let config = Config::load(&path).map_err(|e| e.to_string())?;
-    let gateway = Gateway::start(config)
-        .await
-        .map_err(|e| format!("{e} (pick other ports with --listen ADDR --admin ADDR)"))?;
+    let gateway =
+        Gateway::start(config).await.map_err(|e| format!("{e} (pick other ports with --listen ADDR --admin ADDR)"))?;
     let api = gateway.api_addr;
     let adm = gateway.admin_addr;
     println!(

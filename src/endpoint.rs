@@ -33,12 +33,8 @@ impl Endpoint {
     /// Number of classes that have their own budget.
     pub const CLASSIFIED: usize = 4;
     /// The classes with a budget, in index order.
-    pub const ALL_CLASSIFIED: [Endpoint; 4] = [
-        Endpoint::TicketCreate,
-        Endpoint::TicketUpdate,
-        Endpoint::TicketList,
-        Endpoint::ContactList,
-    ];
+    pub const ALL_CLASSIFIED: [Endpoint; 4] =
+        [Endpoint::TicketCreate, Endpoint::TicketUpdate, Endpoint::TicketList, Endpoint::ContactList];
 
     /// Name used in config keys, headers and metric labels.
     pub const fn as_str(self) -> &'static str {
@@ -64,9 +60,7 @@ impl Endpoint {
 
     /// Parses a config key (`ticket_create`, ...); `other` is not a budget key.
     pub fn from_key(key: &str) -> Option<Endpoint> {
-        Endpoint::ALL_CLASSIFIED
-            .into_iter()
-            .find(|e| e.as_str() == key)
+        Endpoint::ALL_CLASSIFIED.into_iter().find(|e| e.as_str() == key)
     }
 }
 
@@ -128,16 +122,8 @@ impl Resource {
 ///   upstream the same work). `Allow` still lists SPEC's methods only.
 /// - `OPTIONS` and any other method not listed is 405 with SPEC's `Allow`:
 ///   the helpdesk API serves no CORS preflight.
-pub fn classify<'a>(
-    method: &Method,
-    path: &'a str,
-    query: Option<&str>,
-) -> Result<Route<'a>, Reject> {
-    let route = |endpoint, cost| Route {
-        endpoint,
-        cost,
-        path: Cow::Borrowed(path),
-    };
+pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Result<Route<'a>, Reject> {
+    let route = |endpoint, cost| Route { endpoint, cost, path: Cow::Borrowed(path) };
     let Some(resource) = Resource::of(path) else {
         return Ok(route(Endpoint::Other, 1));
     };
@@ -148,16 +134,10 @@ pub fn classify<'a>(
         Resource::Ticket if *method == Method::PUT => Endpoint::TicketUpdate,
         Resource::Contacts if get => Endpoint::ContactList,
         Resource::Contacts if *method == Method::POST => Endpoint::Other,
-        Resource::Ticket | Resource::Contact
-            if get || *method == Method::PUT || *method == Method::DELETE =>
-        {
+        Resource::Ticket | Resource::Contact if get || *method == Method::PUT || *method == Method::DELETE => {
             Endpoint::Other
         }
-        _ => {
-            return Err(Reject::MethodNotAllowed {
-                allow: resource.allow(),
-            })
-        }
+        _ => return Err(Reject::MethodNotAllowed { allow: resource.allow() }),
     };
     // Embedding credits (SPEC §3.2): 1 per include on one ticket, 2 per
     // include on the ticket list.
@@ -170,9 +150,7 @@ pub fn classify<'a>(
         1
     } else {
         let n = query.map_or(0, count_includes);
-        n.saturating_mul(per_include)
-            .saturating_add(1)
-            .min(MAX_COST)
+        n.saturating_mul(per_include).saturating_add(1).min(MAX_COST)
     };
     Ok(route(endpoint, cost))
 }
@@ -264,11 +242,7 @@ mod tests {
             "/api/%2e/v2/tickets",
             "/api/v2/x/%2E%2e/tickets//",
         ] {
-            assert_eq!(
-                route("GET", raw, None),
-                (Endpoint::TicketList, 1),
-                "{raw:?}"
-            );
+            assert_eq!(route("GET", raw, None), (Endpoint::TicketList, 1), "{raw:?}");
         }
     }
 
@@ -340,11 +314,7 @@ mod tests {
             ("%69nclude=requester", 3),
             ("", 1),
         ] {
-            assert_eq!(
-                route("GET", "/api/v2/tickets", Some(query)),
-                (Endpoint::TicketList, cost),
-                "{query:?}"
-            );
+            assert_eq!(route("GET", "/api/v2/tickets", Some(query)), (Endpoint::TicketList, cost), "{query:?}");
         }
     }
 
@@ -357,11 +327,7 @@ mod tests {
             ("GET", "include=stats,stats", 2),
             ("GET", "x=1", 1),
         ] {
-            assert_eq!(
-                route(method, "/api/v2/tickets/42", Some(query)),
-                (Endpoint::Other, cost),
-                "{method} {query:?}"
-            );
+            assert_eq!(route(method, "/api/v2/tickets/42", Some(query)), (Endpoint::Other, cost), "{method} {query:?}");
         }
     }
 

@@ -102,25 +102,12 @@ impl Upstream {
             .pool_max_idle_per_host(1024)
             .build(connector);
         let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP);
-        let authority = cfg
-            .url
-            .authority()
-            .cloned()
-            .ok_or_else(|| "upstream url has no host".to_owned())?;
-        Ok(Upstream {
-            client,
-            scheme,
-            authority,
-            timeout: cfg.timeout,
-        })
+        let authority = cfg.url.authority().cloned().ok_or_else(|| "upstream url has no host".to_owned())?;
+        Ok(Upstream { client, scheme, authority, timeout: cfg.timeout })
     }
 
     /// Sends `req` upstream and returns its response, streaming.
-    pub async fn send(
-        &self,
-        f: &Forwarding<'_>,
-        req: Request<Incoming>,
-    ) -> Result<Response<Body>, UpstreamError> {
+    pub async fn send(&self, f: &Forwarding<'_>, req: Request<Incoming>) -> Result<Response<Body>, UpstreamError> {
         let (mut parts, incoming) = req.into_parts();
         let path = f.path.unwrap_or(parts.uri.path());
         let pq = match parts.uri.query() {
@@ -145,12 +132,9 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         set_forwarded(&mut parts.headers, f);
 
-        let body: Body = Limited::new(
-            incoming,
-            usize::try_from(f.max_body_bytes).unwrap_or(usize::MAX),
-        )
-        .map_err(BoxError::from)
-        .boxed();
+        let body: Body = Limited::new(incoming, usize::try_from(f.max_body_bytes).unwrap_or(usize::MAX))
+            .map_err(BoxError::from)
+            .boxed();
         let req = Request::from_parts(parts, body);
         let rsp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout),
@@ -159,10 +143,7 @@ impl Upstream {
         };
         let (mut parts, incoming) = rsp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            incoming.map_err(BoxError::from).boxed(),
-        ))
+        Ok(Response::from_parts(parts, incoming.map_err(BoxError::from).boxed()))
     }
 }
 
@@ -183,12 +164,8 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
 /// Maps an upstream failure to the refusal the downstream sees.
 pub fn reject_for(e: UpstreamError, timeout: Duration, max_body_bytes: u64) -> Reject {
     match e {
-        UpstreamError::Timeout => Reject::GatewayTimeout {
-            timeout_ms: timeout.as_millis() as u64,
-        },
-        UpstreamError::BodyTooLarge => Reject::PayloadTooLarge {
-            limit: max_body_bytes,
-        },
+        UpstreamError::Timeout => Reject::GatewayTimeout { timeout_ms: timeout.as_millis() as u64 },
+        UpstreamError::BodyTooLarge => Reject::PayloadTooLarge { limit: max_body_bytes },
         UpstreamError::Connect | UpstreamError::Protocol => Reject::BadGateway,
     }
 }
@@ -242,10 +219,7 @@ fn set_forwarded(h: &mut HeaderMap, f: &Forwarding<'_>) {
     if let Ok(v) = HeaderValue::try_from(xff) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
-    h.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if f.https { "https" } else { "http" }),
-    );
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if f.https { "https" } else { "http" }));
     let host = match f.host {
         // The resolved host is the tenant the budget was charged to; the
         // upstream must see the same one (absolute-form and :authority included).
@@ -273,10 +247,7 @@ mod tests {
     #[test]
     fn connection_named_fields_and_hop_by_hop_fields_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, X-Secret-Hop"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret-Hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));

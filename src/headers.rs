@@ -10,21 +10,14 @@ use crate::limiter::{Decision, PolicyState};
 
 pub static X_RATELIMIT_TOTAL: HeaderName = HeaderName::from_static("x-ratelimit-total");
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-pub static X_RATELIMIT_USED: HeaderName =
-    HeaderName::from_static("x-ratelimit-used-currentrequest");
+pub static X_RATELIMIT_USED: HeaderName = HeaderName::from_static("x-ratelimit-used-currentrequest");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Adds the rate-limit headers of `d` to a response (any status).
 pub fn render(d: &Decision, h: &mut HeaderMap) {
-    h.insert(
-        X_RATELIMIT_TOTAL.clone(),
-        HeaderValue::from(d.account.policy.quota),
-    );
-    h.insert(
-        X_RATELIMIT_REMAINING.clone(),
-        HeaderValue::from(d.account.remaining),
-    );
+    h.insert(X_RATELIMIT_TOTAL.clone(), HeaderValue::from(d.account.policy.quota));
+    h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(d.account.remaining));
     h.insert(X_RATELIMIT_USED.clone(), HeaderValue::from(d.charged()));
 
     let mut policy = String::with_capacity(64);
@@ -39,13 +32,7 @@ pub fn render(d: &Decision, h: &mut HeaderMap) {
 
     let tight = d.tighter();
     let mut rl = String::with_capacity(48);
-    let _ = write!(
-        rl,
-        "\"{}\";r={};t={}",
-        tight.policy.name,
-        tight.remaining,
-        until_room_s(tight)
-    );
+    let _ = write!(rl, "\"{}\";r={};t={}", tight.policy.name, tight.remaining, until_room_s(tight));
     if let Ok(v) = HeaderValue::try_from(rl) {
         h.insert(RATELIMIT.clone(), v);
     }
@@ -58,11 +45,7 @@ pub fn render(d: &Decision, h: &mut HeaderMap) {
 }
 
 fn push_policy(out: &mut String, p: &PolicyState) {
-    let _ = write!(
-        out,
-        "\"{}\";q={};w={}",
-        p.policy.name, p.policy.quota, p.policy.window_s
-    );
+    let _ = write!(out, "\"{}\";q={};w={}", p.policy.name, p.policy.quota, p.policy.window_s);
 }
 
 /// Seconds until the policy has room again: for a refusing policy, until the
@@ -80,23 +63,8 @@ mod tests {
     use super::*;
     use crate::limiter::Policy;
 
-    fn state(
-        name: &'static str,
-        quota: u32,
-        remaining: u32,
-        reset_ms: u64,
-        retry_ms: Option<u64>,
-    ) -> PolicyState {
-        PolicyState {
-            policy: Policy {
-                name,
-                quota,
-                window_s: 60,
-            },
-            remaining,
-            reset_ms,
-            retry_ms,
-        }
+    fn state(name: &'static str, quota: u32, remaining: u32, reset_ms: u64, retry_ms: Option<u64>) -> PolicyState {
+        PolicyState { policy: Policy { name, quota, window_s: 60 }, remaining, reset_ms, retry_ms }
     }
 
     #[test]
@@ -113,10 +81,7 @@ mod tests {
         assert_eq!(h["x-ratelimit-total"], "400");
         assert_eq!(h["x-ratelimit-remaining"], "350");
         assert_eq!(h["x-ratelimit-used-currentrequest"], "1");
-        assert_eq!(
-            h["ratelimit-policy"],
-            "\"account\";q=400;w=60, \"ticket_list\";q=100;w=60"
-        );
+        assert_eq!(h["ratelimit-policy"], "\"account\";q=400;w=60, \"ticket_list\";q=100;w=60");
         assert_eq!(h["ratelimit"], "\"ticket_list\";r=37;t=12");
         assert!(h.get("retry-after").is_none());
     }

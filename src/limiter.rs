@@ -6,17 +6,25 @@
 //! count; what a decision means for the response is decided here and in
 //! `proxy`.
 
+mod deny;
 pub mod memory;
+pub mod redis;
 pub mod store;
 pub mod window;
 
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::{LimiterConfig, OnStoreError, Tenant};
+use tokio::time::Instant;
+
+use crate::config::{LimiterConfig, OnStoreError, StoreKind, Tenant};
 use crate::endpoint::Endpoint;
 use crate::reject::Reject;
 
+use deny::DenyCache;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 pub use store::{Store, StoreError};
 
 /// One budget: `quota` credits per `window_s` seconds.
@@ -43,29 +51,11 @@ impl<'a> Ask<'a> {
     /// The ask for a call of `endpoint` costing `cost` by `tenant`.
     pub fn new(tenant: &'a Tenant, endpoint: Endpoint, cost: u32) -> Ask<'a> {
         let window_s = tenant.window_seconds;
-        let account = Policy {
-            name: "account",
-            quota: tenant.per_minute,
-            window_s,
-        };
+        let account = Policy { name: "account", quota: tenant.per_minute, window_s };
         let endpoint = endpoint.index().and_then(|i| {
-            tenant.endpoints[i].map(|quota| {
-                (
-                    endpoint,
-                    Policy {
-                        name: endpoint.as_str(),
-                        quota,
-                        window_s,
-                    },
-                )
-            })
+            tenant.endpoints[i].map(|quota| (endpoint, Policy { name: endpoint.as_str(), quota, window_s }))
         });
-        Ask {
-            tenant: &tenant.name,
-            cost,
-            account,
-            endpoint,
-        }
+        Ask { tenant: &tenant.name, cost, account, endpoint }
     }
 }
 
@@ -84,40 +74,19 @@ pub struct PolicyState {
 
 impl PolicyState {
     /// From a window verdict; `reset_us` is read after any charge.
-    pub fn new(
-        policy: Policy,
-        v: &window::Verdict,
-        allowed: bool,
-        cost: u32,
-        reset_us: u64,
-    ) -> PolicyState {
-        let left = if allowed {
-            v.left.saturating_sub(u64::from(cost))
-        } else {
-            v.left
-        };
+    pub fn new(policy: Policy, v: &window::Verdict, allowed: bool, cost: u32, reset_us: u64) -> PolicyState {
+        let left = if allowed { v.left.saturating_sub(u64::from(cost)) } else { v.left };
         PolicyState {
             policy,
             remaining: u32::try_from(left).unwrap_or(u32::MAX),
             reset_ms: reset_us.div_ceil(1000),
-            retry_ms: (!v.fits).then(|| {
-                if v.retry_us == u64::MAX {
-                    u64::MAX
-                } else {
-                    v.retry_us.div_ceil(1000)
-                }
-            }),
+            retry_ms: (!v.fits).then(|| if v.retry_us == u64::MAX { u64::MAX } else { v.retry_us.div_ceil(1000) }),
         }
     }
 
     /// A policy nobody could read (store down, failing open): shown as untouched.
     pub fn unknown(policy: Policy) -> PolicyState {
-        PolicyState {
-            policy,
-            remaining: policy.quota,
-            reset_ms: 0,
-            retry_ms: None,
-        }
+        PolicyState { policy, remaining: policy.quota, reset_ms: 0, retry_ms: None }
     }
 }
 
@@ -170,24 +139,29 @@ impl Decision {
         } else {
             retry_ms.div_ceil(1000).max(1)
         };
-        Reject::RateLimited {
-            policy: p.policy.name,
-            quota: p.policy.quota,
-            window_s: p.policy.window_s,
-            retry_after_s,
-        }
+        Reject::RateLimited { policy: p.policy.name, quota: p.policy.quota, window_s: p.policy.window_s, retry_after_s }
     }
 }
 
 /// The store a replica uses.
 pub enum AnyStore {
     Memory(MemoryStore),
+    Redis(RedisStore),
 }
+
+/// Consecutive store failures that open the circuit.
+pub const CIRCUIT_FAILURES: u32 = 3;
+/// How long an open circuit answers without asking the store before it lets
+/// one probe call through.
+pub const CIRCUIT_OPEN_FOR: Duration = Duration::from_millis(500);
 
 /// Budgets for every tenant, through one store.
 pub struct Limiter {
     store: AnyStore,
     on_store_error: OnStoreError,
+    store_timeout: Duration,
+    circuit: Circuit,
+    denials: DenyCache,
 }
 
 impl Limiter {
@@ -196,6 +170,9 @@ impl Limiter {
         Limiter {
             store,
             on_store_error: cfg.on_store_error,
+            store_timeout: cfg.store_timeout,
+            circuit: Circuit::new(),
+            denials: DenyCache::default(),
         }
     }
 
@@ -204,35 +181,74 @@ impl Limiter {
         Arc::new(Limiter::new(AnyStore::Memory(MemoryStore::new()), cfg))
     }
 
-    /// Builds the store `[limiter]` names. (Memory only until the Redis store lands.)
+    /// The limiter `[limiter]` asks for: memory, or Redis (standalone or
+    /// cluster). An unreachable Redis is not an error here: it is retried in
+    /// the background while `on_store_error` answers.
     pub async fn from_config(cfg: &LimiterConfig) -> Result<Arc<Limiter>, StoreError> {
-        match &cfg.store {
-            crate::config::StoreKind::Memory => Ok(Limiter::memory(cfg)),
-            _ => Err(StoreError::Backend(
-                "the redis store is not built yet".into(),
-            )),
+        let store = match &cfg.store {
+            StoreKind::Memory => AnyStore::Memory(MemoryStore::new()),
+            kind => AnyStore::Redis(RedisStore::connect(kind, &cfg.key_prefix).await?),
+        };
+        Ok(Arc::new(Limiter::new(store, cfg)))
+    }
+
+    /// Whether the store answers: always for memory; for Redis, connected and
+    /// the circuit closed (for `/readyz`).
+    pub fn store_healthy(&self) -> bool {
+        match &self.store {
+            AnyStore::Memory(_) => true,
+            AnyStore::Redis(r) => r.is_connected() && self.circuit.is_closed(),
         }
     }
 
-    /// For `/readyz`: the store answers, or failing open makes that moot.
+    /// For `/readyz` (SPEC §5): the store answers, or `fail_open` makes that moot.
     pub fn ready(&self) -> bool {
-        true
+        self.on_store_error == OnStoreError::FailOpen || self.store_healthy()
     }
 
     /// Judges and, if it fits, charges a call. `Err` only when the store
     /// cannot answer and the config says to fail closed.
     pub async fn acquire(&self, ask: &Ask<'_>) -> Result<Decision, Reject> {
-        let result = match &self.store {
+        match &self.store {
             AnyStore::Memory(m) => Ok(m.acquire_now(ask)),
+            AnyStore::Redis(r) => self.acquire_remote(r, ask).await,
+        }
+    }
+
+    /// A remote store: the deny cache first, then the circuit, then one call
+    /// bounded by `store_timeout`.
+    async fn acquire_remote(&self, store: &RedisStore, ask: &Ask<'_>) -> Result<Decision, Reject> {
+        let start = Instant::now();
+        if let Some(d) = self.denials.check(ask, start) {
+            return Ok(d);
+        }
+        let Some(mut permit) = self.circuit.permit(start) else {
+            return self.store_failed(ask, &StoreError::CircuitOpen);
+        };
+        let result = match tokio::time::timeout(self.store_timeout, store.acquire(ask)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout),
         };
         match result {
-            Ok(d) => Ok(d),
-            Err::<_, StoreError>(e) => self.store_failed(ask, &e),
+            Ok(d) => {
+                permit.succeeded();
+                if !d.allowed {
+                    self.denials.record(ask, &d, start, Instant::now());
+                }
+                Ok(d)
+            }
+            Err(e) => {
+                permit.failed(Instant::now(), &e);
+                self.store_failed(ask, &e)
+            }
         }
     }
 
     fn store_failed(&self, ask: &Ask<'_>, e: &StoreError) -> Result<Decision, Reject> {
-        tracing::warn!(tenant = ask.tenant, error = %e, "rate-limit store failed");
+        // An open circuit already logged why; one line per call would flood.
+        if !matches!(e, StoreError::CircuitOpen) {
+            tracing::warn!(tenant = ask.tenant, error = %e, "rate-limit store failed");
+        }
         match self.on_store_error {
             OnStoreError::FailOpen => Ok(Decision {
                 allowed: true,
@@ -242,6 +258,104 @@ impl Limiter {
                 degraded: true,
             }),
             OnStoreError::FailClosed => Err(Reject::ServiceUnavailable { retry_after_s: 1 }),
+        }
+    }
+}
+
+/// A circuit breaker around the remote store. Closed: every call goes to the
+/// store. After [`CIRCUIT_FAILURES`] failures in a row it opens: calls are
+/// answered at once per `on_store_error`, without waiting on the store, for
+/// [`CIRCUIT_OPEN_FOR`]; then one probe call goes through (half-open) and
+/// its outcome closes or reopens the circuit. Lock-free: a few atomics.
+struct Circuit {
+    epoch: Instant,
+    failures: AtomicU32,
+    /// Microseconds since `epoch` until which the circuit stays open.
+    open_until_us: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl Circuit {
+    fn new() -> Circuit {
+        Circuit {
+            epoch: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until_us: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    fn us(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.failures.load(Ordering::Acquire) < CIRCUIT_FAILURES
+    }
+
+    /// May this call ask the store? `None`: answer without it.
+    fn permit(&self, now: Instant) -> Option<Permit<'_>> {
+        if self.is_closed() {
+            return Some(Permit { circuit: self, probe: false, done: false });
+        }
+        if self.us(now) < self.open_until_us.load(Ordering::Acquire) {
+            return None;
+        }
+        self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| Permit {
+            circuit: self,
+            probe: true,
+            done: false,
+        })
+    }
+
+    fn open(&self, now: Instant) {
+        let until = self.us(now).saturating_add(CIRCUIT_OPEN_FOR.as_micros() as u64);
+        self.open_until_us.store(until, Ordering::Release);
+    }
+}
+
+/// One call's right to use the store; reports how it went.
+struct Permit<'a> {
+    circuit: &'a Circuit,
+    probe: bool,
+    done: bool,
+}
+
+impl Permit<'_> {
+    fn succeeded(&mut self) {
+        self.done = true;
+        let before = self.circuit.failures.swap(0, Ordering::AcqRel);
+        if before >= CIRCUIT_FAILURES {
+            tracing::info!("rate-limit store answers again; circuit closed");
+        }
+        if self.probe {
+            self.circuit.probing.store(false, Ordering::Release);
+        }
+    }
+
+    fn failed(&mut self, now: Instant, e: &StoreError) {
+        self.done = true;
+        let n = self.circuit.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        if n >= CIRCUIT_FAILURES {
+            self.circuit.open(now);
+            if n == CIRCUIT_FAILURES {
+                tracing::error!(error = %e, open_for_ms = CIRCUIT_OPEN_FOR.as_millis() as u64,
+                    "rate-limit store failed {n} times in a row; circuit open");
+            }
+        }
+        if self.probe {
+            self.circuit.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    /// A call dropped mid-flight (its request was cancelled) must not leave
+    /// the circuit waiting for a probe that will never report.
+    fn drop(&mut self) {
+        if self.probe && !self.done {
+            self.circuit.open(Instant::now());
+            self.circuit.probing.store(false, Ordering::Release);
         }
     }
 }

@@ -9,32 +9,19 @@ use deskgate::config::Config;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: Option<LogFormat>) {
-    let format = format.unwrap_or(if std::io::stdout().is_terminal() {
-        LogFormat::Text
-    } else {
-        LogFormat::Json
-    });
+    let format = format.unwrap_or(if std::io::stdout().is_terminal() { LogFormat::Text } else { LogFormat::Json });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("deskgate: cannot start the runtime: {e}");
@@ -54,15 +41,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Demo { listen, admin }) => {
-            match runtime.block_on(deskgate::demo::run(&listen, &admin)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("deskgate demo: {e}");
-                    ExitCode::FAILURE
-                }
+        Some(Command::Demo { listen, admin }) => match runtime.block_on(deskgate::demo::run(&listen, &admin)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("deskgate demo: {e}");
+                ExitCode::FAILURE
             }
-        }
+        },
         None | Some(Command::Run) => {
             let cfg = match Config::load(&path) {
                 Ok(cfg) => cfg,

@@ -105,9 +105,7 @@ impl Metrics {
         let rate_limited = Family::<TenantEndpoint, Counter>::default();
         let rejected = Family::<TenantReason, Counter>::default();
         let request_duration =
-            Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
+            Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let upstream_duration = latency_histogram();
         let upstream_errors = Family::<KindLabel, Counter>::default();
         let store_duration = latency_histogram();
@@ -115,28 +113,12 @@ impl Metrics {
         let budget_remaining = Family::<TenantPolicy, Gauge>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
-        build_info
-            .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
+        build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
 
         // prometheus-client appends `_total` to counters itself.
-        registry.register(
-            "deskgate_requests",
-            "API calls answered, by tenant, endpoint and status",
-            requests.clone(),
-        );
-        registry.register(
-            "deskgate_rate_limited",
-            "Calls refused with 429",
-            rate_limited.clone(),
-        );
-        registry.register(
-            "deskgate_rejected",
-            "Calls refused before the budget, by reason",
-            rejected.clone(),
-        );
+        registry.register("deskgate_requests", "API calls answered, by tenant, endpoint and status", requests.clone());
+        registry.register("deskgate_rate_limited", "Calls refused with 429", rate_limited.clone());
+        registry.register("deskgate_rejected", "Calls refused before the budget, by reason", rejected.clone());
         registry.register(
             "deskgate_request_duration_seconds",
             "Time from arrival to response headers (kind=total) and the part added by the gateway (kind=gateway)",
@@ -147,16 +129,8 @@ impl Metrics {
             "Time waiting for upstream response headers",
             upstream_duration.clone(),
         );
-        registry.register(
-            "deskgate_upstream_errors",
-            "Failed upstream exchanges, by kind",
-            upstream_errors.clone(),
-        );
-        registry.register(
-            "deskgate_store_duration_seconds",
-            "Rate-limit store call latency",
-            store_duration.clone(),
-        );
+        registry.register("deskgate_upstream_errors", "Failed upstream exchanges, by kind", upstream_errors.clone());
+        registry.register("deskgate_store_duration_seconds", "Rate-limit store call latency", store_duration.clone());
         registry.register(
             "deskgate_store_errors",
             "Rate-limit store calls that failed or timed out",
@@ -167,11 +141,7 @@ impl Metrics {
             "Credits left in the window after the latest call",
             budget_remaining.clone(),
         );
-        registry.register(
-            "deskgate_config_reloads",
-            "Config reloads, by result",
-            config_reloads.clone(),
-        );
+        registry.register("deskgate_config_reloads", "Config reloads, by result", config_reloads.clone());
         registry.register("deskgate_build_info", "Build information", build_info);
 
         Metrics {

@@ -17,9 +17,7 @@ use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
 use crate::forward::{self, Forwarding, X_REQUEST_ID};
 use crate::limiter::{Ask, Decision};
-use crate::metrics::{
-    DurationLabels, Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason,
-};
+use crate::metrics::{DurationLabels, Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
 use crate::{checks, headers, tenant};
@@ -47,11 +45,7 @@ struct RequestCtx {
 }
 
 /// Serves one downstream request. Never fails: every refusal becomes a response.
-pub async fn handle(
-    shared: Arc<Shared>,
-    conn: ConnInfo,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let snap = shared.snapshot.load_full();
     let mut cx = RequestCtx {
         start: Instant::now(),
@@ -101,9 +95,7 @@ async fn police(
         // the API but normalises outside it (`/api/v2/../../x`): the upstream
         // gets the normalised path, so it cannot read an API call into it.
         let path = match &normalized {
-            Ok(Some(p)) if parts.uri.path().to_ascii_lowercase().contains("api") => {
-                Some(p.as_str())
-            }
+            Ok(Some(p)) if parts.uri.path().to_ascii_lowercase().contains("api") => Some(p.as_str()),
             _ => None,
         };
         let fwd = forwarding(cfg, conn, https, None, path, cx.request_id.clone());
@@ -120,15 +112,12 @@ async fn police(
         return Err(Reject::SslRequired); // 2
     }
     if !tenant.api_access {
-        return Err(Reject::RequireFeature {
-            plan: tenant.plan.clone(),
-        }); // 3
+        return Err(Reject::RequireFeature { plan: tenant.plan.clone() }); // 3
     }
     let normalized = normalized?;
     let path = normalized.as_deref().unwrap_or(parts.uri.path());
     let body_present = checks::has_body(&parts.headers) || !body.is_end_stream();
-    let route =
-        endpoint::classify(&parts.method, path, parts.uri.query()).map(|r| (r.endpoint, r.cost)); // 4
+    let route = endpoint::classify(&parts.method, path, parts.uri.query()).map(|r| (r.endpoint, r.cost)); // 4
     if let Ok((endpoint, _)) = route {
         cx.endpoint = endpoint;
     }
@@ -142,11 +131,7 @@ async fn police(
         if cfg.limiter.charge_invalid && reject.chargeable_as_invalid() {
             // "Even invalid requests count": charge what fits, refuse as before.
             let cost = route.as_ref().map_or(1, |r| r.1);
-            if let Ok(d) = shared
-                .limiter
-                .acquire(&Ask::new(&tenant, cx.endpoint, cost))
-                .await
-            {
+            if let Ok(d) = shared.limiter.acquire(&Ask::new(&tenant, cx.endpoint, cost)).await {
                 cx.decision = Some(d);
             }
         }
@@ -155,14 +140,8 @@ async fn police(
     let (endpoint, cost) = route?;
 
     let store_start = Instant::now();
-    let decision = shared
-        .limiter
-        .acquire(&Ask::new(&tenant, endpoint, cost))
-        .await; // 9
-    shared
-        .metrics
-        .store_duration
-        .observe(store_start.elapsed().as_secs_f64());
+    let decision = shared.limiter.acquire(&Ask::new(&tenant, endpoint, cost)).await; // 9
+    shared.metrics.store_duration.observe(store_start.elapsed().as_secs_f64());
     let decision = decision?;
     cx.decision = Some(decision);
     if !decision.allowed {
@@ -172,14 +151,7 @@ async fn police(
         tracing::info!(tenant = %tenant.name, endpoint = endpoint.as_str(), request_id = cx.request_id.to_str().unwrap_or(""), "shadow: would answer 429");
     }
 
-    let fwd = forwarding(
-        cfg,
-        conn,
-        https,
-        Some(&tenant.domain),
-        normalized.as_deref(),
-        cx.request_id.clone(),
-    );
+    let fwd = forwarding(cfg, conn, https, Some(&tenant.domain), normalized.as_deref(), cx.request_id.clone());
     send(shared, cx, &fwd, Request::from_parts(parts, body)).await // 10
 }
 
@@ -212,26 +184,16 @@ async fn send(
     let result = shared.upstream.send(fwd, req).await;
     let waited = start.elapsed();
     cx.upstream = Some(waited);
-    shared
-        .metrics
-        .upstream_duration
-        .observe(waited.as_secs_f64());
+    shared.metrics.upstream_duration.observe(waited.as_secs_f64());
     result.map_err(|e| {
-        shared
-            .metrics
-            .upstream_errors
-            .get_or_create(&crate::metrics::KindLabel { kind: e.kind() })
-            .inc();
+        shared.metrics.upstream_errors.get_or_create(&crate::metrics::KindLabel { kind: e.kind() }).inc();
         forward::reject_for(e, shared.upstream.timeout(), fwd.max_body_bytes)
     })
 }
 
 fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {
     let ip = peer.ip().to_canonical();
-    cfg.server
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&ip))
+    cfg.server.trusted_proxies.iter().any(|net| net.contains(&ip))
 }
 
 /// Step 2's notion of HTTPS: TLS on this connection, or a trusted proxy's
@@ -275,73 +237,36 @@ fn finish(shared: &Shared, cx: &RequestCtx, mut rsp: Response<Body>) -> Response
     if let Some(d) = &cx.decision {
         headers::render(d, rsp.headers_mut());
     }
-    rsp.headers_mut()
-        .insert(X_REQUEST_ID.clone(), cx.request_id.clone());
+    rsp.headers_mut().insert(X_REQUEST_ID.clone(), cx.request_id.clone());
     if !cx.api {
         return rsp;
     }
     let status = rsp.status().as_u16();
     let endpoint = cx.endpoint.as_str();
-    let tenant = Name(
-        cx.tenant
-            .as_ref()
-            .map_or_else(|| Arc::from("unknown"), |t| t.name.clone()),
-    );
+    let tenant = Name(cx.tenant.as_ref().map_or_else(|| Arc::from("unknown"), |t| t.name.clone()));
     let m = &shared.metrics;
-    m.requests
-        .get_or_create(&RequestLabels {
-            tenant: tenant.clone(),
-            endpoint,
-            status,
-        })
-        .inc();
+    m.requests.get_or_create(&RequestLabels { tenant: tenant.clone(), endpoint, status }).inc();
     let total = cx.start.elapsed();
-    m.request_duration
-        .get_or_create(&DurationLabels {
-            endpoint,
-            kind: "total",
-        })
-        .observe(total.as_secs_f64());
+    m.request_duration.get_or_create(&DurationLabels { endpoint, kind: "total" }).observe(total.as_secs_f64());
     let added = total.saturating_sub(cx.upstream.unwrap_or_default());
-    m.request_duration
-        .get_or_create(&DurationLabels {
-            endpoint,
-            kind: "gateway",
-        })
-        .observe(added.as_secs_f64());
+    m.request_duration.get_or_create(&DurationLabels { endpoint, kind: "gateway" }).observe(added.as_secs_f64());
     if let Some(d) = &cx.decision {
         m.budget_remaining
-            .get_or_create(&TenantPolicy {
-                tenant: tenant.clone(),
-                policy: "account",
-            })
+            .get_or_create(&TenantPolicy { tenant: tenant.clone(), policy: "account" })
             .set(i64::from(d.account.remaining));
         if let Some(e) = &d.endpoint {
             m.budget_remaining
-                .get_or_create(&TenantPolicy {
-                    tenant: tenant.clone(),
-                    policy: e.policy.name,
-                })
+                .get_or_create(&TenantPolicy { tenant: tenant.clone(), policy: e.policy.name })
                 .set(i64::from(e.remaining));
         }
     }
     match cx.reject {
         Some("rate_limit_exceeded") => {
-            m.rate_limited
-                .get_or_create(&TenantEndpoint {
-                    tenant: tenant.clone(),
-                    endpoint,
-                })
-                .inc();
+            m.rate_limited.get_or_create(&TenantEndpoint { tenant: tenant.clone(), endpoint }).inc();
             tracing::info!(tenant = %tenant.0, endpoint, reason = "rate_limit_exceeded", status, request_id = cx.request_id.to_str().unwrap_or(""), "refused");
         }
         Some(reason) => {
-            m.rejected
-                .get_or_create(&TenantReason {
-                    tenant: tenant.clone(),
-                    reason,
-                })
-                .inc();
+            m.rejected.get_or_create(&TenantReason { tenant: tenant.clone(), reason }).inc();
             tracing::info!(tenant = %tenant.0, endpoint, reason, status, request_id = cx.request_id.to_str().unwrap_or(""), "refused");
         }
         None => {

@@ -17,10 +17,7 @@ pub const JSON_UTF8: &str = "application/json; charset=utf-8";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     /// 400: the path cannot be normalised safely, or a header is malformed.
-    BadRequest {
-        field: &'static str,
-        message: String,
-    },
+    BadRequest { field: &'static str, message: String },
     /// 404: the Host names no tenant.
     UnknownHost,
     /// 403: a vanity host (CNAME) of a tenant was used for an API call.
@@ -64,9 +61,7 @@ impl Reject {
         match self {
             Reject::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Reject::UnknownHost => StatusCode::NOT_FOUND,
-            Reject::VanityHost { .. } | Reject::SslRequired | Reject::RequireFeature { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            Reject::VanityHost { .. } | Reject::SslRequired | Reject::RequireFeature { .. } => StatusCode::FORBIDDEN,
             Reject::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Reject::InvalidCredentials => StatusCode::UNAUTHORIZED,
             Reject::InvalidAccept => StatusCode::NOT_ACCEPTABLE,
@@ -183,8 +178,7 @@ impl Reject {
             Reject::MethodNotAllowed { allow } => {
                 h.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            Reject::RateLimited { retry_after_s, .. }
-            | Reject::ServiceUnavailable { retry_after_s } => {
+            Reject::RateLimited { retry_after_s, .. } | Reject::ServiceUnavailable { retry_after_s } => {
                 h.insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             _ => {}

@@ -38,10 +38,7 @@ impl Snapshot {
                 hosts.insert(v.clone(), (t.clone(), HostKind::Vanity));
             }
         }
-        Snapshot {
-            config: Arc::new(config),
-            hosts,
-        }
+        Snapshot { config: Arc::new(config), hosts }
     }
 }
 

@@ -23,9 +23,7 @@ pub fn requested_host(parts: &Parts) -> Result<Cow<'_, str>, Reject> {
     let raw = match parts.uri.authority() {
         Some(a) => a.as_str(),
         None => match header {
-            Some(h) => h
-                .to_str()
-                .map_err(|_| bad_host("The Host header is not valid ASCII."))?,
+            Some(h) => h.to_str().map_err(|_| bad_host("The Host header is not valid ASCII."))?,
             None => return Err(bad_host("A Host header is required.")),
         },
     };
@@ -33,10 +31,7 @@ pub fn requested_host(parts: &Parts) -> Result<Cow<'_, str>, Reject> {
 }
 
 fn bad_host(message: &str) -> Reject {
-    Reject::BadRequest {
-        field: "Host",
-        message: message.to_owned(),
-    }
+    Reject::BadRequest { field: "Host", message: message.to_owned() }
 }
 
 /// Lower-cases and strips `:port` and one trailing dot; refuses userinfo.
@@ -72,9 +67,7 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, Reject> {
 pub fn resolve<'s>(snap: &'s Snapshot, host: &str) -> Result<&'s Arc<Tenant>, Reject> {
     match snap.hosts.get(host) {
         Some((t, HostKind::Canonical)) => Ok(t),
-        Some((t, HostKind::Vanity)) => Err(Reject::VanityHost {
-            domain: t.domain.clone(),
-        }),
+        Some((t, HostKind::Vanity)) => Err(Reject::VanityHost { domain: t.domain.clone() }),
         None => Err(Reject::UnknownHost),
     }
 }
@@ -85,12 +78,7 @@ mod tests {
 
     #[test]
     fn ports_case_and_a_trailing_dot_are_ignored() {
-        for raw in [
-            "acme.freshdesk.com",
-            "ACME.freshdesk.com:443",
-            "acme.freshdesk.com.",
-            "Acme.Freshdesk.Com.:8080",
-        ] {
+        for raw in ["acme.freshdesk.com", "ACME.freshdesk.com:443", "acme.freshdesk.com.", "Acme.Freshdesk.Com.:8080"] {
             assert_eq!(normalize_host(raw).unwrap(), "acme.freshdesk.com", "{raw}");
         }
         assert_eq!(normalize_host("[::1]:8080").unwrap(), "[::1]");
@@ -98,13 +86,7 @@ mod tests {
 
     #[test]
     fn userinfo_and_garbage_ports_are_refused() {
-        for raw in [
-            "user@acme.freshdesk.com",
-            "acme.freshdesk.com:x",
-            "",
-            ":80",
-            "[::1",
-        ] {
+        for raw in ["user@acme.freshdesk.com", "acme.freshdesk.com:x", "", ":80", "[::1"] {
             assert!(normalize_host(raw).is_err(), "{raw}");
         }
     }
@@ -118,10 +100,7 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, _) = req.into_parts();
-        assert!(matches!(
-            requested_host(&parts),
-            Err(Reject::BadRequest { .. })
-        ));
+        assert!(matches!(requested_host(&parts), Err(Reject::BadRequest { .. })));
     }
 
     #[test]

@@ -32,9 +32,7 @@ pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, St
     }
     if let Some(path) = ca_file {
         for cert in read_certs(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     let cfg = ClientConfig::builder_with_provider(provider())

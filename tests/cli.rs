@@ -8,16 +8,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_deskgate");
 
 #[test]
 fn check_accepts_the_example_config_and_summarises_it() {
-    let out = Command::new(BIN)
-        .args(["check", "--config", "config/deskgate.toml"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check", "--config", "config/deskgate.toml"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("acme"), "{stdout}");
     assert!(stdout.contains("globex"), "tenants_dir is read: {stdout}");
 }
@@ -27,11 +20,7 @@ fn check_reports_a_broken_config_as_path_line_col_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:0\"\n\n[[tenant]]\nname = \"acme\"\ndomain = \"acme.freshdesk.com\"\nplan = \"platinum\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let expected = format!("{}:7:", path.display());
@@ -41,16 +30,10 @@ fn check_reports_a_broken_config_as_path_line_col_and_exits_1() {
 
 #[test]
 fn run_with_a_broken_config_exits_1_without_panicking() {
-    let out = Command::new(BIN)
-        .args(["--config", "/nonexistent/deskgate.toml"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["--config", "/nonexistent/deskgate.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("/nonexistent/deskgate.toml:1:1:"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("/nonexistent/deskgate.toml:1:1:"), "{stderr}");
     assert!(!stderr.contains("panicked"));
 }
 
@@ -95,16 +78,10 @@ fn the_demo_prints_curl_commands_that_work_and_one_reaches_429() {
     assert!(curls.len() >= 5, "{curls:?}");
     // Run the first printed curl command for real, if curl is installed.
     if Command::new("curl").arg("--version").output().is_ok() {
-        let list = curls
-            .iter()
-            .find(|c| c.contains("/api/v2/tickets") && !c.contains("-d"))
-            .unwrap();
+        let list = curls.iter().find(|c| c.contains("/api/v2/tickets") && !c.contains("-d")).unwrap();
         let mut statuses = Vec::new();
         for _ in 0..6 {
-            let cmd = format!(
-                "curl -s -o /dev/null -w '%{{http_code}}'{}",
-                list.trim().trim_start_matches("curl -i")
-            );
+            let cmd = format!("curl -s -o /dev/null -w '%{{http_code}}'{}", list.trim().trim_start_matches("curl -i"));
             let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
             statuses.push(String::from_utf8_lossy(&out.stdout).into_owned());
         }

@@ -25,23 +25,14 @@ pub fn redact_url(url: &str) -> String {
     let Some(colon) = userinfo.find(':') else {
         return url.to_owned();
     };
-    format!(
-        "{}{}:***{}",
-        &url[..auth_start],
-        &userinfo[..colon],
-        &url[auth_start + at..]
-    )
+    format!("{}{}:***{}", &url[..auth_start], &userinfo[..colon], &url[auth_start + at..])
 }
 
 fn budgets_text(per_minute: u32, window: u32, endpoints: &EndpointBudgets) -> String {
     let mut s = format!("{per_minute}/{window}s");
     let eps: Vec<String> = Endpoint::ALL_CLASSIFIED
         .iter()
-        .filter_map(|e| {
-            e.index()
-                .and_then(|i| endpoints[i])
-                .map(|b| format!("{} {b}", e.as_str()))
-        })
+        .filter_map(|e| e.index().and_then(|i| endpoints[i]).map(|b| format!("{} {b}", e.as_str())))
         .collect();
     if !eps.is_empty() {
         let _ = write!(s, " ({})", eps.join(", "));
@@ -52,11 +43,7 @@ fn budgets_text(per_minute: u32, window: u32, endpoints: &EndpointBudgets) -> St
 fn endpoints_json(endpoints: &EndpointBudgets) -> Value {
     let map: serde_json::Map<String, Value> = Endpoint::ALL_CLASSIFIED
         .iter()
-        .filter_map(|e| {
-            e.index()
-                .and_then(|i| endpoints[i])
-                .map(|b| (e.as_str().to_owned(), json!(b)))
-        })
+        .filter_map(|e| e.index().and_then(|i| endpoints[i]).map(|b| (e.as_str().to_owned(), json!(b))))
         .collect();
     Value::Object(map)
 }
@@ -100,12 +87,7 @@ impl Config {
     /// effective budgets, every plan.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "config: {} ({} file(s) read)",
-            self.path.display(),
-            self.files.len()
-        );
+        let _ = writeln!(s, "config: {} ({} file(s) read)", self.path.display(), self.files.len());
         if let Some(dir) = &self.tenants_dir {
             let _ = writeln!(s, "tenants_dir: {}", dir.display());
         }
@@ -122,11 +104,7 @@ impl Config {
             l.key_prefix,
             l.charge_invalid
         );
-        let api_scheme = if self.server.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let api_scheme = if self.server.tls.is_some() { "https" } else { "http" };
         let _ = writeln!(
             s,
             "api listener: {} ({api_scheme}, require_https {})",
@@ -141,17 +119,10 @@ impl Config {
                 let _ = writeln!(s, "webhooks: off");
             }
         }
-        let _ = writeln!(
-            s,
-            "upstream: {}",
-            redact_url(&self.upstream.url.to_string())
-        );
+        let _ = writeln!(s, "upstream: {}", redact_url(&self.upstream.url.to_string()));
 
         if self.tenants.is_empty() {
-            let _ = writeln!(
-                s,
-                "tenants: none (every API call will be answered 404 unknown_host)"
-            );
+            let _ = writeln!(s, "tenants: none (every API call will be answered 404 unknown_host)");
         } else {
             let _ = writeln!(s, "tenants ({}):", self.tenants.len());
         }
@@ -251,19 +222,13 @@ mod tests {
 
     #[test]
     fn redis_password_is_redacted() {
-        assert_eq!(
-            redact_url("redis://:secret@host:6379/0"),
-            "redis://:***@host:6379/0"
-        );
+        assert_eq!(redact_url("redis://:secret@host:6379/0"), "redis://:***@host:6379/0");
         assert_eq!(redact_url("rediss://user:pw@h/0"), "rediss://user:***@h/0");
     }
 
     #[test]
     fn urls_without_password_are_unchanged() {
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
         assert_eq!(redact_url("redis://user@h"), "redis://user@h");
         assert_eq!(redact_url("http://h/path?a=b@c:d"), "http://h/path?a=b@c:d");
     }

@@ -15,12 +15,12 @@ use toml::Spanned;
 
 use super::plans::DEFAULT_WINDOW_SECONDS;
 use super::raw::{
-    RawConfig, RawLimiter, RawOnStoreError, RawPlan, RawServer, RawStore, RawTenant, RawTenantFile,
-    RawUpstream, RawWebhooks,
+    RawConfig, RawLimiter, RawOnStoreError, RawPlan, RawServer, RawStore, RawTenant, RawTenantFile, RawUpstream,
+    RawWebhooks,
 };
 use super::{
-    builtin_plans, AdminConfig, Config, ConfigError, EndpointBudgets, LimiterConfig, OnStoreError,
-    Plan, ServerConfig, StoreKind, Tenant, TlsFiles, UpstreamConfig, WebhooksConfig,
+    builtin_plans, AdminConfig, Config, ConfigError, EndpointBudgets, LimiterConfig, OnStoreError, Plan, ServerConfig,
+    StoreKind, Tenant, TlsFiles, UpstreamConfig, WebhooksConfig,
 };
 use crate::endpoint::Endpoint;
 
@@ -41,10 +41,7 @@ struct Source {
 impl Source {
     fn read(path: &Path) -> Result<Source, ConfigError> {
         match fs::read_to_string(path) {
-            Ok(text) => Ok(Source {
-                path: path.to_path_buf(),
-                text,
-            }),
+            Ok(text) => Ok(Source { path: path.to_path_buf(), text }),
             Err(e) => Err(ConfigError {
                 path: path.to_path_buf(),
                 line: 0,
@@ -63,12 +60,7 @@ impl Source {
             Some(span) => line_col(&self.text, span.start),
             None => (0, 0),
         };
-        ConfigError {
-            path: self.path.clone(),
-            line,
-            col,
-            msg: msg.into(),
-        }
+        ConfigError { path: self.path.clone(), line, col, msg: msg.into() }
     }
 
     fn at<T>(&self, value: &Spanned<T>, msg: impl Into<String>) -> ConfigError {
@@ -101,12 +93,7 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
     let base_dir = path.parent().unwrap_or_else(|| Path::new(""));
 
     let (server, server_listen_span) = server(&main, raw.server, base_dir)?;
-    let admin_listen = listen(
-        &main,
-        raw.admin.listen.as_ref(),
-        "admin.listen",
-        DEFAULT_ADMIN_LISTEN,
-    )?;
+    let admin_listen = listen(&main, raw.admin.listen.as_ref(), "admin.listen", DEFAULT_ADMIN_LISTEN)?;
     let upstream = upstream(&main, raw.upstream, base_dir)?;
     let limiter = limiter(&main, raw.limiter)?;
     let webhooks = match &raw.webhooks {
@@ -115,18 +102,10 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
     };
     let mut listeners = vec![
         ("server.listen", server.listen, server_listen_span),
-        (
-            "admin.listen",
-            admin_listen,
-            raw.admin.listen.as_ref().map(Spanned::span),
-        ),
+        ("admin.listen", admin_listen, raw.admin.listen.as_ref().map(Spanned::span)),
     ];
     if let (Some(w), Some(raw_w)) = (&webhooks, &raw.webhooks) {
-        listeners.push((
-            "webhooks.listen",
-            w.listen,
-            raw_w.listen.as_ref().map(Spanned::span),
-        ));
+        listeners.push(("webhooks.listen", w.listen, raw_w.listen.as_ref().map(Spanned::span)));
     }
     check_listeners_distinct(&main, &listeners)?;
 
@@ -156,9 +135,7 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         files,
         tenants_dir,
         server,
-        admin: AdminConfig {
-            listen: admin_listen,
-        },
+        admin: AdminConfig { listen: admin_listen },
         upstream,
         limiter,
         plans: plans.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
@@ -180,32 +157,17 @@ fn resolve(base_dir: &Path, p: &str) -> PathBuf {
 
 /// Every `*.toml` of `tenants_dir`, sorted by file name. Hidden files (editor
 /// lock files such as `.#acme.toml`) are skipped.
-fn tenant_files(
-    main: &Source,
-    dir: &Spanned<String>,
-    resolved: &Path,
-) -> Result<Vec<PathBuf>, ConfigError> {
+fn tenant_files(main: &Source, dir: &Spanned<String>, resolved: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let entries = fs::read_dir(resolved).map_err(|e| {
-        main.at(
-            dir,
-            format!(
-                "tenants_dir \"{}\": cannot read directory {}: {e}",
-                dir.get_ref(),
-                resolved.display()
-            ),
-        )
+        main.at(dir, format!("tenants_dir \"{}\": cannot read directory {}: {e}", dir.get_ref(), resolved.display()))
     })?;
     let mut files = Vec::new();
     for entry in entries {
-        let entry =
-            entry.map_err(|e| main.at(dir, format!("tenants_dir \"{}\": {e}", dir.get_ref())))?;
+        let entry = entry.map_err(|e| main.at(dir, format!("tenants_dir \"{}\": {e}", dir.get_ref())))?;
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.')
-            || path.extension().and_then(|e| e.to_str()) != Some("toml")
-            || !path.is_file()
-        {
+        if name.starts_with('.') || path.extension().and_then(|e| e.to_str()) != Some("toml") || !path.is_file() {
             continue;
         }
         files.push(path);
@@ -221,10 +183,8 @@ fn parse_tenant_file(src: &Source) -> Result<RawTenant, ConfigError> {
     if let Ok(table) = src.text.parse::<toml::Table>() {
         match table.get("tenant") {
             None => {
-                return Err(src.err(
-                    None,
-                    "no [tenant] table: a tenant file holds one [tenant] table (name, domain, plan, ...)",
-                ))
+                return Err(src
+                    .err(None, "no [tenant] table: a tenant file holds one [tenant] table (name, domain, plan, ...)"))
             }
             Some(toml::Value::Array(_)) => {
                 let at = src.text.find("[[").map(|i| i..i);
@@ -238,23 +198,13 @@ fn parse_tenant_file(src: &Source) -> Result<RawTenant, ConfigError> {
 
 // ---------------------------------------------------------------- listeners, upstream, store
 
-fn listen(
-    src: &Source,
-    value: Option<&Spanned<String>>,
-    key: &str,
-    default: &str,
-) -> Result<SocketAddr, ConfigError> {
+fn listen(src: &Source, value: Option<&Spanned<String>>, key: &str, default: &str) -> Result<SocketAddr, ConfigError> {
     match value {
-        None => default
-            .parse()
-            .map_err(|_| src.err(None, format!("{key}: bad default {default}"))),
+        None => default.parse().map_err(|_| src.err(None, format!("{key}: bad default {default}"))),
         Some(v) => v.get_ref().trim().parse().map_err(|_| {
             src.at(
                 v,
-                format!(
-                    "{key}: invalid listen address \"{}\" (expected IP:PORT, e.g. 0.0.0.0:8080)",
-                    v.get_ref()
-                ),
+                format!("{key}: invalid listen address \"{}\" (expected IP:PORT, e.g. 0.0.0.0:8080)", v.get_ref()),
             )
         }),
     }
@@ -269,21 +219,16 @@ fn check_listeners_distinct(
             // Port 0 asks the OS for a free port: never a clash.
             if a == b && a.port() != 0 {
                 let span = b_span.clone().or_else(|| a_span.clone());
-                return Err(src.err(
-                    span,
-                    format!("{b_key} = \"{b}\" is the same address as {a_key}; they must differ"),
-                ));
+                return Err(
+                    src.err(span, format!("{b_key} = \"{b}\" is the same address as {a_key}; they must differ"))
+                );
             }
         }
     }
     Ok(())
 }
 
-fn server(
-    src: &Source,
-    raw: RawServer,
-    base_dir: &Path,
-) -> Result<(ServerConfig, Option<Range<usize>>), ConfigError> {
+fn server(src: &Source, raw: RawServer, base_dir: &Path) -> Result<(ServerConfig, Option<Range<usize>>), ConfigError> {
     let listen_addr = listen(src, raw.listen.as_ref(), "server.listen", DEFAULT_LISTEN)?;
     let tls = match raw.tls {
         None => None,
@@ -293,25 +238,16 @@ fn server(
         }),
     };
     let trusted_proxies = match raw.trusted_proxies {
-        None => vec![DEFAULT_TRUSTED_PROXY
-            .parse()
-            .map_err(|_| src.err(None, "bad default trusted proxy"))?],
-        Some(list) => list
-            .iter()
-            .map(|v| cidr(src, v))
-            .collect::<Result<_, _>>()?,
+        None => vec![DEFAULT_TRUSTED_PROXY.parse().map_err(|_| src.err(None, "bad default trusted proxy"))?],
+        Some(list) => list.iter().map(|v| cidr(src, v)).collect::<Result<_, _>>()?,
     };
     let max_body_bytes = match &raw.max_body_bytes {
         None => DEFAULT_MAX_BODY_BYTES,
         Some(v) if *v.get_ref() > 0 => *v.get_ref() as u64,
         Some(v) => {
-            return Err(src.at(
-                v,
-                format!(
-                    "server.max_body_bytes: must be a positive number of bytes, got {}",
-                    v.get_ref()
-                ),
-            ))
+            return Err(
+                src.at(v, format!("server.max_body_bytes: must be a positive number of bytes, got {}", v.get_ref()))
+            )
         }
     };
     let server = ServerConfig {
@@ -327,36 +263,18 @@ fn server(
             10_000,
             false,
         )?,
-        shutdown_grace: millis(
-            src,
-            raw.shutdown_grace_ms.as_ref(),
-            "server.shutdown_grace_ms",
-            30_000,
-            true,
-        )?,
+        shutdown_grace: millis(src, raw.shutdown_grace_ms.as_ref(), "server.shutdown_grace_ms", 30_000, true)?,
     };
     Ok((server, raw.listen.as_ref().map(Spanned::span)))
 }
 
-fn existing_file(
-    src: &Source,
-    v: &Spanned<String>,
-    key: &str,
-    base_dir: &Path,
-) -> Result<PathBuf, ConfigError> {
+fn existing_file(src: &Source, v: &Spanned<String>, key: &str, base_dir: &Path) -> Result<PathBuf, ConfigError> {
     if v.get_ref().is_empty() {
         return Err(src.at(v, format!("{key}: must not be empty")));
     }
     let p = resolve(base_dir, v.get_ref());
     if !p.is_file() {
-        return Err(src.at(
-            v,
-            format!(
-                "{key}: no such file \"{}\" (resolved to {})",
-                v.get_ref(),
-                p.display()
-            ),
-        ));
+        return Err(src.at(v, format!("{key}: no such file \"{}\" (resolved to {})", v.get_ref(), p.display())));
     }
     Ok(p)
 }
@@ -372,10 +290,7 @@ fn cidr(src: &Source, v: &Spanned<String>) -> Result<IpNet, ConfigError> {
     }
     Err(src.at(
         v,
-        format!(
-            "server.trusted_proxies: invalid CIDR \"{}\" (expected e.g. 10.0.0.0/8 or 10.0.0.1)",
-            v.get_ref()
-        ),
+        format!("server.trusted_proxies: invalid CIDR \"{}\" (expected e.g. 10.0.0.0/8 or 10.0.0.1)", v.get_ref()),
     ))
 }
 
@@ -411,29 +326,14 @@ fn count(
     let Some(v) = v else { return Ok(default) };
     let n = *v.get_ref();
     if n < 0 || (n == 0 && !zero_ok) {
-        let what = if zero_ok {
-            "a non-negative"
-        } else {
-            "a positive"
-        };
-        return Err(src.at(
-            v,
-            format!("{key}: must be {what} number of {unit}, got {n}"),
-        ));
+        let what = if zero_ok { "a non-negative" } else { "a positive" };
+        return Err(src.at(v, format!("{key}: must be {what} number of {unit}, got {n}")));
     }
     Ok(n as u64)
 }
 
 fn http_url(src: &Source, v: &Spanned<String>, key: &str) -> Result<http::Uri, ConfigError> {
-    let bad = || {
-        src.at(
-            v,
-            format!(
-                "{key}: \"{}\" is not an http:// or https:// URL with a host",
-                v.get_ref()
-            ),
-        )
-    };
+    let bad = || src.at(v, format!("{key}: \"{}\" is not an http:// or https:// URL with a host", v.get_ref()));
     let uri: http::Uri = v.get_ref().trim().parse().map_err(|_| bad())?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
     let host_ok = uri.host().is_some_and(|h| !h.is_empty());
@@ -444,11 +344,7 @@ fn http_url(src: &Source, v: &Spanned<String>, key: &str) -> Result<http::Uri, C
     }
 }
 
-fn upstream(
-    src: &Source,
-    raw: RawUpstream,
-    base_dir: &Path,
-) -> Result<UpstreamConfig, ConfigError> {
+fn upstream(src: &Source, raw: RawUpstream, base_dir: &Path) -> Result<UpstreamConfig, ConfigError> {
     let url = match &raw.url {
         Some(v) => http_url(src, v, "upstream.url")?,
         None => http::Uri::from_static(DEFAULT_UPSTREAM),
@@ -460,51 +356,33 @@ fn upstream(
     Ok(UpstreamConfig {
         url,
         ca_file,
-        connect_timeout: millis(
-            src,
-            raw.connect_timeout_ms.as_ref(),
-            "upstream.connect_timeout_ms",
-            2_000,
-            false,
-        )?,
-        timeout: millis(
-            src,
-            raw.timeout_ms.as_ref(),
-            "upstream.timeout_ms",
-            30_000,
-            false,
-        )?,
+        connect_timeout: millis(src, raw.connect_timeout_ms.as_ref(), "upstream.connect_timeout_ms", 2_000, false)?,
+        timeout: millis(src, raw.timeout_ms.as_ref(), "upstream.timeout_ms", 30_000, false)?,
     })
 }
 
 fn redis_url(src: &Source, v: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
     let s = v.get_ref().trim();
-    let rest = s
-        .strip_prefix("redis://")
-        .or_else(|| s.strip_prefix("rediss://"));
+    let rest = s.strip_prefix("redis://").or_else(|| s.strip_prefix("rediss://"));
     match rest {
         Some(rest) if !rest.is_empty() => Ok(s.to_owned()),
         _ => Err(src.at(
             v,
-            format!(
-                "{key}: \"{}\" is not a redis:// or rediss:// URL with a host",
-                super::redact_url(v.get_ref())
-            ),
+            format!("{key}: \"{}\" is not a redis:// or rediss:// URL with a host", super::redact_url(v.get_ref())),
         )),
     }
 }
 
 fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> {
-    let kind = raw
-        .store
-        .as_ref()
-        .map_or(RawStore::Memory, |s| *s.get_ref());
+    let kind = raw.store.as_ref().map_or(RawStore::Memory, |s| *s.get_ref());
     let store = match (kind, &raw.redis_url, &raw.redis_cluster) {
         (RawStore::Memory, Some(v), _) => {
             return Err(src.at(v, "limiter.redis_url is set but store = \"memory\": set store = \"redis\" or remove it"))
         }
         (RawStore::Memory, None, Some(v)) => {
-            return Err(src.at(v, "limiter.redis_cluster is set but store = \"memory\": set store = \"redis\" or remove it"))
+            return Err(
+                src.at(v, "limiter.redis_cluster is set but store = \"memory\": set store = \"redis\" or remove it")
+            )
         }
         (RawStore::Memory, None, None) => StoreKind::Memory,
         (RawStore::Redis, Some(_), Some(c)) => {
@@ -515,7 +393,8 @@ fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> 
             if c.get_ref().is_empty() {
                 return Err(src.at(c, "limiter.redis_cluster: must list at least one node URL"));
             }
-            let urls = c.get_ref().iter().map(|u| redis_url(src, u, "limiter.redis_cluster")).collect::<Result<_, _>>()?;
+            let urls =
+                c.get_ref().iter().map(|u| redis_url(src, u, "limiter.redis_cluster")).collect::<Result<_, _>>()?;
             StoreKind::RedisCluster { urls }
         }
         (RawStore::Redis, None, None) => {
@@ -525,9 +404,7 @@ fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> 
     };
     let key_prefix = match &raw.key_prefix {
         None => DEFAULT_KEY_PREFIX.to_owned(),
-        Some(v) if v.get_ref().is_empty() => {
-            return Err(src.at(v, "limiter.key_prefix: must not be empty"))
-        }
+        Some(v) if v.get_ref().is_empty() => return Err(src.at(v, "limiter.key_prefix: must not be empty")),
         Some(v) => v.get_ref().clone(),
     };
     Ok(LimiterConfig {
@@ -536,13 +413,7 @@ fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> 
             None | Some(RawOnStoreError::FailOpen) => OnStoreError::FailOpen,
             Some(RawOnStoreError::FailClosed) => OnStoreError::FailClosed,
         },
-        store_timeout: millis(
-            src,
-            raw.store_timeout_ms.as_ref(),
-            "limiter.store_timeout_ms",
-            50,
-            false,
-        )?,
+        store_timeout: millis(src, raw.store_timeout_ms.as_ref(), "limiter.store_timeout_ms", 50, false)?,
         key_prefix,
         charge_invalid: raw.charge_invalid.unwrap_or(false),
     })
@@ -561,27 +432,10 @@ fn webhooks(src: &Source, raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigErr
         None => None,
     };
     Ok(WebhooksConfig {
-        listen: listen(
-            src,
-            raw.listen.as_ref(),
-            "webhooks.listen",
-            DEFAULT_WEBHOOKS_LISTEN,
-        )?,
-        max_postpone: seconds(
-            src,
-            raw.max_postpone_s.as_ref(),
-            "webhooks.max_postpone_s",
-            86_400,
-            true,
-        )?,
+        listen: listen(src, raw.listen.as_ref(), "webhooks.listen", DEFAULT_WEBHOOKS_LISTEN)?,
+        max_postpone: seconds(src, raw.max_postpone_s.as_ref(), "webhooks.max_postpone_s", 86_400, true)?,
         retry_schedule,
-        delivery_timeout: millis(
-            src,
-            raw.delivery_timeout_ms.as_ref(),
-            "webhooks.delivery_timeout_ms",
-            10_000,
-            false,
-        )?,
+        delivery_timeout: millis(src, raw.delivery_timeout_ms.as_ref(), "webhooks.delivery_timeout_ms", 10_000, false)?,
         alert_url,
     })
 }
@@ -591,14 +445,7 @@ fn webhooks(src: &Source, raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigErr
 /// A budget value: a whole number that fits `u32`.
 fn budget(src: &Source, v: &Spanned<i64>, what: &str) -> Result<u32, ConfigError> {
     u32::try_from(*v.get_ref()).map_err(|_| {
-        src.at(
-            v,
-            format!(
-                "{what}: must be a whole number between 0 and {}, got {}",
-                u32::MAX,
-                v.get_ref()
-            ),
-        )
+        src.at(v, format!("{what}: must be a whole number between 0 and {}, got {}", u32::MAX, v.get_ref()))
     })
 }
 
@@ -619,27 +466,21 @@ fn endpoint_budgets(
 ) -> Result<Vec<(usize, u32, Range<usize>)>, ConfigError> {
     let mut out = Vec::with_capacity(map.len());
     for (key, value) in map {
-        let index = Endpoint::from_key(key.get_ref())
-            .and_then(Endpoint::index)
-            .ok_or_else(|| {
-                let valid: Vec<&str> = Endpoint::ALL_CLASSIFIED
-                    .iter()
-                    .map(|e| e.as_str())
-                    .collect();
-                src.at(
-                    key,
-                    format!(
-                        "{owner}: unknown endpoint \"{}\" in endpoints (valid: {})",
-                        key.get_ref(),
-                        valid.join(", ")
-                    ),
-                )
-            })?;
+        let index = Endpoint::from_key(key.get_ref()).and_then(Endpoint::index).ok_or_else(|| {
+            let valid: Vec<&str> = Endpoint::ALL_CLASSIFIED.iter().map(|e| e.as_str()).collect();
+            src.at(
+                key,
+                format!("{owner}: unknown endpoint \"{}\" in endpoints (valid: {})", key.get_ref(), valid.join(", ")),
+            )
+        })?;
         let b = budget(src, value, &format!("{owner}: endpoints.{}", key.get_ref()))?;
         if b == 0 && api_access {
             return Err(src.at(
                 value,
-                format!("{owner}: endpoint budget {} = 0 on a plan with API access (remove it for no endpoint budget)", key.get_ref()),
+                format!(
+                    "{owner}: endpoint budget {} = 0 on a plan with API access (remove it for no endpoint budget)",
+                    key.get_ref()
+                ),
             ));
         }
         out.push((index, b, value.span()));
@@ -648,15 +489,10 @@ fn endpoint_budgets(
 }
 
 fn endpoint_name(index: usize) -> &'static str {
-    Endpoint::ALL_CLASSIFIED
-        .get(index)
-        .map_or("?", |e| e.as_str())
+    Endpoint::ALL_CLASSIFIED.get(index).map_or("?", |e| e.as_str())
 }
 
-fn plans(
-    src: &Source,
-    raw: BTreeMap<Spanned<String>, RawPlan>,
-) -> Result<BTreeMap<String, Plan>, ConfigError> {
+fn plans(src: &Source, raw: BTreeMap<Spanned<String>, RawPlan>) -> Result<BTreeMap<String, Plan>, ConfigError> {
     let mut plans = builtin_plans();
     for (name, p) in raw {
         if name.get_ref().trim().is_empty() {
@@ -673,10 +509,7 @@ fn plans(
                 b
             }
             None if api_access => {
-                return Err(src.at(
-                    &name,
-                    format!("{owner}: per_minute is required for a plan with API access"),
-                ))
+                return Err(src.at(&name, format!("{owner}: per_minute is required for a plan with API access")))
             }
             None => 0,
         };
@@ -690,19 +523,16 @@ fn plans(
                 if api_access && b > per_minute {
                     return Err(src.err(
                         Some(span),
-                        format!("{owner}: endpoint budget {} = {b} is above the plan's per_minute = {per_minute}", endpoint_name(i)),
+                        format!(
+                            "{owner}: endpoint budget {} = {b} is above the plan's per_minute = {per_minute}",
+                            endpoint_name(i)
+                        ),
                     ));
                 }
                 endpoints[i] = Some(b);
             }
         }
-        let plan = Plan {
-            name: name.get_ref().clone(),
-            api_access,
-            per_minute,
-            endpoints,
-            window_seconds,
-        };
+        let plan = Plan { name: name.get_ref().clone(), api_access, per_minute, endpoints, window_seconds };
         plans.insert(name.into_inner(), plan);
     }
     Ok(plans)
@@ -730,23 +560,18 @@ pub fn normalize_host(host: &str) -> String {
 
 fn is_valid_host(h: &str) -> bool {
     if h.starts_with('[') {
-        return h.len() > 2
-            && h.ends_with(']')
-            && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+        return h.len() > 2 && h.ends_with(']') && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
     }
     !h.is_empty()
         && !h.starts_with('.')
         && !h.contains("..")
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
 /// Tenant names end up in metric labels and store keys (inside a Redis hash
 /// tag), so they are kept to a safe alphabet.
 fn is_valid_tenant_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Tenants as they are added from every file, with the indexes that catch
@@ -762,12 +587,7 @@ struct TenantSet<'p> {
 
 impl<'p> TenantSet<'p> {
     fn new(plans: &'p BTreeMap<String, Plan>) -> Self {
-        TenantSet {
-            plans,
-            list: Vec::new(),
-            names: HashMap::new(),
-            hosts: HashMap::new(),
-        }
+        TenantSet { plans, list: Vec::new(), names: HashMap::new(), hosts: HashMap::new() }
     }
 
     fn add(&mut self, src: &Source, raw: RawTenant) -> Result<(), ConfigError> {
@@ -776,16 +596,12 @@ impl<'p> TenantSet<'p> {
             return Err(src.at(&raw.name, "tenant name must not be empty"));
         }
         if !is_valid_tenant_name(name) {
-            return Err(src.at(
-                &raw.name,
-                format!("tenant name \"{name}\": use only ASCII letters, digits, '-', '_' and '.'"),
-            ));
+            return Err(
+                src.at(&raw.name, format!("tenant name \"{name}\": use only ASCII letters, digits, '-', '_' and '.'"))
+            );
         }
         if let Some(first) = self.names.get(name) {
-            return Err(src.at(
-                &raw.name,
-                format!("duplicate tenant name \"{name}\" (first defined at {first})"),
-            ));
+            return Err(src.at(&raw.name, format!("duplicate tenant name \"{name}\" (first defined at {first})")));
         }
         let owner = format!("tenant \"{name}\"");
 
@@ -793,18 +609,14 @@ impl<'p> TenantSet<'p> {
             let known: Vec<&str> = self.plans.keys().map(String::as_str).collect();
             src.at(
                 &raw.plan,
-                format!(
-                    "{owner}: unknown plan \"{}\" (known plans: {})",
-                    raw.plan.get_ref(),
-                    known.join(", ")
-                ),
+                format!("{owner}: unknown plan \"{}\" (known plans: {})", raw.plan.get_ref(), known.join(", ")),
             )
         })?;
 
         // Hosts: the canonical domain first, then vanity hosts.
         let mut claims: Vec<(String, &Spanned<String>)> = Vec::new();
-        for (v, what) in std::iter::once((&raw.domain, "domain"))
-            .chain(raw.vanity_hosts.iter().map(|v| (v, "vanity host")))
+        for (v, what) in
+            std::iter::once((&raw.domain, "domain")).chain(raw.vanity_hosts.iter().map(|v| (v, "vanity host")))
         {
             let host = normalize_host(v.get_ref());
             if host.is_empty() {
@@ -813,7 +625,10 @@ impl<'p> TenantSet<'p> {
             if !is_valid_host(&host) {
                 return Err(src.at(
                     v,
-                    format!("{owner}: invalid {what} \"{}\" (expected a host name like acme.freshdesk.com)", v.get_ref()),
+                    format!(
+                        "{owner}: invalid {what} \"{}\" (expected a host name like acme.freshdesk.com)",
+                        v.get_ref()
+                    ),
                 ));
             }
             claims.push((host, v));
@@ -824,10 +639,9 @@ impl<'p> TenantSet<'p> {
                 return Err(src.at(*v, format!("{owner}: host \"{host}\" is listed twice")));
             }
             if let Some((other, at)) = self.hosts.get(host) {
-                return Err(src.at(
-                    *v,
-                    format!("{owner}: host \"{host}\" is already claimed by tenant \"{other}\" (at {at})"),
-                ));
+                return Err(
+                    src.at(*v, format!("{owner}: host \"{host}\" is already claimed by tenant \"{other}\" (at {at})"))
+                );
             }
         }
 
@@ -837,13 +651,9 @@ impl<'p> TenantSet<'p> {
             Some(v) => {
                 let b = budget(src, v, &format!("{owner}: per_minute"))?;
                 if b == 0 && api_access {
-                    return Err(src.at(
-                        v,
-                        format!(
-                            "{owner}: per_minute = 0 on plan \"{}\" which has API access",
-                            plan.name
-                        ),
-                    ));
+                    return Err(
+                        src.at(v, format!("{owner}: per_minute = 0 on plan \"{}\" which has API access", plan.name))
+                    );
                 }
                 b
             }
@@ -875,17 +685,14 @@ impl<'p> TenantSet<'p> {
                         plan.name
                     ),
                 };
-                let span = written[i]
-                    .clone()
-                    .or_else(|| raw.per_minute.as_ref().map(Spanned::span));
+                let span = written[i].clone().or_else(|| raw.per_minute.as_ref().map(Spanned::span));
                 return Err(src.err(span.or_else(|| Some(raw.name.span())), msg));
             }
         }
 
         let location = src.location(&raw.name);
         for (host, _) in &claims {
-            self.hosts
-                .insert(host.clone(), (name.to_owned(), location.clone()));
+            self.hosts.insert(host.clone(), (name.to_owned(), location.clone()));
         }
         self.names.insert(name.to_owned(), location);
         let mut hosts = claims.into_iter().map(|(h, _)| h);
@@ -930,12 +737,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), "t.toml", text);
         let e = load(&p).expect_err("config should be refused");
-        e.to_string()
-            .replace(&format!("{}/", dir.path().display()), "")
+        e.to_string().replace(&format!("{}/", dir.path().display()), "")
     }
 
-    const TENANT: &str =
-        "[[tenant]]\nname = \"acme\"\ndomain = \"acme.freshdesk.com\"\nplan = \"pro\"\n";
+    const TENANT: &str = "[[tenant]]\nname = \"acme\"\ndomain = \"acme.freshdesk.com\"\nplan = \"pro\"\n";
 
     fn with_tenant(prefix: &str) -> String {
         format!("{prefix}\n{TENANT}")
@@ -953,9 +758,7 @@ mod tests {
         assert_eq!(c.plans["legacy_hourly"].window_seconds, 3600);
         assert_eq!(c.limiter.store, StoreKind::Memory);
         assert!(c.webhooks.is_none());
-        assert!(c
-            .summary()
-            .contains("globex: globex.freshdesk.com plan growth: 200/60s"));
+        assert!(c.summary().contains("globex: globex.freshdesk.com plan growth: 200/60s"));
     }
 
     #[test]
@@ -974,10 +777,7 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 20_971_520);
         assert_eq!(c.server.header_read_timeout, Duration::from_millis(10_000));
         assert_eq!(c.server.shutdown_grace, Duration::from_millis(30_000));
-        assert_eq!(
-            c.server.trusted_proxies,
-            ["127.0.0.1/32".parse::<IpNet>().unwrap()]
-        );
+        assert_eq!(c.server.trusted_proxies, ["127.0.0.1/32".parse::<IpNet>().unwrap()]);
         assert!(!c.server.require_https);
         assert!(c.webhooks.is_none());
         assert!(c.tenants.is_empty());
@@ -1018,20 +818,17 @@ mod tests {
             ),
             "{e}"
         );
-        let text = format!(
-            "{TENANT}\n[[tenant]]\nname = \"b\"\ndomain = \"ACME.freshdesk.com\"\nplan = \"pro\"\n"
-        );
-        assert!(error(&text).starts_with("t.toml:8:10: tenant \"b\": host \"acme.freshdesk.com\" is already claimed by tenant \"acme\""));
+        let text = format!("{TENANT}\n[[tenant]]\nname = \"b\"\ndomain = \"ACME.freshdesk.com\"\nplan = \"pro\"\n");
+        assert!(error(&text).starts_with(
+            "t.toml:8:10: tenant \"b\": host \"acme.freshdesk.com\" is already claimed by tenant \"acme\""
+        ));
     }
 
     #[test]
     fn duplicate_tenant_names_are_an_error() {
         let text = format!("{TENANT}\n[[tenant]]\nname = \"acme\"\ndomain = \"other.example.com\"\nplan = \"pro\"\n");
         let e = error(&text);
-        assert!(
-            e.starts_with("t.toml:7:8: duplicate tenant name \"acme\" (first defined at "),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:7:8: duplicate tenant name \"acme\" (first defined at "), "{e}");
         assert!(e.ends_with("t.toml:2:8)"), "{e}");
     }
 
@@ -1046,25 +843,15 @@ mod tests {
 
     #[test]
     fn tenant_endpoint_override_above_its_total_is_an_error() {
-        let e = error(&format!(
-            "{TENANT}per_minute = 100\nendpoints = {{ ticket_create = 101 }}\n"
-        ));
-        assert!(
-            e.starts_with(
-                "t.toml:6:31: tenant \"acme\": endpoint budget ticket_create = 101 is above"
-            ),
-            "{e}"
-        );
+        let e = error(&format!("{TENANT}per_minute = 100\nendpoints = {{ ticket_create = 101 }}\n"));
+        assert!(e.starts_with("t.toml:6:31: tenant \"acme\": endpoint budget ticket_create = 101 is above"), "{e}");
     }
 
     #[test]
     fn tenant_per_minute_below_its_plans_endpoint_budget_is_an_error() {
         // pro has ticket_create 160: a per_minute of 100 leaves it above the total.
         let e = error(&format!("{TENANT}per_minute = 100\n"));
-        assert!(
-            e.starts_with("t.toml:5:14: tenant \"acme\": per_minute = 100 is below plan \"pro\""),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:5:14: tenant \"acme\": per_minute = 100 is below plan \"pro\""), "{e}");
         assert!(e.contains("ticket_create = 160"), "{e}");
     }
 
@@ -1075,20 +862,11 @@ mod tests {
             "t.toml:2:14: plan \"trial\": per_minute = 0 on a plan with API access (set api_access = false to refuse API calls)"
         );
         let e = error("[plans.x]\nper_minute = 10\nendpoints = { ticket_list = 0 }\n");
-        assert!(
-            e.starts_with("t.toml:3:29: plan \"x\": endpoint budget ticket_list = 0"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:3:29: plan \"x\": endpoint budget ticket_list = 0"), "{e}");
         let e = error(&format!("{TENANT}per_minute = 0\n"));
-        assert!(
-            e.starts_with("t.toml:5:14: tenant \"acme\": per_minute = 0"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:5:14: tenant \"acme\": per_minute = 0"), "{e}");
         let e = error("[plans.custom]\napi_access = true\n");
-        assert!(
-            e.starts_with("t.toml:1:8: plan \"custom\": per_minute is required"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:1:8: plan \"custom\": per_minute is required"), "{e}");
     }
 
     #[test]
@@ -1110,26 +888,16 @@ mod tests {
     #[test]
     fn window_seconds_of_zero_is_an_error() {
         let e = error("[plans.x]\nper_minute = 5\nwindow_seconds = 0\n");
-        assert_eq!(
-            e,
-            "t.toml:3:18: plan \"x\": window_seconds must be at least 1"
-        );
+        assert_eq!(e, "t.toml:3:18: plan \"x\": window_seconds must be at least 1");
         let e = error(&format!("{TENANT}window_seconds = 0\n"));
-        assert!(
-            e.starts_with("t.toml:5:18: tenant \"acme\": window_seconds"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:5:18: tenant \"acme\": window_seconds"), "{e}");
     }
 
     #[test]
     fn invalid_listen_address_is_an_error() {
         let e = error("[admin]\nlisten = \"localhost:9090\"\n");
-        assert!(
-            e.starts_with("t.toml:2:10: admin.listen: invalid listen address \"localhost:9090\""),
-            "{e}"
-        );
-        let e =
-            error("[server]\nlisten = \"127.0.0.1:9090\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n");
+        assert!(e.starts_with("t.toml:2:10: admin.listen: invalid listen address \"localhost:9090\""), "{e}");
+        let e = error("[server]\nlisten = \"127.0.0.1:9090\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n");
         assert!(e.starts_with("t.toml:4:10: admin.listen"), "{e}");
     }
 
@@ -1137,12 +905,7 @@ mod tests {
     fn upstream_url_must_be_http_with_a_host() {
         for bad in ["ftp://backend", "backend:8081", "http:///path"] {
             let e = error(&format!("[upstream]\nurl = \"{bad}\"\n"));
-            assert!(
-                e.starts_with(&format!(
-                    "t.toml:2:7: upstream.url: \"{bad}\" is not an http://"
-                )),
-                "{e}"
-            );
+            assert!(e.starts_with(&format!("t.toml:2:7: upstream.url: \"{bad}\" is not an http://")), "{e}");
         }
         let c = load_str("[upstream]\nurl = \"https://backend.internal:8443\"\n");
         assert_eq!(c.upstream.url.host(), Some("backend.internal"));
@@ -1151,23 +914,13 @@ mod tests {
     #[test]
     fn redis_store_needs_exactly_one_of_url_or_cluster() {
         let e = error("[limiter]\nstore = \"redis\"\n");
-        assert!(
-            e.starts_with(
-                "t.toml:2:9: limiter: store = \"redis\" needs redis_url or redis_cluster"
-            ),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:2:9: limiter: store = \"redis\" needs redis_url or redis_cluster"), "{e}");
         let e = error("[limiter]\nstore = \"redis\"\nredis_url = \"redis://a\"\nredis_cluster = [\"redis://b\"]\n");
-        assert!(
-            e.starts_with("t.toml:4:17: limiter: set either redis_url"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:4:17: limiter: set either redis_url"), "{e}");
         let c = load_str("[limiter]\nstore = \"redis\"\nredis_cluster = [\"redis://a:7000\", \"rediss://b:7000\"]\n");
         assert_eq!(
             c.limiter.store,
-            StoreKind::RedisCluster {
-                urls: vec!["redis://a:7000".into(), "rediss://b:7000".into()]
-            }
+            StoreKind::RedisCluster { urls: vec!["redis://a:7000".into(), "rediss://b:7000".into()] }
         );
     }
 
@@ -1175,49 +928,28 @@ mod tests {
     fn redis_url_must_use_a_redis_scheme() {
         let e = error("[limiter]\nstore = \"redis\"\nredis_url = \"http://:pw@127.0.0.1:6379\"\n");
         assert_eq!(e, "t.toml:3:13: limiter.redis_url: \"http://:***@127.0.0.1:6379\" is not a redis:// or rediss:// URL with a host");
-        let e =
-            error("[limiter]\nstore = \"redis\"\nredis_cluster = [\"redis://a\", \"tcp://b\"]\n");
+        let e = error("[limiter]\nstore = \"redis\"\nredis_cluster = [\"redis://a\", \"tcp://b\"]\n");
         assert!(e.starts_with("t.toml:3:31: limiter.redis_cluster"), "{e}");
     }
 
     #[test]
     fn invalid_cidr_is_an_error_and_a_plain_ip_is_accepted() {
         let e = error("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.300/32\"]\n");
-        assert!(
-            e.starts_with("t.toml:2:34: server.trusted_proxies: invalid CIDR \"10.0.0.300/32\""),
-            "{e}"
-        );
-        let c =
-            load_str("[server]\ntrusted_proxies = [\"10.1.2.3\", \"::1\", \"192.168.1.7/16\"]\n");
-        let nets: Vec<String> = c
-            .server
-            .trusted_proxies
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
+        assert!(e.starts_with("t.toml:2:34: server.trusted_proxies: invalid CIDR \"10.0.0.300/32\""), "{e}");
+        let c = load_str("[server]\ntrusted_proxies = [\"10.1.2.3\", \"::1\", \"192.168.1.7/16\"]\n");
+        let nets: Vec<String> = c.server.trusted_proxies.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["10.1.2.3/32", "::1/128", "192.168.0.0/16"]);
     }
 
     #[test]
     fn negative_or_invalid_durations_are_errors() {
         let e = error("[upstream]\ntimeout_ms = -5\n");
-        assert_eq!(
-            e,
-            "t.toml:2:14: upstream.timeout_ms: must be a positive number of milliseconds, got -5"
-        );
+        assert_eq!(e, "t.toml:2:14: upstream.timeout_ms: must be a positive number of milliseconds, got -5");
         let e = error("[limiter]\nstore_timeout_ms = 0\n");
-        assert!(
-            e.starts_with("t.toml:2:20: limiter.store_timeout_ms"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:2:20: limiter.store_timeout_ms"), "{e}");
         let e = error("[server]\nshutdown_grace_ms = \"30s\"\n");
         assert!(e.starts_with("t.toml:2:21: invalid type: string"), "{e}");
-        assert_eq!(
-            load_str("[server]\nshutdown_grace_ms = 0\n")
-                .server
-                .shutdown_grace,
-            Duration::ZERO
-        );
+        assert_eq!(load_str("[server]\nshutdown_grace_ms = 0\n").server.shutdown_grace, Duration::ZERO);
     }
 
     #[test]
@@ -1226,13 +958,8 @@ mod tests {
         assert_eq!(e, "t.toml:2:8: tenant name must not be empty");
         let e = error("[[tenant]]\nname = \"a\"\ndomain = \" \"\nplan = \"pro\"\n");
         assert_eq!(e, "t.toml:3:10: tenant \"a\": domain must not be empty");
-        let e = error(
-            "[[tenant]]\nname = \"a\"\ndomain = \"https://a.example.com/\"\nplan = \"pro\"\n",
-        );
-        assert!(
-            e.starts_with("t.toml:3:10: tenant \"a\": invalid domain"),
-            "{e}"
-        );
+        let e = error("[[tenant]]\nname = \"a\"\ndomain = \"https://a.example.com/\"\nplan = \"pro\"\n");
+        assert!(e.starts_with("t.toml:3:10: tenant \"a\": invalid domain"), "{e}");
     }
 
     #[test]
@@ -1244,10 +971,7 @@ mod tests {
         assert_eq!(w.delivery_timeout, Duration::from_millis(10_000));
         assert_eq!(w.alert_url, None);
         let e = error("[webhooks]\nretry_schedule_s = [300, 0]\n");
-        assert_eq!(
-            e,
-            "t.toml:2:26: webhooks.retry_schedule_s: must be a positive number of seconds, got 0"
-        );
+        assert_eq!(e, "t.toml:2:26: webhooks.retry_schedule_s: must be a positive number of seconds, got 0");
         let e = error("[webhooks]\nalert_url = \"mailto:ops@example.com\"\n");
         assert!(e.starts_with("t.toml:2:13: webhooks.alert_url"), "{e}");
     }
@@ -1271,10 +995,7 @@ mod tests {
     fn a_config_plan_replaces_the_builtin_as_a_whole() {
         let c = load_str(&with_tenant("[plans.pro]\nper_minute = 500\n"));
         let pro = &c.plans["pro"];
-        assert_eq!(
-            (pro.per_minute, pro.endpoints, pro.api_access),
-            (500, [None; 4], true)
-        );
+        assert_eq!((pro.per_minute, pro.endpoints, pro.api_access), (500, [None; 4], true));
         assert_eq!(c.tenants[0].endpoints, [None; 4]);
         assert_eq!(c.tenants[0].per_minute, 500);
         let c = load_str("[plans.sprout]\nper_minute = 10\nendpoints = { contact_list = 10 }\n");
@@ -1285,14 +1006,8 @@ mod tests {
     #[test]
     fn tenants_dir_files_are_read_in_name_order_relative_to_the_main_file() {
         let dir = tempfile::tempdir().unwrap();
-        let main = write(
-            dir.path(),
-            "etc/gw.toml",
-            &format!("tenants_dir = \"tenants\"\n{TENANT}"),
-        );
-        let t = |n: &str| {
-            format!("[tenant]\nname = \"{n}\"\ndomain = \"{n}.freshdesk.com\"\nplan = \"trial\"\n")
-        };
+        let main = write(dir.path(), "etc/gw.toml", &format!("tenants_dir = \"tenants\"\n{TENANT}"));
+        let t = |n: &str| format!("[tenant]\nname = \"{n}\"\ndomain = \"{n}.freshdesk.com\"\nplan = \"trial\"\n");
         write(dir.path(), "etc/tenants/b.toml", &t("bravo"));
         write(dir.path(), "etc/tenants/a.toml", &t("alpha"));
         write(dir.path(), "etc/tenants/notes.txt", "not toml");
@@ -1307,11 +1022,7 @@ mod tests {
     #[test]
     fn tenant_file_errors_point_at_the_tenant_file() {
         let dir = tempfile::tempdir().unwrap();
-        let main = write(
-            dir.path(),
-            "gw.toml",
-            &format!("tenants_dir = \"t.d\"\n{TENANT}"),
-        );
+        let main = write(dir.path(), "gw.toml", &format!("tenants_dir = \"t.d\"\n{TENANT}"));
         write(
             dir.path(),
             "t.d/x.toml",
@@ -1320,11 +1031,7 @@ mod tests {
         let e = load(&main).unwrap_err();
         assert_eq!(e.path, dir.path().join("t.d/x.toml"));
         assert_eq!((e.line, e.col), (4, 10));
-        assert!(
-            e.msg.contains("already claimed by tenant \"acme\""),
-            "{}",
-            e.msg
-        );
+        assert!(e.msg.contains("already claimed by tenant \"acme\""), "{}", e.msg);
 
         write(
             dir.path(),
@@ -1332,19 +1039,13 @@ mod tests {
             "[tenant]\nname = \"x\"\ndomain = \"x.example.com\"\nplan = \"pro\"\nburst = 3\n",
         );
         let e = load(&main).unwrap_err();
-        assert_eq!(
-            (e.path.file_name().unwrap().to_str(), e.line, e.col),
-            (Some("x.toml"), 5, 1)
-        );
+        assert_eq!((e.path.file_name().unwrap().to_str(), e.line, e.col), (Some("x.toml"), 5, 1));
     }
 
     #[test]
     fn a_missing_tenants_dir_is_an_error_at_its_key() {
         let e = error("tenants_dir = \"nowhere\"\n");
-        assert!(
-            e.starts_with("t.toml:1:15: tenants_dir \"nowhere\": cannot read directory"),
-            "{e}"
-        );
+        assert!(e.starts_with("t.toml:1:15: tenants_dir \"nowhere\": cannot read directory"), "{e}");
     }
 
     #[test]
@@ -1354,10 +1055,7 @@ mod tests {
              vanity_hosts = [\"Support.Acme.COM.\", \"help.acme.com:8080\"]\n",
         );
         assert_eq!(c.tenants[0].domain, "acme.freshdesk.com");
-        assert_eq!(
-            c.tenants[0].vanity_hosts,
-            ["support.acme.com", "help.acme.com"]
-        );
+        assert_eq!(c.tenants[0].vanity_hosts, ["support.acme.com", "help.acme.com"]);
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     }
 
@@ -1374,11 +1072,7 @@ mod tests {
         write(dir.path(), "t.d/x.toml", "# acme\nname = \"x\"\n");
         let e = load(&main).unwrap_err();
         assert!(e.msg.starts_with("no [tenant] table"), "{e}");
-        write(
-            dir.path(),
-            "t.d/x.toml",
-            "# acme\n[[tenant]]\nname = \"x\"\n",
-        );
+        write(dir.path(), "t.d/x.toml", "# acme\n[[tenant]]\nname = \"x\"\n");
         let e = load(&main).unwrap_err();
         assert_eq!((e.line, e.col), (2, 1));
         assert!(e.msg.contains("use [tenant], not [[tenant]]"), "{e}");
@@ -1388,11 +1082,7 @@ mod tests {
     fn an_unreadable_file_is_an_error_at_1_1() {
         let e = load(Path::new("/nonexistent/deskgate.toml")).unwrap_err();
         assert_eq!((e.line, e.col), (0, 0));
-        assert!(
-            e.to_string()
-                .starts_with("/nonexistent/deskgate.toml:1:1: cannot read config file"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("/nonexistent/deskgate.toml:1:1: cannot read config file"), "{e}");
     }
 
     #[test]
@@ -1405,9 +1095,7 @@ mod tests {
 
     #[test]
     fn redacted_json_hides_redis_passwords() {
-        let c = load_str(
-            "[limiter]\nstore = \"redis\"\nredis_url = \"redis://:s3cret@127.0.0.1:6379/0\"\n",
-        );
+        let c = load_str("[limiter]\nstore = \"redis\"\nredis_url = \"redis://:s3cret@127.0.0.1:6379/0\"\n");
         let json = c.redacted_json().to_string();
         assert!(json.contains("redis://:***@127.0.0.1:6379/0"), "{json}");
         assert!(!json.contains("s3cret"));

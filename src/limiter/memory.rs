@@ -38,10 +38,7 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
-        MemoryStore {
-            epoch: Instant::now(),
-            tenants: RwLock::new(HashMap::new()),
-        }
+        MemoryStore { epoch: Instant::now(), tenants: RwLock::new(HashMap::new()) }
     }
 
     fn now_us(&self) -> u64 {
@@ -52,12 +49,7 @@ impl MemoryStore {
     fn tenant(&self, ask: &Ask<'_>) -> Arc<Mutex<TenantWindows>> {
         // Poisoning only follows a panic inside the tiny critical sections below,
         // which do no I/O; recovering the data is safe.
-        if let Some(t) = self
-            .tenants
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(ask.tenant)
-        {
+        if let Some(t) = self.tenants.read().unwrap_or_else(|e| e.into_inner()).get(ask.tenant) {
             return t.clone();
         }
         let mut map = self.tenants.write().unwrap_or_else(|e| e.into_inner());
@@ -85,9 +77,7 @@ impl MemoryStore {
             (w, p)
         });
         let av = t.account.judge(now, ask.account.quota, ask.cost);
-        let ev = endpoint
-            .as_mut()
-            .map(|(w, p)| w.judge(now, p.quota, ask.cost));
+        let ev = endpoint.as_mut().map(|(w, p)| w.judge(now, p.quota, ask.cost));
         let allowed = av.fits && ev.is_none_or(|v| v.fits);
         if allowed && ask.cost > 0 {
             t.account.charge(now, ask.cost);
@@ -95,19 +85,12 @@ impl MemoryStore {
                 w.charge(now, ask.cost);
             }
         }
-        let account =
-            PolicyState::new(ask.account, &av, allowed, ask.cost, t.account.reset_us(now));
+        let account = PolicyState::new(ask.account, &av, allowed, ask.cost, t.account.reset_us(now));
         let endpoint = endpoint.zip(ev).map(|((w, p), v)| {
             let reset = w.reset_us(now);
             PolicyState::new(p, &v, allowed, ask.cost, reset)
         });
-        Decision {
-            allowed,
-            cost: ask.cost,
-            account,
-            endpoint,
-            degraded: false,
-        }
+        Decision { allowed, cost: ask.cost, account, endpoint, degraded: false }
     }
 }
 

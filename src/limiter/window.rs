@@ -56,12 +56,7 @@ pub struct Verdict {
 impl Window {
     /// An empty window of `window_s` seconds.
     pub fn new(window_s: u32) -> Window {
-        Window {
-            slot_us: slot_us(window_s),
-            total: 0,
-            oldest: 0,
-            counts: [0; RING],
-        }
+        Window { slot_us: slot_us(window_s), total: 0, oldest: 0, counts: [0; RING] }
     }
 
     /// Slot width in µs (changes only when the window length is reconfigured).
@@ -96,21 +91,11 @@ impl Window {
         let cost = u64::from(cost);
         let reset_us = self.first_exit_after(now_us, now_slot, |_| true);
         if self.total + cost <= quota {
-            return Verdict {
-                fits: true,
-                left: quota - self.total,
-                retry_us: 0,
-                reset_us,
-            };
+            return Verdict { fits: true, left: quota - self.total, retry_us: 0, reset_us };
         }
         let left = quota.saturating_sub(self.total);
         if cost > quota {
-            return Verdict {
-                fits: false,
-                left,
-                retry_us: u64::MAX,
-                reset_us,
-            };
+            return Verdict { fits: false, left, retry_us: u64::MAX, reset_us };
         }
         // Walk from the oldest slot, freeing as slots leave, until the call fits.
         let need = self.total + cost - quota;
@@ -119,21 +104,11 @@ impl Window {
             freed += u64::from(c);
             freed >= need
         });
-        Verdict {
-            fits: false,
-            left,
-            retry_us,
-            reset_us,
-        }
+        Verdict { fits: false, left, retry_us, reset_us }
     }
 
     /// Time until the first non-empty slot for which `stop` says yes leaves the window.
-    fn first_exit_after(
-        &self,
-        now_us: u64,
-        now_slot: u64,
-        mut stop: impl FnMut(u32) -> bool,
-    ) -> u64 {
+    fn first_exit_after(&self, now_us: u64, now_slot: u64, mut stop: impl FnMut(u32) -> bool) -> u64 {
         for s in self.oldest..=now_slot {
             let c = self.counts[(s % RING as u64) as usize];
             if c > 0 && stop(c) {
@@ -228,17 +203,11 @@ mod tests {
         }
         for (i, &start) in log.iter().enumerate() {
             let n = log[i..].iter().take_while(|&&x| x < start + 10 * S).count();
-            assert!(
-                n <= quota as usize,
-                "{n} calls in the window starting at {start}"
-            );
+            assert!(n <= quota as usize, "{n} calls in the window starting at {start}");
         }
         // Sustained demand uses at least 99 % of the budget.
         let used_last_windows = log.iter().filter(|&&x| x >= 10 * S).count() as f64;
-        assert!(
-            used_last_windows >= 0.99 * 4.0 * quota as f64 - 1.0,
-            "{used_last_windows}"
-        );
+        assert!(used_last_windows >= 0.99 * 4.0 * quota as f64 - 1.0, "{used_last_windows}");
     }
 
     #[test]

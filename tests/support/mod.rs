@@ -57,17 +57,11 @@ impl RecordingUpstream {
                 let s = s.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(s.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
                 });
             }
         });
-        RecordingUpstream {
-            addr,
-            seen,
-            connections,
-        }
+        RecordingUpstream { addr, seen, connections }
     }
 
     pub fn count(&self) -> usize {
@@ -75,19 +69,11 @@ impl RecordingUpstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("upstream saw nothing")
+        self.seen.lock().unwrap().last().cloned().expect("upstream saw nothing")
     }
 }
 
-async fn answer(
-    seen: Arc<Mutex<Vec<Seen>>>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     // Count the body as it streams, without keeping it.
     let mut body_len = 0;
@@ -112,29 +98,16 @@ async fn answer(
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let mut rsp = Response::new(Full::new(Bytes::from(format!(
-        "{{\"path\":\"{path}\",\"received\":{body_len}}}"
-    ))));
+    let mut rsp = Response::new(Full::new(Bytes::from(format!("{{\"path\":\"{path}\",\"received\":{body_len}}}"))));
     if let Some(code) = path.strip_prefix("/api/v2/status/") {
-        *rsp.status_mut() =
-            StatusCode::from_u16(code.parse().unwrap_or(200)).unwrap_or(StatusCode::OK);
-        rsp.headers_mut()
-            .insert("location", "/api/v2/tickets/99".parse().unwrap());
-        rsp.headers_mut().insert(
-            "link",
-            "<https://x/api/v2/tickets?page=2>; rel=\"next\""
-                .parse()
-                .unwrap(),
-        );
+        *rsp.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(200)).unwrap_or(StatusCode::OK);
+        rsp.headers_mut().insert("location", "/api/v2/tickets/99".parse().unwrap());
+        rsp.headers_mut().insert("link", "<https://x/api/v2/tickets?page=2>; rel=\"next\"".parse().unwrap());
     }
-    rsp.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    rsp.headers_mut()
-        .insert("keep-alive", "timeout=5".parse().unwrap());
-    rsp.headers_mut()
-        .insert("x-upstream-hop", "1".parse().unwrap());
-    rsp.headers_mut()
-        .insert("connection", "x-upstream-hop".parse().unwrap());
+    rsp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    rsp.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
+    rsp.headers_mut().insert("x-upstream-hop", "1".parse().unwrap());
+    rsp.headers_mut().insert("connection", "x-upstream-hop".parse().unwrap());
     Ok(rsp)
 }
 
@@ -179,12 +152,7 @@ pub async fn gateway(upstream: SocketAddr, server_extra: &str, rest: &str) -> Te
     std::fs::write(&path, toml).unwrap();
     let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let gw = Gateway::start(cfg).await.unwrap();
-    TestGateway {
-        addr: gw.api_addr,
-        admin: gw.admin_addr,
-        gw,
-        dir,
-    }
+    TestGateway { addr: gw.api_addr, admin: gw.admin_addr, gw, dir }
 }
 
 pub type TestClient = Client<HttpConnector, Full<Bytes>>;
@@ -203,14 +171,10 @@ pub struct Got {
 
 impl Got {
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 }
 
@@ -224,10 +188,7 @@ pub async fn call(
     headers: &[(&str, &str)],
     body: &'static [u8],
 ) -> Got {
-    let mut b = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("host", host);
+    let mut b = Request::builder().method(method).uri(format!("http://{addr}{path}")).header("host", host);
     let mut has_auth = false;
     for (k, v) in headers {
         if k.eq_ignore_ascii_case("authorization") {
@@ -238,17 +199,10 @@ pub async fn call(
     if !has_auth {
         b = b.header("authorization", "Basic YXBpa2V5Olg=");
     }
-    let rsp = c
-        .request(b.body(Full::new(Bytes::from_static(body))).unwrap())
-        .await
-        .unwrap();
+    let rsp = c.request(b.body(Full::new(Bytes::from_static(body))).unwrap()).await.unwrap();
     let (parts, body) = rsp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Got { status: parts.status, headers: parts.headers, body }
 }
 
 /// A plain GET for the common case.
@@ -268,8 +222,7 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 }
 
 /// A client whose request body is any boxed body (for streaming uploads).
-pub fn client_streaming(
-) -> Client<HttpConnector, http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
+pub fn client_streaming() -> Client<HttpConnector, http_body_util::combinators::BoxBody<Bytes, std::io::Error>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
@@ -277,9 +230,7 @@ pub fn client_streaming(
 pub async fn h2_get(addr: SocketAddr, authority: &str, path: &str) -> Got {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let req = Request::get(format!("http://{authority}{path}"))
         .header("authorization", "Bearer t")
@@ -288,9 +239,5 @@ pub async fn h2_get(addr: SocketAddr, authority: &str, path: &str) -> Got {
     let rsp = send.send_request(req).await.unwrap();
     let (parts, body) = rsp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    Got {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Got { status: parts.status, headers: parts.headers, body }
 }

@@ -1,0 +1,627 @@
+//! The Redis store against real `redis-server` processes (SPEC §3.2, §4).
+//! Each test starts its own server on a free loopback port; without
+//! `redis-server` on PATH the tests print a line and pass, unless
+//! `DESKGATE_REQUIRE_REDIS=1`.
+
+mod support {
+    pub mod redis;
+}
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deskgate::config::{LimiterConfig, OnStoreError, StoreKind};
+use deskgate::endpoint::Endpoint;
+use deskgate::limiter::window::{self, Window};
+use deskgate::limiter::{Ask, Decision, Limiter, Policy, PolicyState, RedisStore, Store, CIRCUIT_FAILURES};
+use deskgate::reject::Reject;
+use rand::{Rng, SeedableRng};
+use support::redis::{RedisCluster, RedisServer};
+
+const S: u64 = 1_000_000;
+/// A realistic store clock (µs since the epoch, 2024).
+const T0: u64 = 1_717_000_000 * S;
+
+fn cfg(store: StoreKind, on_store_error: OnStoreError, timeout_ms: u64) -> LimiterConfig {
+    LimiterConfig {
+        store,
+        on_store_error,
+        store_timeout: Duration::from_millis(timeout_ms),
+        key_prefix: "deskgate".into(),
+        charge_invalid: false,
+    }
+}
+
+fn single(r: &RedisServer) -> StoreKind {
+    StoreKind::Redis { url: r.url() }
+}
+
+fn account(quota: u32, window_s: u32) -> Policy {
+    Policy { name: "account", quota, window_s }
+}
+
+fn ep(e: Endpoint, quota: u32, window_s: u32) -> Option<(Endpoint, Policy)> {
+    Some((e, Policy { name: e.as_str(), quota, window_s }))
+}
+
+fn ask(tenant: &str, cost: u32, account: Policy, endpoint: Option<(Endpoint, Policy)>) -> Ask<'_> {
+    Ask { tenant, cost, account, endpoint }
+}
+
+async fn store(r: &RedisServer) -> RedisStore {
+    let s = RedisStore::connect(&single(r), "deskgate").await.expect("connect");
+    assert!(s.is_connected());
+    s
+}
+
+/// `INFO commandstats` as (command, calls, usec_per_call).
+fn commandstats(r: &RedisServer) -> Vec<(String, u64, f64)> {
+    r.cli(&["INFO", "commandstats"])
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |k: &str| {
+                rest.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')).unwrap_or("0").to_owned()
+            };
+            Some((name.to_owned(), field("calls").parse().ok()?, field("usec_per_call").parse().ok()?))
+        })
+        .collect()
+}
+
+fn evalsha_calls(r: &RedisServer) -> u64 {
+    commandstats(r).iter().find(|c| c.0 == "evalsha").map_or(0, |c| c.1)
+}
+
+#[tokio::test]
+async fn a_call_is_charged_to_both_windows_or_to_neither() {
+    let Some(r) = RedisServer::start("a_call_is_charged_to_both_windows_or_to_neither") else {
+        return;
+    };
+    let s = store(&r).await;
+    let acc = account(10, 60);
+    let list = ep(Endpoint::TicketList, 3, 60);
+    for i in 0..3 {
+        let d = s.acquire(&ask("acme", 1, acc, list)).await.unwrap();
+        assert!(d.allowed, "call {i}");
+    }
+    // The endpoint is exhausted: refused, and the account is not charged.
+    let d = s.acquire(&ask("acme", 1, acc, list)).await.unwrap();
+    assert!(!d.allowed);
+    assert!(d.endpoint.unwrap().retry_ms.is_some());
+    assert_eq!(d.account.retry_ms, None);
+    assert_eq!(d.account.remaining, 7);
+    assert_eq!(s.acquire(&ask("acme", 0, acc, None)).await.unwrap().account.remaining, 7);
+    // Account-only calls use the rest of the account.
+    for _ in 0..7 {
+        assert!(s.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
+    }
+    // The account is exhausted: an untouched endpoint is not charged either.
+    let create = ep(Endpoint::TicketCreate, 5, 60);
+    let d = s.acquire(&ask("acme", 1, acc, create)).await.unwrap();
+    assert!(!d.allowed);
+    assert!(d.account.retry_ms.is_some());
+    assert_eq!(d.endpoint.unwrap().retry_ms, None);
+    let read = s.acquire(&ask("acme", 0, acc, create)).await.unwrap();
+    assert_eq!(read.endpoint.unwrap().remaining, 5);
+    assert_eq!(read.account.remaining, 0);
+}
+
+#[tokio::test]
+async fn the_cost_is_consumed_from_every_budget_and_a_read_writes_nothing() {
+    let Some(r) = RedisServer::start("the_cost_is_consumed_from_every_budget_and_a_read_writes_nothing") else {
+        return;
+    };
+    let s = store(&r).await;
+    let acc = account(400, 60);
+    let list = ep(Endpoint::TicketList, 100, 60);
+    // A read of a tenant never seen creates nothing.
+    let d = s.acquire(&ask("fresh", 0, acc, list)).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!((d.account.remaining, d.endpoint.unwrap().remaining), (400, 100));
+    assert_eq!(r.cli(&["EXISTS", &s.key("fresh")]), "0");
+    // include=description,requester,stats costs 7, from both budgets.
+    let d = s.acquire(&ask("acme", 7, acc, list)).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.charged(), 7);
+    assert_eq!((d.account.remaining, d.endpoint.unwrap().remaining), (393, 93));
+    let before = r.cli(&["GET", &s.key("acme")]);
+    let d = s.acquire(&ask("acme", 0, acc, list)).await.unwrap();
+    assert_eq!((d.account.remaining, d.endpoint.unwrap().remaining), (393, 93));
+    assert_eq!(r.cli(&["GET", &s.key("acme")]), before, "a read changed the key");
+    // The key expires by itself: about one window plus slack.
+    let ttl: i64 = r.cli(&["PTTL", &s.key("acme")]).parse().unwrap();
+    assert!((60_000..=62_100).contains(&ttl), "pttl {ttl}");
+    // A cost above the quota never fits and says so.
+    let d = s.acquire(&ask("acme", 101, acc, list)).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.endpoint.unwrap().retry_ms, Some(u64::MAX));
+}
+
+/// What the memory store's arithmetic says (window.rs), for comparison.
+fn expected(wa: &mut Window, we: &mut Window, a: &Ask<'_>, now: u64) -> Decision {
+    let (_, ep) = a.endpoint.unwrap();
+    let av = wa.judge(now, a.account.quota, a.cost);
+    let ev = we.judge(now, ep.quota, a.cost);
+    let allowed = av.fits && ev.fits;
+    if allowed && a.cost > 0 {
+        wa.charge(now, a.cost);
+        we.charge(now, a.cost);
+    }
+    Decision {
+        allowed,
+        cost: a.cost,
+        account: PolicyState::new(a.account, &av, allowed, a.cost, wa.reset_us(now)),
+        endpoint: Some(PolicyState::new(ep, &ev, allowed, a.cost, we.reset_us(now))),
+        degraded: false,
+    }
+}
+
+#[tokio::test]
+async fn the_script_agrees_with_the_rust_window_step_by_step() {
+    let Some(r) = RedisServer::start("the_script_agrees_with_the_rust_window_step_by_step") else {
+        return;
+    };
+    let s = store(&r).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for (window_s, qa, qe) in [(10u32, 20u32, 8u32), (7, 50, 50), (60, 700, 200), (1, 3, 2)] {
+        let tenant = format!("t{window_s}");
+        let (acc, list) = (account(qa, window_s), ep(Endpoint::TicketList, qe, window_s));
+        let (mut wa, mut we) = (Window::new(window_s), Window::new(window_s));
+        let mut now = T0 + rng.gen_range(0..S);
+        let span = u64::from(window_s) * S;
+        for step in 0..1500 {
+            now += match rng.gen_range(0..100) {
+                0 => span + rng.gen_range(0..span), // idle for more than a window
+                1..=30 => 0,
+                _ => rng.gen_range(0..span / 20),
+            };
+            let cost = [0, 1, 1, 1, 2, 3, 7][rng.gen_range(0..7)];
+            let a = ask(&tenant, cost, acc, list);
+            let want = expected(&mut wa, &mut we, &a, now);
+            let got = s
+                .acquire_at(&a, now)
+                .await
+                .unwrap_or_else(|e| panic!("window {window_s}s, step {step}, now {now}, cost {cost}: {e}"));
+            assert_eq!(got, want, "window {window_s}s, step {step}, now {now}, cost {cost}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_never_early_on_the_store_clock() {
+    let Some(r) = RedisServer::start("retry_after_is_never_early_on_the_store_clock") else {
+        return;
+    };
+    let s = store(&r).await;
+    let acc = account(10, 60);
+    let list = ep(Endpoint::TicketList, 6, 60);
+    // Spread 6 credits over three slots.
+    for (t, cost) in [(10 * S, 3), (20 * S, 2), (25 * S, 1)] {
+        assert!(s.acquire_at(&ask("acme", cost, acc, list), T0 + t).await.unwrap().allowed);
+    }
+    for cost in [1u32, 3, 4, 6] {
+        let now = T0 + 30 * S;
+        let d = s.acquire_at(&ask("acme", cost, acc, list), now).await.unwrap();
+        assert!(!d.allowed);
+        let retry_ms = d.endpoint.unwrap().retry_ms.unwrap();
+        let retry_us = retry_ms * 1000;
+        let early = s.acquire_at(&ask("acme", 0, acc, list), now + retry_us - 1000).await.unwrap();
+        assert!(early.endpoint.unwrap().remaining < cost, "cost {cost} would fit 1 ms before Retry-After");
+        let on_time = s.acquire_at(&ask("acme", 0, acc, list), now + retry_us).await.unwrap();
+        assert!(on_time.endpoint.unwrap().remaining >= cost, "cost {cost} does not fit at Retry-After");
+        // Retry-After in whole seconds is never earlier either.
+        if let Reject::RateLimited { retry_after_s, .. } = d.reject() {
+            assert!(retry_after_s * 1000 >= retry_ms);
+        } else {
+            panic!("not a 429");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rolling_window_frees_credits_when_the_oldest_slot_leaves_in_real_time() {
+    let Some(r) = RedisServer::start("a_rolling_window_frees_credits_when_the_oldest_slot_leaves_in_real_time") else {
+        return;
+    };
+    let limiter = Limiter::from_config(&cfg(single(&r), OnStoreError::FailClosed, 2000)).await.unwrap();
+    let acc = account(3, 1);
+    for _ in 0..3 {
+        assert!(limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
+    }
+    let d = limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap();
+    assert!(!d.allowed);
+    let retry_ms = d.account.retry_ms.unwrap();
+    assert!(retry_ms <= 1100, "{retry_ms}");
+    tokio::time::sleep(Duration::from_millis(retry_ms)).await;
+    let d = limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap();
+    assert!(d.allowed, "{d:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_limiters_sharing_one_redis_admit_exactly_the_budget() {
+    let Some(r) = RedisServer::start("two_limiters_sharing_one_redis_admit_exactly_the_budget") else {
+        return;
+    };
+    let c = cfg(single(&r), OnStoreError::FailClosed, 5000);
+    let replicas = [Limiter::from_config(&c).await.unwrap(), Limiter::from_config(&c).await.unwrap()];
+    let acc = account(57, 60);
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let l = Arc::clone(&replicas[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            // Every other call is an account-only call, the rest hit ticket_list (40).
+            let list = if i % 3 == 0 { None } else { ep(Endpoint::TicketList, 40, 60) };
+            let d = l.acquire(&ask("acme", 1, acc, list)).await.expect("store answered");
+            assert!(!d.degraded);
+            (d.allowed, list.is_some())
+        }));
+    }
+    let mut admitted = (0, 0);
+    for t in tasks {
+        let (ok, listed) = t.await.unwrap();
+        if ok {
+            admitted.0 += 1;
+            admitted.1 += usize::from(listed);
+        }
+    }
+    assert_eq!(admitted.0, 57, "account admitted");
+    assert!(admitted.1 <= 40, "ticket_list admitted {}", admitted.1);
+    let read = replicas[1].acquire(&ask("acme", 0, acc, ep(Endpoint::TicketList, 40, 60))).await.unwrap();
+    assert_eq!(read.account.remaining, 0);
+    assert_eq!(read.endpoint.unwrap().remaining as usize, 40 - admitted.1);
+}
+
+#[tokio::test]
+async fn no_interval_of_one_window_exceeds_the_budget_and_sustained_demand_uses_99_percent() {
+    let Some(r) =
+        RedisServer::start("no_interval_of_one_window_exceeds_the_budget_and_sustained_demand_uses_99_percent")
+    else {
+        return;
+    };
+    let replicas = [store(&r).await, store(&r).await];
+    let (quota, window_s) = (37u32, 10u32);
+    let acc = account(quota, window_s);
+    let mut log = Vec::new();
+    let mut t = 0;
+    while t < 50 * S {
+        for k in 0..3 {
+            if replicas[k % 2].acquire_at(&ask("acme", 1, acc, None), T0 + t).await.unwrap().allowed {
+                log.push(t);
+            }
+        }
+        t += 100_000;
+    }
+    for (i, &start) in log.iter().enumerate() {
+        let n = log[i..].iter().take_while(|&&x| x < start + u64::from(window_s) * S).count();
+        assert!(n <= quota as usize, "{n} calls in the window starting at {start}");
+    }
+    let used = log.iter().filter(|&&x| x >= 10 * S).count() as f64;
+    assert!(used >= 0.99 * 4.0 * f64::from(quota) - 1.0, "used {used} of {}", 4 * quota);
+}
+
+#[tokio::test]
+async fn two_stores_agree_because_the_window_clock_is_redis_time() {
+    let Some(r) = RedisServer::start("two_stores_agree_because_the_window_clock_is_redis_time") else {
+        return;
+    };
+    let (a, b) = (store(&r).await, store(&r).await);
+    let acc = account(5, 60);
+    for _ in 0..5 {
+        assert!(a.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
+    }
+    // Neither store reads its own clock: both see the window Redis TIME defines.
+    let da = a.acquire(&ask("acme", 1, acc, None)).await.unwrap();
+    let db = b.acquire(&ask("acme", 1, acc, None)).await.unwrap();
+    assert!(!da.allowed && !db.allowed);
+    let (ra, rb) = (da.account.retry_ms.unwrap(), db.account.retry_ms.unwrap());
+    assert!(ra.abs_diff(rb) <= 50, "retry {ra} ms vs {rb} ms");
+    assert!((59_000..=60_500).contains(&rb), "{rb}");
+    // And a store handed a clock an hour off still defers to what Redis holds:
+    // the window's newest slot never goes back, so nothing is freed early.
+    let redis_now = {
+        let t = r.cli(&["TIME"]);
+        let mut it = t.lines().map(|l| l.trim().parse::<u64>().unwrap());
+        it.next().unwrap() * S + it.next().unwrap()
+    };
+    let skewed = b.acquire_at(&ask("acme", 1, acc, None), redis_now - 3600 * S).await.unwrap();
+    assert!(!skewed.allowed, "a clock behind Redis freed credits: {skewed:?}");
+}
+
+#[tokio::test]
+async fn killing_redis_fails_open_without_hanging_and_the_circuit_stops_waiting() {
+    let Some(mut r) = RedisServer::start("killing_redis_fails_open_without_hanging_and_the_circuit_stops_waiting")
+    else {
+        return;
+    };
+    let limiter = Limiter::from_config(&cfg(single(&r), OnStoreError::FailOpen, 50)).await.unwrap();
+    let acc = account(5, 60);
+    assert!(limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
+    assert!(limiter.store_healthy());
+    r.kill();
+    for i in 0..20 {
+        let start = Instant::now();
+        let d = limiter.acquire(&ask("acme", 1, acc, None)).await.expect("fail_open answers");
+        let took = start.elapsed();
+        assert!(d.allowed && d.degraded, "call {i}: {d:?}");
+        assert!(took < Duration::from_millis(400), "call {i} took {took:?}");
+        if i >= CIRCUIT_FAILURES as usize {
+            assert!(took < Duration::from_millis(20), "circuit open, yet call {i} took {took:?}");
+        }
+    }
+    assert!(!limiter.store_healthy());
+}
+
+#[tokio::test]
+async fn killing_redis_fails_closed_with_service_unavailable() {
+    let Some(mut r) = RedisServer::start("killing_redis_fails_closed_with_service_unavailable") else {
+        return;
+    };
+    let limiter = Limiter::from_config(&cfg(single(&r), OnStoreError::FailClosed, 50)).await.unwrap();
+    let acc = account(5, 60);
+    assert!(limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
+    r.kill();
+    for _ in 0..10 {
+        let start = Instant::now();
+        let e = limiter.acquire(&ask("acme", 1, acc, None)).await.expect_err("fail_closed refuses");
+        assert!(start.elapsed() < Duration::from_millis(400));
+        assert_eq!(e, Reject::ServiceUnavailable { retry_after_s: 1 });
+        assert_eq!(e.code(), "service_unavailable");
+    }
+}
+
+#[tokio::test]
+async fn restarting_redis_resumes_enforcement_without_restarting_the_store() {
+    let Some(mut r) = RedisServer::start("restarting_redis_resumes_enforcement_without_restarting_the_store") else {
+        return;
+    };
+    let limiter = Limiter::from_config(&cfg(single(&r), OnStoreError::FailOpen, 100)).await.unwrap();
+    let acc = account(5, 60);
+    assert!(limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
+    r.kill();
+    for _ in 0..5 {
+        assert!(limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap().degraded);
+    }
+    r.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap();
+        if !d.degraded {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(limiter.store_healthy());
+    // The restarted Redis is empty: one credit was charged just now, four remain.
+    for _ in 0..4 {
+        assert!(limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
+    }
+    let d = limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap();
+    assert!(!d.allowed && !d.degraded, "{d:?}");
+}
+
+#[tokio::test]
+async fn the_script_is_loaded_again_after_redis_forgets_it() {
+    let Some(r) = RedisServer::start("the_script_is_loaded_again_after_redis_forgets_it") else {
+        return;
+    };
+    let s = store(&r).await;
+    let acc = account(5, 60);
+    assert!(s.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
+    assert_eq!(r.cli(&["SCRIPT", "FLUSH"]), "OK");
+    let d = s.acquire(&ask("acme", 1, acc, None)).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.account.remaining, 3);
+}
+
+#[tokio::test]
+async fn one_acquire_is_one_evalsha() {
+    let Some(r) = RedisServer::start("one_acquire_is_one_evalsha") else {
+        return;
+    };
+    let s = store(&r).await;
+    let acc = account(700, 60);
+    let list = ep(Endpoint::TicketList, 200, 60);
+    s.acquire(&ask("warmup", 1, acc, list)).await.unwrap();
+    assert_eq!(r.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    let n = 3000;
+    for i in 0..n {
+        let tenant = format!("t{}", i % 10);
+        s.acquire(&ask(&tenant, 1, acc, list)).await.unwrap();
+    }
+    let stats = commandstats(&r);
+    let evalsha = stats.iter().find(|c| c.0 == "evalsha").expect("evalsha counted");
+    assert_eq!(evalsha.1, n, "{stats:?}");
+    for (name, _, _) in &stats {
+        assert!(
+            ["evalsha", "time", "get", "set", "config|resetstat"].contains(&name.as_str()),
+            "unexpected command {name} ({stats:?})"
+        );
+    }
+    println!("Redis CPU per acquire (evalsha usec_per_call, script included): {} µs", evalsha.2);
+}
+
+/// The naive sliding log (one ZSET member per call) the script is compared with.
+const ZSET_LOG: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cost, win, ok = tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000000, true
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - win)
+  if redis.call('ZCARD', KEYS[i]) + cost > tonumber(ARGV[2 + i]) then ok = false end
+end
+if ok then
+  for i = 1, #KEYS do
+    redis.call('ZADD', KEYS[i], now, now .. ':' .. math.random())
+    redis.call('PEXPIRE', KEYS[i], win / 1000)
+  end
+end
+return ok and 1 or 0";
+
+#[tokio::test]
+async fn the_script_and_a_sorted_set_log_report_their_redis_cpu() {
+    let Some(r) = RedisServer::start("the_script_and_a_sorted_set_log_report_their_redis_cpu") else {
+        return;
+    };
+    let s = store(&r).await;
+    let client = redis::Client::open(r.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let zset = redis::Script::new(ZSET_LOG);
+    // Enterprise budgets; 10 tenants, a mix of admitted and refused calls.
+    let acc = account(700, 60);
+    let list = ep(Endpoint::TicketList, 200, 60);
+    let n = 4000u64;
+    for round in 0..3 {
+        assert_eq!(r.cli(&["CONFIG", "RESETSTAT"]), "OK");
+        for i in 0..n {
+            let tenant = format!("r{round}t{}", i % 10);
+            s.acquire(&ask(&tenant, 1, acc, list)).await.unwrap();
+        }
+        let ring = commandstats(&r).iter().find(|c| c.0 == "evalsha").map_or(0.0, |c| c.2);
+        assert_eq!(r.cli(&["CONFIG", "RESETSTAT"]), "OK");
+        for i in 0..n {
+            let t = format!("{{z{round}t{}}}", i % 10);
+            let _: i64 = zset
+                .key(format!("{t}:a"))
+                .key(format!("{t}:e"))
+                .arg(1)
+                .arg(60)
+                .arg(700)
+                .arg(200)
+                .invoke_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let log = commandstats(&r).iter().find(|c| c.0 == "evalsha").map_or(0.0, |c| c.2);
+        println!("round {round}: window script {ring} µs/call, ZSET log {log} µs/call (Redis usec_per_call)");
+    }
+}
+
+#[tokio::test]
+async fn an_enterprise_tenant_costs_under_two_kilobytes_of_redis_memory() {
+    let Some(r) = RedisServer::start("an_enterprise_tenant_costs_under_two_kilobytes_of_redis_memory") else {
+        return;
+    };
+    let s = store(&r).await;
+    let acc = account(700, 60);
+    let endpoints = [
+        (Endpoint::TicketCreate, 280),
+        (Endpoint::TicketUpdate, 280),
+        (Endpoint::TicketList, 200),
+        (Endpoint::ContactList, 200),
+    ];
+    // Every slot of every window holds something: the densest a tenant gets.
+    let slot = window::slot_us(60);
+    for k in 0..window::RING as u64 {
+        for (e, q) in endpoints {
+            let d = s.acquire_at(&ask("acme", 1, acc, ep(e, q, 60)), T0 + k * slot).await.unwrap();
+            assert!(d.allowed);
+        }
+    }
+    let d = s.acquire_at(&ask("acme", 0, acc, None), T0 + 120 * slot).await.unwrap();
+    assert_eq!(d.account.remaining, 700 - 4 * 121);
+    assert_eq!(r.cli(&["DBSIZE"]), "1", "one key per tenant");
+    let bytes: u64 = r.cli(&["MEMORY", "USAGE", &s.key("acme")]).parse().unwrap();
+    println!("MEMORY USAGE {} = {bytes} bytes (account + 4 endpoint windows, all slots busy)", s.key("acme"));
+    assert!(bytes < 2048, "{bytes} bytes");
+}
+
+#[tokio::test]
+async fn the_deny_cache_refuses_without_asking_redis_until_room_comes_back() {
+    let Some(r) = RedisServer::start("the_deny_cache_refuses_without_asking_redis_until_room_comes_back") else {
+        return;
+    };
+    let limiter = Limiter::from_config(&cfg(single(&r), OnStoreError::FailClosed, 2000)).await.unwrap();
+    let acc = account(10, 60);
+    let list = ep(Endpoint::TicketList, 5, 60);
+    for _ in 0..3 {
+        assert!(limiter.acquire(&ask("acme", 1, acc, list)).await.unwrap().allowed);
+    }
+    // 2 left: a call costing 3 is refused by Redis, and remembered.
+    let first = limiter.acquire(&ask("acme", 3, acc, list)).await.unwrap();
+    assert!(!first.allowed);
+    let calls = evalsha_calls(&r);
+    for _ in 0..50 {
+        let d = limiter.acquire(&ask("acme", 3, acc, list)).await.unwrap();
+        assert!(!d.allowed);
+        assert_eq!(d.endpoint.unwrap().remaining, 2);
+        assert_eq!(d.account.remaining, 7);
+        let (
+            Reject::RateLimited { retry_after_s: a, policy: pa, .. },
+            Reject::RateLimited { retry_after_s: b, policy: pb, .. },
+        ) = (d.reject(), first.reject())
+        else {
+            panic!("not 429s")
+        };
+        assert_eq!(pa, pb);
+        assert!(a == b || a + 1 == b, "cached Retry-After {a} vs {b}");
+    }
+    assert_eq!(evalsha_calls(&r), calls, "the cache asked Redis");
+    // A cheaper call that fits what is left still goes to Redis, and is admitted.
+    let d = limiter.acquire(&ask("acme", 1, acc, list)).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(evalsha_calls(&r), calls + 1);
+    // A dearer call than the refused one asks Redis for its own Retry-After.
+    let d = limiter.acquire(&ask("acme", 5, acc, list)).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(evalsha_calls(&r), calls + 2);
+    // Account-only calls are not blocked by the endpoint's refusal.
+    assert!(limiter.acquire(&ask("acme", 1, acc, None)).await.unwrap().allowed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_master_cluster_admits_exactly_the_budget() {
+    let Some(c) = RedisCluster::start("a_three_master_cluster_admits_exactly_the_budget") else {
+        return;
+    };
+    let kind = StoreKind::RedisCluster { urls: c.urls() };
+    let cf = cfg(kind, OnStoreError::FailClosed, 5000);
+    let replicas = [Limiter::from_config(&cf).await.unwrap(), Limiter::from_config(&cf).await.unwrap()];
+    let tenants: Vec<String> =
+        ["acme", "globex", "initech", "umbrella", "hooli", "we{ir}d"].iter().map(|s| s.to_string()).collect();
+    let acc = account(20, 60);
+    let mut tasks = Vec::new();
+    for i in 0..360 {
+        let l = Arc::clone(&replicas[i % 2]);
+        let tenant = tenants[i % tenants.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let d = l.acquire(&ask(&tenant, 1, acc, ep(Endpoint::TicketCreate, 20, 60))).await.expect("answered");
+            assert!(!d.degraded);
+            (tenant, d.allowed)
+        }));
+    }
+    let mut admitted = std::collections::HashMap::new();
+    for t in tasks {
+        let (tenant, ok) = t.await.unwrap();
+        *admitted.entry(tenant).or_insert(0) += usize::from(ok);
+    }
+    for t in &tenants {
+        assert_eq!(admitted[t], 20, "{t}: {admitted:?}");
+    }
+    // The keys spread over the masters, one per tenant.
+    let keys: usize = c.nodes.iter().map(|n| n.cli(&["DBSIZE"]).parse::<usize>().unwrap()).sum();
+    assert_eq!(keys, tenants.len());
+    let holding = c.nodes.iter().filter(|n| n.cli(&["DBSIZE"]) != "0").count();
+    assert!(holding >= 2, "all tenants on one master");
+}
+
+#[tokio::test]
+async fn a_store_started_before_redis_connects_when_redis_comes_up() {
+    let Some(mut r) = RedisServer::start("a_store_started_before_redis_connects_when_redis_comes_up") else {
+        return;
+    };
+    r.kill();
+    let started = Instant::now();
+    let limiter = Limiter::from_config(&cfg(single(&r), OnStoreError::FailClosed, 50)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(!limiter.store_healthy());
+    let acc = account(5, 60);
+    assert!(limiter.acquire(&ask("acme", 1, acc, None)).await.is_err());
+    r.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limiter.acquire(&ask("acme", 1, acc, None)).await.is_err() {
+        assert!(Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(limiter.store_healthy());
+}

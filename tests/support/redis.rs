@@ -1,0 +1,186 @@
+//! Real `redis-server` processes for tests: one per test, on a free loopback
+//! port (never 6379), in a temp dir, killed on drop. A cluster of three
+//! masters is built with `redis-cli --cluster create`.
+//!
+//! Without `redis-server` on PATH, [`RedisServer::start`] prints a line and
+//! returns `None` (the test returns), unless `DESKGATE_REQUIRE_REDIS=1`.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether Redis tests can run here; panics if they must and cannot.
+pub fn available(test: &str) -> bool {
+    let ok = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("DESKGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+            panic!("{test}: redis-server is not on PATH and DESKGATE_REQUIRE_REDIS=1");
+        }
+        println!("skipping {test}: redis-server is not on PATH");
+    }
+    ok
+}
+
+/// A port free on 127.0.0.1 (and, for cluster nodes, its bus port +10000 too).
+fn free_port(with_bus: bool) -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        if port == 6379 {
+            continue;
+        }
+        if with_bus {
+            if port > 55_000 {
+                continue;
+            }
+            if TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+                continue;
+            }
+        }
+        return port;
+    }
+}
+
+/// One `redis-server`.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A standalone server, or `None` when Redis tests are skipped.
+    pub fn start(test: &str) -> Option<RedisServer> {
+        if !available(test) {
+            return None;
+        }
+        Some(RedisServer::spawn(free_port(false), Vec::new()))
+    }
+
+    fn spawn(port: u16, extra: Vec<String>) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = RedisServer { port, dir, extra, child: None };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", &self.dir.path().display().to_string()])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server on port {} did not start", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `redis-cli -p PORT args…`, trimmed stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts again on the same port (empty: nothing is persisted).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Three masters, no replicas.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(test: &str) -> Option<RedisCluster> {
+        if !available(test) {
+            return None;
+        }
+        let mut nodes = Vec::new();
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 {
+            let p = free_port(true);
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        for &port in &ports {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let conf = dir.path().join(format!("nodes-{port}.conf")).display().to_string();
+            let extra = vec!["--cluster-enabled".into(), "yes".into(), "--cluster-config-file".into(), conf];
+            let mut s = RedisServer { port, dir, extra, child: None };
+            s.launch();
+            nodes.push(s);
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+            assert!(Instant::now() < deadline, "cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(RedisCluster { nodes })
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
