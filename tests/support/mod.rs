@@ -2,6 +2,8 @@
 //! gateway started from TOML on `127.0.0.1:0`, and a plain HTTP client.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
