@@ -2,6 +2,7 @@
 //! `/tenants/{name}`, `/config`. Never on the API listener.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,9 +35,11 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     )
 }
 
-/// Serves one admin request.
+/// Serves one admin request. `draining` turns `/readyz` to 503 during shutdown,
+/// so a load balancer stops sending while in-flight calls finish.
 pub async fn handle(
     shared: Arc<Shared>,
+    draining: Arc<AtomicBool>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -49,7 +52,13 @@ pub async fn handle(
     let rsp = match path {
         "/healthz" => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
         "/readyz" => {
-            if shared.limiter.ready() {
+            if draining.load(Ordering::Relaxed) {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    "shutting down\n",
+                )
+            } else if shared.limiter.ready() {
                 respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n")
             } else {
                 respond(
@@ -90,6 +99,20 @@ async fn tenant(shared: &Shared, name: &str) -> Response<Body> {
         );
     };
     let mut windows = Vec::new();
+    if !t.api_access {
+        // No API access: no budget to read.
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "tenant": &*t.name,
+                "domain": t.domain,
+                "plan": t.plan,
+                "api_access": false,
+                "shadow": t.shadow,
+                "windows": windows,
+            }),
+        );
+    }
     let account = shared
         .limiter
         .acquire(&Ask::new(t, Endpoint::Other, 0))

@@ -9,7 +9,7 @@ use deskgate::config::Config;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: Option<LogFormat>) {
-    let format = format.unwrap_or(if std::io::stdout().is_terminal() {
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Text
     } else {
         LogFormat::Json

@@ -18,7 +18,7 @@ use crate::endpoint::{self, Endpoint};
 use crate::forward::{self, Forwarding, X_REQUEST_ID};
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{
-    DurationLabels, Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason,
+    EndpointLabel, Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason,
 };
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
@@ -154,6 +154,13 @@ async fn police(
         .metrics
         .store_duration
         .observe(store_start.elapsed().as_secs_f64());
+    // The limiter has no metrics of its own: a store that could not answer
+    // shows here as a degraded decision (fail_open) or a 503 (fail_closed).
+    if matches!(&decision, Ok(d) if d.degraded)
+        || matches!(&decision, Err(Reject::ServiceUnavailable { .. }))
+    {
+        shared.metrics.store_errors.inc();
+    }
     let decision = decision?;
     cx.decision = Some(decision);
     if !decision.allowed {
@@ -287,18 +294,13 @@ fn finish(shared: &Shared, cx: &RequestCtx, mut rsp: Response<Body>) -> Response
         })
         .inc();
     let total = cx.start.elapsed();
+    let label = EndpointLabel { endpoint };
     m.request_duration
-        .get_or_create(&DurationLabels {
-            endpoint,
-            kind: "total",
-        })
+        .get_or_create(&label)
         .observe(total.as_secs_f64());
     let added = total.saturating_sub(cx.upstream.unwrap_or_default());
-    m.request_duration
-        .get_or_create(&DurationLabels {
-            endpoint,
-            kind: "gateway",
-        })
+    m.request_overhead
+        .get_or_create(&label)
         .observe(added.as_secs_f64());
     if let Some(d) = &cx.decision {
         m.budget_remaining
