@@ -1,5 +1,6 @@
 //! Hot reload (SPEC §2 "Hot reload", §5 signals): SIGHUP or a change to the
-//! config file or `tenants_dir` → `Config::load` → one atomic swap.
+//! config file, `tenants_dir` or the TLS certificate and key → `Config::load`
+//! → one atomic swap.
 //!
 //! A config that fails to load is logged (`PATH:LINE:COL: message`) and the
 //! one in force stays. Requests in flight keep the `Snapshot` they loaded, so
@@ -185,34 +186,49 @@ fn forget_removed_tenants(shared: &Shared, old: &Config, new: &Config) {
     }
 }
 
-/// What the watcher reacts to: the main config file and `*.toml` in
-/// `tenants_dir`, in directories resolved once so event paths compare equal.
+/// What the watcher reacts to: the main config file, the TLS certificate
+/// and key, and `*.toml` in `tenants_dir` — in directories resolved once so
+/// event paths compare equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Watched {
-    config_dir: PathBuf,
-    config_name: std::ffi::OsString,
+    /// Files as (canonical directory, file name).
+    files: Vec<(PathBuf, std::ffi::OsString)>,
     tenants_dir: Option<PathBuf>,
 }
 
 impl Watched {
     fn of(config: &Config) -> Watched {
-        let parent = config
-            .path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let mut paths = vec![config.path.as_path()];
+        if let Some(tls) = &config.server.tls {
+            paths.push(&tls.cert);
+            paths.push(&tls.key);
+        }
+        let files = paths
+            .into_iter()
+            .filter_map(|p| {
+                let dir = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                Some((canonical(dir), p.file_name()?.to_owned()))
+            })
+            .collect();
         Watched {
-            config_dir: canonical(parent),
-            config_name: config.path.file_name().unwrap_or_default().to_owned(),
+            files,
             tenants_dir: config.tenants_dir.as_deref().map(canonical),
         }
     }
 
     fn dirs(&self) -> Vec<&Path> {
-        let mut dirs = vec![self.config_dir.as_path()];
-        if let Some(t) = &self.tenants_dir {
-            if *t != self.config_dir {
-                dirs.push(t);
+        let mut dirs: Vec<&Path> = Vec::new();
+        for d in self
+            .files
+            .iter()
+            .map(|(d, _)| d.as_path())
+            .chain(self.tenants_dir.as_deref())
+        {
+            if !dirs.contains(&d) {
+                dirs.push(d);
             }
         }
         dirs
@@ -224,10 +240,14 @@ impl Watched {
             return false;
         };
         let name_str = name.to_string_lossy();
-        // Kubernetes updates a mounted ConfigMap by swapping the `..data`
-        // symlink, so the files themselves never see an event.
+        // Kubernetes updates a mounted ConfigMap or Secret by swapping the
+        // `..data` symlink, so the files themselves never see an event.
         let k8s_swap = name_str.starts_with("..data");
-        if dir == self.config_dir && (name == self.config_name || k8s_swap) {
+        if self
+            .files
+            .iter()
+            .any(|(d, n)| d == dir && (n == name || k8s_swap))
+        {
             return true;
         }
         match &self.tenants_dir {
@@ -374,8 +394,10 @@ mod tests {
 
     fn watched() -> Watched {
         Watched {
-            config_dir: PathBuf::from("/etc/deskgate"),
-            config_name: "deskgate.toml".into(),
+            files: vec![
+                (PathBuf::from("/etc/deskgate"), "deskgate.toml".into()),
+                (PathBuf::from("/etc/deskgate/tls"), "tls.crt".into()),
+            ],
             tenants_dir: Some(PathBuf::from("/etc/deskgate/tenants.d")),
         }
     }
@@ -394,6 +416,9 @@ mod tests {
             ("/etc/deskgate/tenants.d/README", false),
             ("/etc/deskgate/tenants.d/..data_tmp", true),
             ("/tmp/deskgate.toml", false),
+            ("/etc/deskgate/tls/tls.crt", true),
+            ("/etc/deskgate/tls/..data", true),
+            ("/etc/deskgate/tls/other.crt", false),
         ] {
             assert_eq!(w.concerns(Path::new(path)), expected, "{path}");
         }
