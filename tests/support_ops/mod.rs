@@ -445,14 +445,16 @@ pub struct Running {
 /// Starts `deskgate --config PATH` (logs as JSON: stderr is a pipe) and waits
 /// for its "listening" line.
 pub fn run_binary(config: &Path, envs: &[(&str, &str)]) -> Running {
-    run_binary_cmd(Command::new(env!("CARGO_BIN_EXE_deskgate")), config, envs)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskgate"));
+    cmd.arg("--config").arg(config);
+    run_binary_cmd(cmd, envs)
 }
 
-/// As [`run_binary`], from a prepared command (e.g. under `setpriv`).
-pub fn run_binary_cmd(mut cmd: Command, config: &Path, envs: &[(&str, &str)]) -> Running {
-    cmd.arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
+/// As [`run_binary`], from a prepared command (e.g. under `setpriv`, or
+/// finding its config through `DESKGATE_CONFIG`). `RUST_LOG` is `info`
+/// unless `envs` says otherwise.
+pub fn run_binary_cmd(mut cmd: Command, envs: &[(&str, &str)]) -> Running {
+    cmd.env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
