@@ -146,7 +146,7 @@ impl Metrics {
         );
         registry.register(
             "deskgate_rejected",
-            "Calls refused before the budget, by reason",
+            "API calls answered with an error other than 429 (refusals, upstream failures), by reason",
             rejected.clone(),
         );
         // Two families rather than one with a `kind` label: SPEC §5 fixes the

@@ -336,3 +336,81 @@ async fn sighup_reloads_the_binary_and_a_broken_file_is_logged_with_path_line_co
         Some(1.0)
     );
 }
+
+/// Lays out `files` the way the kubelet writes a mounted ConfigMap: a
+/// timestamped directory, a `..data` symlink to it, and one symlink per key.
+/// Called again, it swaps `..data` atomically and removes the old directory.
+fn configmap_write(dir: &std::path::Path, generation: u32, files: &[(&str, &str)]) {
+    use std::os::unix::fs::symlink;
+    let ts = format!("..2026_01_01_00_00_0{generation}");
+    std::fs::create_dir_all(dir.join(&ts)).expect("mkdir");
+    for (name, text) in files {
+        std::fs::write(dir.join(&ts).join(name), text).expect("write");
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(format!("..data/{name}"), &link).expect("key symlink");
+        }
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    symlink(&ts, dir.join("..data_tmp")).expect("tmp symlink");
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).expect("remove old generation");
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_configmap_update_is_picked_up_for_the_config_and_the_tenants() {
+    let upstream = format!("http://{}", start_upstream().await);
+    let root = ConfigDir::new();
+    let (cfg_dir, tenants_dir) = (root.path("etc/deskgate"), root.path("etc/deskgate-tenants"));
+    let top = format!("tenants_dir = {:?}", tenants_dir.display().to_string());
+    configmap_write(
+        &cfg_dir,
+        1,
+        &[("deskgate.toml", &config_with(&upstream, &top, 3))],
+    );
+    let beta = "[tenant]\nname = \"beta\"\ndomain = \"beta.freshdesk.com\"\nplan = \"trial\"\n";
+    configmap_write(&tenants_dir, 1, &[("beta.toml", beta)]);
+    let gw = Gateway::start(Config::load(&cfg_dir.join("deskgate.toml")).expect("config"))
+        .await
+        .expect("start");
+    assert_eq!(ticket_list_budget(&gw).await, (3, 0));
+
+    configmap_write(
+        &cfg_dir,
+        2,
+        &[("deskgate.toml", &config_with(&upstream, &top, 6))],
+    );
+    assert!(
+        eventually(WATCH_LIMIT, || async {
+            ticket_list_budget(&gw).await.0 == 6
+        })
+        .await,
+        "the ConfigMap update of the config file was not seen"
+    );
+
+    let gamma = "[tenant]\nname = \"gamma\"\ndomain = \"gamma.freshdesk.com\"\nplan = \"trial\"\n";
+    configmap_write(
+        &tenants_dir,
+        2,
+        &[("beta.toml", beta), ("gamma.toml", gamma)],
+    );
+    assert!(
+        eventually(WATCH_LIMIT, || async {
+            admin_get(gw.admin_addr, "/tenants/gamma").await.status == StatusCode::OK
+        })
+        .await,
+        "a tenant key added to the tenants ConfigMap was not seen"
+    );
+    // And again: the watch survived the first swap.
+    configmap_write(&tenants_dir, 3, &[("gamma.toml", gamma)]);
+    assert!(
+        eventually(WATCH_LIMIT, || async {
+            admin_get(gw.admin_addr, "/tenants/beta").await.status == StatusCode::NOT_FOUND
+        })
+        .await,
+        "a second ConfigMap update was not seen"
+    );
+    gw.shutdown().await;
+}
