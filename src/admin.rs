@@ -2,6 +2,7 @@
 //! `/tenants/{name}`, `/config`. Never on the API listener.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,8 +26,13 @@ fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     respond(status, "application/json; charset=utf-8", serde_json::to_vec_pretty(v).unwrap_or_default())
 }
 
-/// Serves one admin request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Serves one admin request. `draining` turns `/readyz` to 503 during shutdown,
+/// so a load balancer stops sending while in-flight calls finish.
+pub async fn handle(
+    shared: Arc<Shared>,
+    draining: Arc<AtomicBool>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -37,7 +43,9 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
     let rsp = match path {
         "/healthz" => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
         "/readyz" => {
-            if shared.limiter.ready() {
+            if draining.load(Ordering::Relaxed) {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "shutting down\n")
+            } else if shared.limiter.ready() {
                 respond(StatusCode::OK, "text/plain; charset=utf-8", "ready\n")
             } else {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "rate-limit store unreachable\n")
@@ -67,6 +75,20 @@ async fn tenant(shared: &Shared, name: &str) -> Response<Body> {
         );
     };
     let mut windows = Vec::new();
+    if !t.api_access {
+        // No API access: no budget to read.
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "tenant": &*t.name,
+                "domain": t.domain,
+                "plan": t.plan,
+                "api_access": false,
+                "shadow": t.shadow,
+                "windows": windows,
+            }),
+        );
+    }
     let account = shared.limiter.acquire(&Ask::new(t, Endpoint::Other, 0)).await;
     let mut push = |p: &crate::limiter::PolicyState| {
         windows.push(serde_json::json!({

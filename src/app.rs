@@ -1,9 +1,11 @@
-//! Wiring: bind listeners, build `Shared`, run the servers, drain on shutdown.
+//! Wiring: bind listeners, build `Shared`, run the servers and the reloader,
+//! drain on shutdown (SPEC §5 signals).
 //!
 //! `Gateway::start` is what `deskgate run`, `deskgate demo` and the tests
 //! use: listeners may be `:0`, and the bound addresses are reported back.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::forward::Upstream;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo};
+use crate::reload::{self, TlsSlot};
 use crate::server::{self, ListenerOptions};
 use crate::state::{Shared, Snapshot};
 use crate::{admin, tls};
@@ -39,8 +42,17 @@ pub struct Gateway {
     pub api_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
+    /// The API listener's TLS config, swapped by reload (`None`: plain HTTP).
+    tls: Option<Arc<TlsSlot>>,
+    /// Set when shutdown starts: `/readyz` answers 503 while in-flight calls drain.
+    draining: Arc<AtomicBool>,
+    /// Stops the API listener and the reloader.
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Stops the admin listener, after the API listener has drained.
+    admin_shutdown: watch::Sender<bool>,
+    api_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+    reload_task: JoinHandle<()>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -48,10 +60,15 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 impl Gateway {
-    /// Binds every listener and starts serving `config`.
+    /// Binds every listener and starts serving `config`, with the store `[limiter]` names.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
-        let upstream = Upstream::new(&config.upstream).map_err(StartError::Upstream)?;
         let limiter = Limiter::from_config(&config.limiter).await.map_err(|e| StartError::Store(e.to_string()))?;
+        Gateway::start_with_limiter(config, limiter).await
+    }
+
+    /// Like [`Gateway::start`], with a limiter built by the caller (tests).
+    pub async fn start_with_limiter(config: Config, limiter: Arc<Limiter>) -> Result<Gateway, StartError> {
+        let upstream = Upstream::new(&config.upstream).map_err(StartError::Upstream)?;
         let tls = match &config.server.tls {
             Some(files) => Some(Arc::new(ArcSwapOption::from_pointee(
                 tls::server_config(&files.cert, &files.key).map_err(StartError::Tls)?,
@@ -63,8 +80,7 @@ impl Gateway {
         let api_addr = api.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
         let admin_addr =
             admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.admin.listen, source })?;
-        let grace = config.server.shutdown_grace;
-        let opts = ListenerOptions { header_read_timeout: config.server.header_read_timeout, tls };
+        let opts = ListenerOptions { header_read_timeout: config.server.header_read_timeout, tls: tls.clone() };
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
             limiter,
@@ -72,13 +88,18 @@ impl Gateway {
             metrics: Metrics::new(),
         });
         let (shutdown, rx) = watch::channel(false);
+        let (admin_shutdown, admin_rx) = watch::channel(false);
+        let draining = Arc::new(AtomicBool::new(false));
 
         let api_shared = shared.clone();
         let api_rx = rx.clone();
         let api_task = tokio::spawn(async move {
-            let handler = move |peer, tls, req| proxy::handle(api_shared.clone(), ConnInfo { peer, tls }, req);
+            let handler_shared = api_shared.clone();
+            let handler = move |peer, tls, req| proxy::handle(handler_shared.clone(), ConnInfo { peer, tls }, req);
             let graceful = server::serve(api, opts, api_rx, handler).await;
-            // Stop accepting (done), then let in-flight calls finish within the grace.
+            // Accepting has stopped (the listener is closed); let in-flight calls
+            // finish within the grace of the config in force now.
+            let grace = api_shared.snapshot.load().config.server.shutdown_grace;
             if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
                 tracing::warn!(
                     grace_ms = grace.as_millis() as u64,
@@ -87,31 +108,60 @@ impl Gateway {
             }
         });
         let admin_shared = shared.clone();
+        let admin_draining = draining.clone();
         let admin_opts = ListenerOptions { header_read_timeout: Duration::from_secs(10), tls: None };
         let admin_task = tokio::spawn(async move {
-            let handler = move |_peer, _tls, req| admin::handle(admin_shared.clone(), req);
-            let graceful = server::serve(admin_listener, admin_opts, rx, handler).await;
+            let handler = move |_peer, _tls, req| admin::handle(admin_shared.clone(), admin_draining.clone(), req);
+            let graceful = server::serve(admin_listener, admin_opts, admin_rx, handler).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
         });
-        tracing::info!(%api_addr, %admin_addr, "deskgate listening");
-        Ok(Gateway { api_addr, admin_addr, shared, shutdown, tasks: vec![api_task, admin_task] })
+        let reload_task = reload::spawn(shared.clone(), tls.clone(), rx);
+        tracing::info!(%api_addr, %admin_addr, tls = tls.is_some(), "deskgate listening");
+        Ok(Gateway {
+            api_addr,
+            admin_addr,
+            shared,
+            tls,
+            draining,
+            shutdown,
+            admin_shutdown,
+            api_task,
+            admin_task,
+            reload_task,
+        })
     }
 
-    /// Stops accepting, drains in-flight requests (bounded by `shutdown_grace_ms`), returns.
+    /// Reloads the config from its file now, as SIGHUP does.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        reload::reload_now(&self.shared, self.tls.as_deref()).await
+    }
+
+    /// Stops accepting, drains in-flight requests (bounded by `shutdown_grace_ms`),
+    /// then closes the admin listener, which answers `/readyz` with 503 meanwhile.
     pub async fn shutdown(self) {
+        self.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        let _ = self.api_task.await;
+        let _ = self.reload_task.await;
+        let _ = self.admin_shutdown.send(true);
+        let _ = self.admin_task.await;
     }
 }
 
 /// Runs the gateway until SIGTERM or SIGINT, then shuts down gracefully.
+/// A second signal during the drain exits at once.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let gateway = Gateway::start(config).await?;
     wait_for_signal().await;
-    tracing::info!("shutting down");
-    gateway.shutdown().await;
+    let grace = gateway.shared.snapshot.load().config.server.shutdown_grace;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    tokio::select! {
+        _ = gateway.shutdown() => tracing::info!("stopped"),
+        _ = wait_for_signal() => tracing::warn!("second signal: exiting without waiting"),
+    }
     Ok(())
 }
 

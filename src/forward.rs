@@ -44,6 +44,10 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Every kind, for metrics that start at 0.
+    pub const ALL: [UpstreamError; 4] =
+        [UpstreamError::Connect, UpstreamError::Timeout, UpstreamError::BodyTooLarge, UpstreamError::Protocol];
+
     pub fn kind(self) -> &'static str {
         match self {
             UpstreamError::Connect => "connect",

@@ -23,6 +23,7 @@
 //! - `forward`: pooled upstream client, hop-by-hop, `X-Forwarded-*`
 //! - `headers`: decision → rate-limit headers; `reject`: refusals → responses
 //! - `metrics`, `admin`: Prometheus registry and the admin listener
+//! - `reload`: SIGHUP and file changes → load → atomic swap
 //! - `demo`: `deskgate demo`
 #![forbid(unsafe_code)]
 
@@ -40,6 +41,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod proxy;
 pub mod reject;
+pub mod reload;
 pub mod server;
 pub mod state;
 pub mod tenant;

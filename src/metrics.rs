@@ -45,10 +45,8 @@ pub struct TenantReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DurationLabels {
+pub struct EndpointLabel {
     pub endpoint: &'static str,
-    /// `total` (arrival → response headers) or `gateway` (total minus upstream wait).
-    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,7 +81,10 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub rate_limited: Family<TenantEndpoint, Counter>,
     pub rejected: Family<TenantReason, Counter>,
-    pub request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    /// Arrival → response headers (`{endpoint}` exactly as SPEC §5 lists it).
+    pub request_duration: Family<EndpointLabel, Histogram, fn() -> Histogram>,
+    /// The part of `request_duration` the gateway added: total minus the upstream wait.
+    pub request_overhead: Family<EndpointLabel, Histogram, fn() -> Histogram>,
     pub upstream_duration: Histogram,
     pub upstream_errors: Family<KindLabel, Counter>,
     pub store_duration: Histogram,
@@ -105,7 +106,9 @@ impl Metrics {
         let rate_limited = Family::<TenantEndpoint, Counter>::default();
         let rejected = Family::<TenantReason, Counter>::default();
         let request_duration =
-            Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+            Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let request_overhead =
+            Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let upstream_duration = latency_histogram();
         let upstream_errors = Family::<KindLabel, Counter>::default();
         let store_duration = latency_histogram();
@@ -113,16 +116,35 @@ impl Metrics {
         let budget_remaining = Family::<TenantPolicy, Gauge>::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
+        // Series of closed label sets start at 0, so `increase()` sees their first event.
+        for result in ["success", "failure"] {
+            let _ = config_reloads.get_or_create(&ResultLabel { result });
+        }
+        for kind in crate::forward::UpstreamError::ALL {
+            let _ = upstream_errors.get_or_create(&KindLabel { kind: kind.kind() });
+        }
         build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
 
         // prometheus-client appends `_total` to counters itself.
         registry.register("deskgate_requests", "API calls answered, by tenant, endpoint and status", requests.clone());
         registry.register("deskgate_rate_limited", "Calls refused with 429", rate_limited.clone());
-        registry.register("deskgate_rejected", "Calls refused before the budget, by reason", rejected.clone());
+        registry.register(
+            "deskgate_rejected",
+            "API calls answered with an error other than 429 (refusals, upstream failures), by reason",
+            rejected.clone(),
+        );
+        // Two families rather than one with a `kind` label: SPEC §5 fixes the
+        // labels of `deskgate_request_duration_seconds` to `{endpoint}`, and a
+        // `kind` label would make `sum(rate(..._count))` count every call twice.
         registry.register(
             "deskgate_request_duration_seconds",
-            "Time from arrival to response headers (kind=total) and the part added by the gateway (kind=gateway)",
+            "API calls: time from arrival to response headers (total), by endpoint",
             request_duration.clone(),
+        );
+        registry.register(
+            "deskgate_request_overhead_seconds",
+            "API calls: the part of deskgate_request_duration_seconds added by the gateway (total minus the upstream wait), by endpoint",
+            request_overhead.clone(),
         );
         registry.register(
             "deskgate_upstream_duration_seconds",
@@ -150,6 +172,7 @@ impl Metrics {
             rate_limited,
             rejected,
             request_duration,
+            request_overhead,
             upstream_duration,
             upstream_errors,
             store_duration,

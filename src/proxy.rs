@@ -17,7 +17,7 @@ use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
 use crate::forward::{self, Forwarding, X_REQUEST_ID};
 use crate::limiter::{Ask, Decision};
-use crate::metrics::{DurationLabels, Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason};
+use crate::metrics::{EndpointLabel, Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
 use crate::{checks, headers, tenant};
@@ -142,6 +142,11 @@ async fn police(
     let store_start = Instant::now();
     let decision = shared.limiter.acquire(&Ask::new(&tenant, endpoint, cost)).await; // 9
     shared.metrics.store_duration.observe(store_start.elapsed().as_secs_f64());
+    // The limiter has no metrics of its own: a store that could not answer
+    // shows here as a degraded decision (fail_open) or a 503 (fail_closed).
+    if matches!(&decision, Ok(d) if d.degraded) || matches!(&decision, Err(Reject::ServiceUnavailable { .. })) {
+        shared.metrics.store_errors.inc();
+    }
     let decision = decision?;
     cx.decision = Some(decision);
     if !decision.allowed {
@@ -247,9 +252,10 @@ fn finish(shared: &Shared, cx: &RequestCtx, mut rsp: Response<Body>) -> Response
     let m = &shared.metrics;
     m.requests.get_or_create(&RequestLabels { tenant: tenant.clone(), endpoint, status }).inc();
     let total = cx.start.elapsed();
-    m.request_duration.get_or_create(&DurationLabels { endpoint, kind: "total" }).observe(total.as_secs_f64());
+    let label = EndpointLabel { endpoint };
+    m.request_duration.get_or_create(&label).observe(total.as_secs_f64());
     let added = total.saturating_sub(cx.upstream.unwrap_or_default());
-    m.request_duration.get_or_create(&DurationLabels { endpoint, kind: "gateway" }).observe(added.as_secs_f64());
+    m.request_overhead.get_or_create(&label).observe(added.as_secs_f64());
     if let Some(d) = &cx.decision {
         m.budget_remaining
             .get_or_create(&TenantPolicy { tenant: tenant.clone(), policy: "account" })
