@@ -36,12 +36,14 @@ const DEFAULT_KEY_PREFIX: &str = "deskgate";
 struct Source {
     path: PathBuf,
     text: String,
+    /// Byte offsets where lines start, computed on first use.
+    line_starts: std::cell::OnceCell<Vec<usize>>,
 }
 
 impl Source {
     fn read(path: &Path) -> Result<Source, ConfigError> {
         match fs::read_to_string(path) {
-            Ok(text) => Ok(Source { path: path.to_path_buf(), text }),
+            Ok(text) => Ok(Source { path: path.to_path_buf(), text, line_starts: std::cell::OnceCell::new() }),
             Err(e) => Err(ConfigError {
                 path: path.to_path_buf(),
                 line: 0,
@@ -57,10 +59,26 @@ impl Source {
 
     fn err(&self, span: Option<Range<usize>>, msg: impl Into<String>) -> ConfigError {
         let (line, col) = match span {
-            Some(span) => line_col(&self.text, span.start),
+            Some(span) => self.line_col(span.start),
             None => (0, 0),
         };
         ConfigError { path: self.path.clone(), line, col, msg: msg.into() }
+    }
+
+    /// Line and column of a byte offset. Every tenant's position is recorded
+    /// (for "first claimed at" messages), so this must not rescan the text:
+    /// 10,000 tenants would make loading quadratic.
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0).chain(self.text.match_indices('\n').map(|(i, _)| i + 1)).collect()
+        });
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = starts.partition_point(|&s| s <= offset);
+        let start = starts[line - 1];
+        (line, self.text[start..offset].chars().count() + 1)
     }
 
     fn at<T>(&self, value: &Spanned<T>, msg: impl Into<String>) -> ConfigError {
@@ -69,7 +87,7 @@ impl Source {
 
     /// `PATH:LINE:COL` of a value, for messages that point at a second place.
     fn location<T>(&self, value: &Spanned<T>) -> String {
-        let (line, col) = line_col(&self.text, value.span().start);
+        let (line, col) = self.line_col(value.span().start);
         format!("{}:{line}:{col}", self.path.display())
     }
 }
