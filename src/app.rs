@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, ConnInfo};
 use crate::server::{self, ListenerOptions};
 use crate::state::{Shared, Snapshot};
+use crate::webhooks::{WebhookMetrics, Webhooks};
 use crate::{admin, tls};
 
 /// Why the gateway could not start.
@@ -41,6 +42,8 @@ pub enum StartError {
 pub struct Gateway {
     pub api_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The `[webhooks]` listener, when configured.
+    pub webhooks_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -77,6 +80,19 @@ impl Gateway {
                 addr: config.admin.listen,
                 source,
             })?;
+        let mut metrics = Metrics::new();
+        let webhooks = match &config.webhooks {
+            Some(w) => Some(
+                Webhooks::bind(
+                    w,
+                    &config.limiter,
+                    WebhookMetrics::register(metrics.registry_mut()),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let webhooks_addr = webhooks.as_ref().map(|w| w.addr);
         let grace = config.server.shutdown_grace;
         let opts = ListenerOptions {
             header_read_timeout: config.server.header_read_timeout,
@@ -86,9 +102,13 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
             limiter,
             upstream,
-            metrics: Metrics::new(),
+            metrics,
         });
         let (shutdown, rx) = watch::channel(false);
+        let mut tasks = match webhooks {
+            Some(w) => w.spawn(shared.clone(), rx.clone()),
+            None => Vec::new(),
+        };
 
         let api_shared = shared.clone();
         let api_rx = rx.clone();
@@ -118,13 +138,15 @@ impl Gateway {
             let graceful = server::serve(admin_listener, admin_opts, rx, handler).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
         });
+        tasks.extend([api_task, admin_task]);
         tracing::info!(%api_addr, %admin_addr, "deskgate listening");
         Ok(Gateway {
             api_addr,
             admin_addr,
+            webhooks_addr,
             shared,
             shutdown,
-            tasks: vec![api_task, admin_task],
+            tasks,
         })
     }
 

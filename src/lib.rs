@@ -24,6 +24,8 @@
 //! - `headers`: decision → rate-limit headers; `reject`: refusals → responses
 //! - `metrics`, `admin`: Prometheus registry and the admin listener
 //! - `demo`: `deskgate demo`
+//! - `webhooks` (+ `api`, `dispatch`, `deliver`, `queue`, `redis_queue`): webhook
+//!   egress on its own listener, spending the same budgets (SPEC §6)
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -44,3 +46,4 @@ pub mod server;
 pub mod state;
 pub mod tenant;
 pub mod tls;
+pub mod webhooks;
