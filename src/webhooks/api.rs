@@ -87,12 +87,11 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
     Reject::MethodNotAllowed { allow }.into_response()
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> Response<Body> {
+fn invalid(field: &'static str, message: impl Into<String>) -> Reject {
     Reject::BadRequest {
         field,
         message: message.into(),
     }
-    .into_response()
 }
 
 fn queue_down(e: &super::queue::QueueError) -> Response<Body> {
@@ -113,11 +112,11 @@ async fn accept(core: &Arc<Core>, req: Request<Incoming>) -> Response<Body> {
             }
             .into_response()
         }
-        Err(_) => return invalid("request", "The request body could not be read."),
+        Err(_) => return invalid("request", "The request body could not be read.").into_response(),
     };
     let (id, spec) = match parse(&bytes) {
         Ok(v) => v,
-        Err(rsp) => return rsp,
+        Err(reject) => return reject.into_response(),
     };
     {
         let snap = core.shared.snapshot.load();
@@ -241,7 +240,7 @@ fn describe(id: &str, r: &Record) -> Value {
 }
 
 /// Validates a `POST /webhooks` body into its id (given or generated) and spec.
-fn parse(bytes: &[u8]) -> Result<(String, Spec), Response<Body>> {
+fn parse(bytes: &[u8]) -> Result<(String, Spec), Reject> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| invalid("request", format!("The body must be a JSON object: {e}.")))?;
     let Value::Object(mut obj) = value else {
@@ -440,7 +439,7 @@ mod tests {
             (r#"{"tenant":"a","url":"http://x/","extra":1}"#, "request"),
         ];
         for (body, field) in cases {
-            let rsp = parse(body.as_bytes()).expect_err(body);
+            let rsp = parse(body.as_bytes()).expect_err(body).into_response();
             assert_eq!(
                 field_of(rsp),
                 (StatusCode::BAD_REQUEST, (*field).to_owned()),

@@ -91,7 +91,8 @@ pub enum Next {
 /// The queue `[limiter]` implies.
 pub enum Queue {
     Memory(MemoryQueue),
-    Redis(RedisQueue),
+    /// Boxed: the scripts and connection make it much larger than the memory queue.
+    Redis(Box<RedisQueue>),
 }
 
 impl Queue {
@@ -99,7 +100,10 @@ impl Queue {
     pub fn from_config(cfg: &LimiterConfig) -> Result<Queue, String> {
         match &cfg.store {
             StoreKind::Memory => Ok(Queue::Memory(MemoryQueue::new())),
-            StoreKind::Redis { url } => Ok(Queue::Redis(RedisQueue::new(url, &cfg.key_prefix)?)),
+            StoreKind::Redis { url } => Ok(Queue::Redis(Box::new(RedisQueue::new(
+                url,
+                &cfg.key_prefix,
+            )?))),
             StoreKind::RedisCluster { .. } => Err(
                 "the webhook queue supports a standalone redis_url only; redis_cluster is not supported for [webhooks] yet"
                     .to_owned(),
