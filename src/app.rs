@@ -22,6 +22,7 @@ use crate::proxy::{self, ConnInfo};
 use crate::reload::{self, TlsSlot};
 use crate::server::{self, ListenerOptions};
 use crate::state::{Shared, Snapshot};
+use crate::webhooks::{WebhookMetrics, Webhooks};
 use crate::{admin, tls};
 
 /// Why the gateway could not start.
@@ -41,6 +42,8 @@ pub enum StartError {
 pub struct Gateway {
     pub api_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The `[webhooks]` listener, when configured.
+    pub webhooks_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     /// The API listener's TLS config, swapped by reload (`None`: plain HTTP).
     tls: Option<Arc<TlsSlot>>,
@@ -53,6 +56,8 @@ pub struct Gateway {
     api_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     reload_task: JoinHandle<()>,
+    /// The webhook listener and dispatcher (stopped with the API listener).
+    webhook_tasks: Vec<JoinHandle<()>>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -80,16 +85,24 @@ impl Gateway {
         let api_addr = api.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
         let admin_addr =
             admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.admin.listen, source })?;
+        let mut metrics = Metrics::new();
+        let webhooks = match &config.webhooks {
+            Some(w) => {
+                Some(Webhooks::bind(w, &config.limiter, WebhookMetrics::register(metrics.registry_mut())).await?)
+            }
+            None => None,
+        };
+        let webhooks_addr = webhooks.as_ref().map(|w| w.addr);
         let opts = ListenerOptions { header_read_timeout: config.server.header_read_timeout, tls: tls.clone() };
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
-            limiter,
-            upstream,
-            metrics: Metrics::new(),
-        });
+        let shared =
+            Arc::new(Shared { snapshot: ArcSwap::from_pointee(Snapshot::new(config)), limiter, upstream, metrics });
         let (shutdown, rx) = watch::channel(false);
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let draining = Arc::new(AtomicBool::new(false));
+        let webhook_tasks = match webhooks {
+            Some(w) => w.spawn(shared.clone(), rx.clone()),
+            None => Vec::new(),
+        };
 
         let api_shared = shared.clone();
         let api_rx = rx.clone();
@@ -120,6 +133,7 @@ impl Gateway {
         Ok(Gateway {
             api_addr,
             admin_addr,
+            webhooks_addr,
             shared,
             tls,
             draining,
@@ -128,6 +142,7 @@ impl Gateway {
             api_task,
             admin_task,
             reload_task,
+            webhook_tasks,
         })
     }
 
@@ -143,6 +158,10 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         let _ = self.api_task.await;
         let _ = self.reload_task.await;
+        // The webhook dispatcher finishes the attempt in hand (bounded by its
+        // delivery timeout); an unfinished one is redelivered, never lost.
+        let grace = self.shared.snapshot.load().config.server.shutdown_grace;
+        let _ = tokio::time::timeout(grace, futures_util::future::join_all(self.webhook_tasks)).await;
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin_task.await;
     }

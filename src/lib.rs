@@ -25,6 +25,8 @@
 //! - `metrics`, `admin`: Prometheus registry and the admin listener
 //! - `reload`: SIGHUP and file changes → load → atomic swap
 //! - `demo`: `deskgate demo`
+//! - `webhooks` (+ `api`, `dispatch`, `deliver`, `queue`, `redis_queue`): webhook
+//!   egress on its own listener, spending the same budgets (SPEC §6)
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -46,3 +48,4 @@ pub mod server;
 pub mod state;
 pub mod tenant;
 pub mod tls;
+pub mod webhooks;

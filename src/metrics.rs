@@ -182,6 +182,12 @@ impl Metrics {
         }
     }
 
+    /// For collectors owned elsewhere (`webhooks::WebhookMetrics::register`),
+    /// so one `/metrics` exposition holds them all. Call before sharing.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The Prometheus text exposition of every collector.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);

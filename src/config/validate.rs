@@ -69,9 +69,9 @@ impl Source {
     /// (for "first claimed at" messages), so this must not rescan the text:
     /// 10,000 tenants would make loading quadratic.
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        let starts = self.line_starts.get_or_init(|| {
-            std::iter::once(0).chain(self.text.match_indices('\n').map(|(i, _)| i + 1)).collect()
-        });
+        let starts = self
+            .line_starts
+            .get_or_init(|| std::iter::once(0).chain(self.text.match_indices('\n').map(|(i, _)| i + 1)).collect());
         let mut offset = offset.min(self.text.len());
         while !self.text.is_char_boundary(offset) {
             offset -= 1;
@@ -92,7 +92,9 @@ impl Source {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
+/// 1-based line and column (in characters) of a byte offset (the reference
+/// `Source::line_col` is tested against).
+#[cfg(test)]
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
     while !text.is_char_boundary(offset) {
@@ -1109,6 +1111,15 @@ mod tests {
         assert_eq!(line_col(text, 0), (1, 1));
         assert_eq!(line_col(text, 2), (2, 1));
         assert_eq!(line_col(text, text.find('=').unwrap()), (2, 4));
+    }
+
+    #[test]
+    fn the_indexed_line_lookup_agrees_with_a_plain_scan_everywhere() {
+        let text = "x = 1\n\n[server]\nlisten = \"é:1\"\r\n  # ü\nlast".to_owned();
+        let src = Source { path: PathBuf::from("t.toml"), text: text.clone(), line_starts: Default::default() };
+        for offset in 0..=text.len() + 2 {
+            assert_eq!(src.line_col(offset), line_col(&text, offset), "offset {offset}");
+        }
     }
 
     #[test]

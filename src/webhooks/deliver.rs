@@ -1,0 +1,163 @@
+//! Outbound HTTP for webhooks (SPEC §6): one delivery attempt, and alert
+//! POSTs, over one pooled keep-alive client (http and https via rustls).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::Spec;
+use crate::body::{self, Body};
+
+/// The header a receiver de-duplicates on.
+pub static X_DESKGATE_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-deskgate-webhook-id");
+
+/// A receiver's response body is read (so the connection can be reused) up
+/// to this much, then the rest is abandoned.
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Why a delivery attempt failed. Every one of these is retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    #[error("connect error: {0}")]
+    Connect(String),
+    #[error("no response within {0} ms")]
+    Timeout(u64),
+    /// Any status outside 2xx (redirects are not followed).
+    #[error("receiver answered {0}")]
+    Status(u16),
+    #[error("exchange failed: {0}")]
+    Protocol(String),
+    /// The stored request cannot be sent (validated at acceptance, so only
+    /// foreign or corrupt records get here).
+    #[error("request cannot be built: {0}")]
+    Invalid(String),
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The pooled client for deliveries and alerts.
+pub struct Outbound {
+    client: Client<Connector, Body>,
+    timeout: Duration,
+}
+
+impl Outbound {
+    /// `timeout` bounds a whole attempt: connect, response headers and the
+    /// (bounded) response body.
+    pub fn new(timeout: Duration) -> Result<Outbound, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeout));
+        http.set_nodelay(true);
+        let tls = crate::tls::upstream_client_config(None)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .build(connector);
+        Ok(Outbound { client, timeout })
+    }
+
+    /// One attempt: `Ok(status)` for a 2xx.
+    pub async fn send(&self, id: &str, spec: &Spec) -> Result<u16, Failure> {
+        let req = build(id, spec)?;
+        let exchange = async {
+            let rsp = self.client.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    Failure::Connect(source_chain(&e))
+                } else {
+                    Failure::Protocol(source_chain(&e))
+                }
+            })?;
+            let status = rsp.status();
+            // Drain (bounded) so the pooled connection can carry the next one.
+            let _ = Limited::new(rsp.into_body(), MAX_RESPONSE_BODY).collect().await;
+            Ok(status.as_u16())
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => Err(Failure::Timeout(self.timeout.as_millis() as u64)),
+            Ok(Err(f)) => Err(f),
+            Ok(Ok(s)) if (200..300).contains(&s) => Ok(s),
+            Ok(Ok(s)) => Err(Failure::Status(s)),
+        }
+    }
+
+    /// POSTs an alert as JSON; failures are logged, never retried.
+    pub async fn alert(&self, url: &str, alert: &serde_json::Value) {
+        let bytes = match serde_json::to_vec(alert) {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let req = Request::post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, user_agent())
+            .body(body::full(bytes));
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook alert_url is not usable");
+                return;
+            }
+        };
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(rsp)) if rsp.status().is_success() => {}
+            Ok(Ok(rsp)) => {
+                tracing::warn!(status = rsp.status().as_u16(), "webhook alert_url refused the alert")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %source_chain(&e), "webhook alert_url unreachable")
+            }
+            Err(_) => tracing::warn!("webhook alert_url did not answer in time"),
+        }
+    }
+}
+
+fn user_agent() -> HeaderValue {
+    HeaderValue::from_static(concat!("deskgate/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The outbound request: the stored method, headers and body, plus the id.
+fn build(id: &str, spec: &Spec) -> Result<Request<Body>, Failure> {
+    let method = Method::from_bytes(spec.method.as_bytes()).map_err(|e| Failure::Invalid(e.to_string()))?;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(spec.url.as_str())
+        .body(body::full(Bytes::from(spec.body.clone())))
+        .map_err(|e| Failure::Invalid(e.to_string()))?;
+    let h = req.headers_mut();
+    for (k, v) in &spec.headers {
+        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| Failure::Invalid(e.to_string()))?;
+        let value = HeaderValue::from_str(v).map_err(|e| Failure::Invalid(e.to_string()))?;
+        h.append(name, value);
+    }
+    let id = HeaderValue::from_str(id).map_err(|e| Failure::Invalid(e.to_string()))?;
+    h.insert(X_DESKGATE_WEBHOOK_ID.clone(), id);
+    if !h.contains_key(USER_AGENT) {
+        h.insert(USER_AGENT, user_agent());
+    }
+    Ok(req)
+}
+
+/// An error with its causes, e.g. "client error (Connect): tcp connect error: Connection refused".
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
