@@ -434,7 +434,8 @@ async fn one_acquire_is_one_evalsha() {
     assert_eq!(evalsha.1, n, "{stats:?}");
     for (name, _, _) in &stats {
         assert!(
-            ["evalsha", "time", "get", "set", "config|resetstat"].contains(&name.as_str()),
+            ["evalsha", "time", "getrange", "setrange", "pexpire", "get", "set", "config|resetstat"]
+                .contains(&name.as_str()),
             "unexpected command {name} ({stats:?})"
         );
     }
