@@ -187,6 +187,46 @@ async fn the_script_agrees_with_the_rust_window_step_by_step() {
     }
 }
 
+/// Reloads on one tenant, each phase checked call by call against
+/// window.rs: counters past 16 bits (a quota above 65,535 widens them), a
+/// window length change (both stores start that window afresh), a quota
+/// shrinking back. Uses the last endpoint class, the one stored furthest in.
+#[tokio::test]
+async fn wide_counters_and_reloads_agree_with_the_rust_window() {
+    let Some(r) = RedisServer::start("wide_counters_and_reloads_agree_with_the_rust_window") else {
+        return;
+    };
+    let s = store(&r).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // (window_s, account quota, endpoint quota, cost unit)
+    let phases =
+        [(10u32, 20u32, 8u32, 1u32), (10, 900_000, 300_000, 20_000), (7, 900_000, 300_000, 20_000), (7, 50, 30, 1)];
+    let (mut wa, mut we) = (Window::new(10), Window::new(10));
+    let mut now = T0;
+    for (phase, (window_s, qa, qe, unit)) in phases.into_iter().enumerate() {
+        if wa.slot_width_us() != window::slot_us(window_s) {
+            (wa, we) = (Window::new(window_s), Window::new(window_s));
+        }
+        let (acc, contacts) = (account(qa, window_s), ep(Endpoint::ContactList, qe, window_s));
+        let span = u64::from(window_s) * S;
+        for step in 0..600 {
+            now += match rng.gen_range(0..100) {
+                0 => span + rng.gen_range(0..span),
+                1..=30 => 0,
+                _ => rng.gen_range(0..span / 20),
+            };
+            let cost = [0, 1, 1, 1, 2, 3, 7][rng.gen_range(0..7)] * unit;
+            let a = ask("wide", cost, acc, contacts);
+            let want = expected(&mut wa, &mut we, &a, now);
+            let got = s.acquire_at(&a, now).await.unwrap_or_else(|e| panic!("phase {phase}, step {step}: {e}"));
+            assert_eq!(got, want, "phase {phase}, step {step}, now {now}, cost {cost}");
+        }
+    }
+    let bytes: u64 = r.cli(&["MEMORY", "USAGE", &s.key("wide")]).parse().unwrap();
+    println!("MEMORY USAGE with 32-bit counters on the last endpoint: {bytes} bytes");
+    assert!(bytes < 4096, "{bytes} bytes");
+}
+
 #[tokio::test]
 async fn retry_after_is_never_early_on_the_store_clock() {
     let Some(r) = RedisServer::start("retry_after_is_never_early_on_the_store_clock") else {
