@@ -3,24 +3,35 @@
 //!
 //! # Keys and memory
 //!
-//! One key per tenant, `<key_prefix>:{<tenant>}:rl`, holds every window of
-//! that tenant (account and endpoint classes) as one string of fixed-size
-//! sections: a 17-byte header and 121 per-slot counters of 2 bytes (4 when a
-//! quota exceeds 65,535) — the ring of [`super::window`]. The tenant in braces
-//! is the Redis Cluster hash tag, so the script's one key always has a slot
-//! (braces and `%` in tenant names are percent-escaped). Memory per tenant
-//! is therefore bounded whatever the budget: an Enterprise tenant with the
-//! account and all four endpoint windows busy is one key of 5 × 259 bytes,
-//! which `MEMORY USAGE` reports at about 1.6 KB (see the test
+//! One key per tenant, `<key_prefix>:{<tenant>}:rl2`, holds every window of
+//! that tenant (account and endpoint classes) as one string at fixed
+//! offsets: five 24-byte section headers, then one ring of 121 two-byte
+//! per-slot counters per section — the ring of [`super::window`] — and, only
+//! for a quota above 65,535, the counters' high halves (layout and reasons in
+//! `window.lua`). The `2` is the layout's version: a gateway running the
+//! previous layout (`:rl`) never misreads these keys; during a rolling upgrade
+//! the two versions count apart, for at most one window after the last old
+//! replica stops. The tenant in braces is the Redis Cluster hash tag, so the
+//! script's one key always has a slot (braces and `%` in tenant names are
+//! percent-escaped). Memory per tenant is bounded whatever the budget: at
+//! most 2,548 bytes of value; an Enterprise tenant with the account and all
+//! four endpoint windows busy is 1,338 bytes, which `MEMORY USAGE` reports
+//! at about 1.6 KB (see the test
 //! `an_enterprise_tenant_costs_under_two_kilobytes_of_redis_memory`). Keys
-//! expire one window (plus slack) after their last write.
+//! expire by themselves once the last charged slot has left every window
+//! (plus up to a second).
 //!
 //! # One round trip
 //!
 //! `window.lua` reads the clock (`TIME`, so replicas with skewed clocks
-//! agree), evicts, judges every window, charges all or none, and writes the
-//! key back with one `SET … PX`. [`redis::Script`] sends `EVALSHA` and, on
-//! `NOSCRIPT` (a restarted or flushed Redis), loads the script and retries.
+//! agree), reads the headers it needs (`GETRANGE`), evicts, judges every
+//! window, charges all or none, and writes back only the bytes that changed
+//! (`SETRANGE`; a ring cell once per slot, `PEXPIRE` at most once a second
+//! per tenant). That costs Redis less time per call than a sorted-set log
+//! (see the test `the_script_and_a_sorted_set_log_report_their_redis_cpu`).
+//! It answers with one packed string. [`redis::Script`] sends `EVALSHA`
+//! and, on `NOSCRIPT` (a restarted or flushed Redis), loads the script and
+//! retries.
 //!
 //! # Connections
 //!
@@ -126,7 +137,7 @@ impl RedisStore {
 
     /// The key holding `tenant`'s windows.
     pub fn key(&self, tenant: &str) -> String {
-        format!("{}:{{{}}}:rl", self.key_prefix, escape(tenant))
+        format!("{}:{{{}}}:rl2", self.key_prefix, escape(tenant))
     }
 
     /// Like [`Store::acquire`], on a given store clock instead of Redis

@@ -1,15 +1,61 @@
--- v2 draft
-local RING, SLOTS = 121, 120
-local G, H, RB = 8, 24, 242
-local RINGS = G + 5 * H
-local EXT = RINGS + 5 * RB
+-- deskgate: check and charge one call against a tenant's rolling windows
+-- (SPEC §3.2, §4). The same arithmetic as src/limiter/window.rs, on Redis TIME.
+--
+-- KEYS[1]  the tenant's budget key: one string holding every policy's window.
+-- ARGV[1]  packed big-endian: cost u32, n u8 (1 or 2 policies), then per
+--          policy id u8 (0 account, 1-4 endpoint), quota u32, window_s u32,
+--          slot_us u32 (= ceil(window_s * 1e6 / 120), computed in Rust).
+--          A cost of 0 reads: nothing is written, no key is created.
+-- ARGV[2]  optional: a fixed "now" in microseconds (tests only).
+--
+-- Returns one packed big-endian string: allowed u8, then per policy fits u8,
+-- left_before_charge u32, retry_us i64 (-1: the cost exceeds the quota),
+-- reset_us_after_charge i64.
+--
+-- Value layout (fixed offsets, so no call scans for its sections):
+--   0     deadline u48 (ms on the script's clock until which the key must
+--         live) | len u16 (bytes allocated)
+--   8     five section headers of 24 bytes, section id i at 8 + 24 i:
+--         window_s u32 | hi u48 | off u8 | total u32 | cur u32 | head u32 | wide u8
+--   128   five rings of 121 u16 counters, section i at 128 + 242 i
+--   1338  the high 16 bits of the counters of "wide" sections, section i at
+--         1338 + 242 i (only once a quota above 65,535 was seen for it)
+-- `hi` is the newest slot seen (the window's "now": it never goes back, so a
+-- Redis clock stepping backwards cannot free credits early); `off` = hi -
+-- first non-empty slot; `total` the sum of every count; `cur` the count of
+-- slot `hi` and `head` that of the first non-empty slot (both valid while
+-- total > 0). The ring holds slot x at cell x % 121 for first <= x < hi;
+-- every other cell, including hi's own, is 0.
+--
+-- Why this shape: Redis runs this for every call, and what costs is each
+-- redis.call, each byte Lua hashes (every string is interned, whole), and
+-- each allocation. So the common call reads the header block up to its
+-- endpoint's header (one GETRANGE of <= 128 bytes) and, if it charges,
+-- writes back that range (one SETRANGE): the count of the current slot is
+-- `cur`, so the rings are written once per slot and policy, when a newer
+-- slot begins (the old `cur` goes to its cell), or when slots leave the
+-- window (eviction reads and rewrites one ring). A refused call usually
+-- finds its Retry-After in `head` without reading a ring. SETRANGE keeps
+-- the key's TTL: PEXPIRE runs only when `deadline` must move, and moves it
+-- one second further than needed, so at most once a second per busy tenant.
+-- The value only grows through SET of the padded value (exact allocation;
+-- SETRANGE past the end would allocate twice the length): to 128 + 242 (k+1)
+-- bytes for the highest section k used, 1338 bytes for an Enterprise tenant
+-- with all four endpoint classes, 2548 at most. Also: number arguments to
+-- redis.call are formatted with printf (the hot path passes string
+-- constants); a function that captures outer locals allocates them as
+-- upvalues on every run (the helpers below take everything as arguments);
+-- a table reply is converted element by element (the reply is one string).
+
+local RING, G, H, RB = 121, 8, 24, 242
+local RINGS, EXT = 128, 1338 -- G + 5 H, RINGS + 5 RB
 local HF = '>I4I6BI4I4I4B'
-local byte, char, sub, rep, floor, pack, unpack = string.byte, string.char, string.sub, string.rep, math.floor, struct.pack, struct.unpack
+local floor, pack, unpack = math.floor, struct.pack, struct.unpack
 local call, key = redis.call, KEYS[1]
 
 local args = ARGV[1]
 local cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2
-if byte(args, 5) == 1 then
+if string.byte(args, 5) == 1 then
   cost, n, id1, q1, win1, slot1 = unpack('>I4BBI4I4I4', args)
 else
   cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2 = unpack('>I4BBI4I4I4BI4I4I4', args)
@@ -22,69 +68,86 @@ else
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
-local h = call('GETRANGE', key, '0', '127')
-if #h < RINGS then h = h .. rep('\0', RINGS - #h) end
+-- The header block up to the last section this call uses.
+local maxid = id1
+if id2 and id2 > maxid then maxid = id2 end
+local hend = G + H * (maxid + 1)
+local h = call('GETRANGE', key, '0', maxid == 0 and '31' or maxid == 1 and '55' or maxid == 2 and '79'
+  or maxid == 3 and '103' or '127')
+if #h < hend then h = h .. string.rep('\0', hend - #h) end
 
-local function loadring(id, wide)
-  local b = RINGS + RB * id
-  local r = call('GETRANGE', key, b, b + RB - 1)
-  if #r < RB then r = r .. rep('\0', RB - #r) end
+-- Section `id`'s ring (and high halves when wide) as strings of 242 bytes.
+local function loadring(key, id, wide)
+  local b = 128 + 242 * id
+  local r = redis.call('GETRANGE', key, b, b + 241)
+  if #r < 242 then r = r .. string.rep('\0', 242 - #r) end
   local e = false
   if wide == 1 then
-    b = EXT + RB * id
-    e = call('GETRANGE', key, b, b + RB - 1)
-    if #e < RB then e = e .. rep('\0', RB - #e) end
+    b = 1338 + 242 * id
+    e = redis.call('GETRANGE', key, b, b + 241)
+    if #e < 242 then e = e .. string.rep('\0', 242 - #e) end
   end
   return r, e
 end
 
+-- The count of slot x in ring r (and high halves e, or false).
 local function cell(r, e, x)
-  local c = 1 + (x % RING) * 2
-  local a, b = byte(r, c, c + 1)
+  local c = 1 + (x % 121) * 2
+  local a, b = string.byte(r, c, c + 1)
   if e then
-    local u, v = byte(e, c, c + 1)
+    local u, v = string.byte(e, c, c + 1)
     return ((u * 256 + v) * 256 + a) * 256 + b
   end
   return a * 256 + b
 end
 
-local function judge(id, quota, win, slot)
-  local swin, hi, off, total, cur, head, wide = unpack(HF, h, G + H * id + 1)
+-- Judges one policy: evicts (in memory), then fits / left / retry. Returns
+-- the section's new header fields and what its ring needs written if the
+-- call is charged: op 0 nothing, 1 the count a2 into the cell of slot a1,
+-- 2 the whole ring a1 (and high halves a2), 3 zeros.
+local function judge(h, now, cost, key, id, quota, win, slot, loadring, cell)
+  local swin, hi, off, total, cur, head, wide = struct.unpack('>I4I6BI4I4I4B', h, 9 + 24 * id)
   if quota > 65535 then wide = 1 end
   local op, a1, a2 = 0, false, false
   if swin ~= win then
+    -- The window length changed: slots of another width mean nothing; restart.
     if total > 0 then op = 3 end
     hi, off, total, cur, head = 0, 0, 0, 0, 0
   end
-  local sl = floor(now / slot)
+  local sl = math.floor(now / slot)
   if sl * slot > now then sl = sl - 1 elseif (sl + 1) * slot <= now then sl = sl + 1 end
   if total == 0 then
     hi, off, cur, head = sl, 0, 0, 0
   elseif sl <= hi then
     sl = hi
   else
-    local live, first = sl - SLOTS, hi - off
+    -- A newer slot: `cur` goes to the cell of the old `hi`; slots older
+    -- than sl - 120 leave the window.
+    local live, first = sl - 120, hi - off
     if hi < live then
       op, hi, off, total, cur, head = 3, sl, 0, 0, 0, 0
     elseif first < live then
-      local r, e = loadring(id, wide)
-      local c = (hi % RING) * 2
+      local sub, char, rep, floor = string.sub, string.char, string.rep, math.floor
+      local r, e = loadring(key, id, wide)
+      local c = (hi % 121) * 2
       r = sub(r, 1, c) .. char(floor(cur / 256) % 256, cur % 256) .. sub(r, c + 3)
       if e then
         local u = floor(cur / 65536)
         e = sub(e, 1, c) .. char(floor(u / 256) % 256, u % 256) .. sub(e, c + 3)
       end
       for x = first, live - 1 do total = total - cell(r, e, x) end
-      local a, m = first % RING, live - first
+      -- Zero the cells of the slots that left (the run may wrap around).
+      local a, m = first % 121, live - first
       local z = a + m
-      if z <= RING then
+      if z <= 121 then
         r = sub(r, 1, a * 2) .. rep('\0', m * 2) .. sub(r, z * 2 + 1)
         if e then e = sub(e, 1, a * 2) .. rep('\0', m * 2) .. sub(e, z * 2 + 1) end
       else
-        local o = z - RING
-        r = rep('\0', o * 2) .. sub(r, o * 2 + 1, a * 2) .. rep('\0', (RING - a) * 2)
-        if e then e = rep('\0', o * 2) .. sub(e, o * 2 + 1, a * 2) .. rep('\0', (RING - a) * 2) end
+        local o = z - 121
+        r = rep('\0', o * 2) .. sub(r, o * 2 + 1, a * 2) .. rep('\0', (121 - a) * 2)
+        if e then e = rep('\0', o * 2) .. sub(e, o * 2 + 1, a * 2) .. rep('\0', (121 - a) * 2) end
       end
+      -- `hi` is the newest slot seen, not the newest charged: the rest may be empty.
       if total == 0 then
         first, head = sl, 0
       else
@@ -111,10 +174,11 @@ local function judge(id, quota, win, slot)
     if cost > quota then
       retry = -1
     else
+      -- Walk from the first non-empty slot until enough has left.
       local need, x = total + cost - quota, hi - off
       if need > head then
         local r, e
-        if op == 2 then r, e = a1, a2 else r, e = loadring(id, wide) end
+        if op == 2 then r, e = a1, a2 else r, e = loadring(key, id, wide) end
         local freed = head
         repeat
           x = x + 1
@@ -127,76 +191,77 @@ local function judge(id, quota, win, slot)
           end
         until freed >= need
       end
-      retry = (x + RING) * slot - t
+      retry = (x + 121) * slot - t
     end
   end
   return wide, hi, off, total, cur, head, t, fits, left, retry, op, a1, a2
 end
 
-local function ringput(id, wide, op, a1, a2)
-  local b = RINGS + RB * id
+-- Writes what `judge` said section `id`'s ring needs.
+local function ringput(key, id, wide, op, a1, a2)
+  local b, char, floor = 128 + 242 * id, string.char, math.floor
   if op == 3 then
-    local z = rep('\0', RB)
-    call('SETRANGE', key, b, z)
-    if wide == 1 then call('SETRANGE', key, EXT + RB * id, z) end
+    local z = string.rep('\0', 242)
+    redis.call('SETRANGE', key, b, z)
+    if wide == 1 then redis.call('SETRANGE', key, 1338 + 242 * id, z) end
   elseif op == 2 then
-    call('SETRANGE', key, b, a1)
-    if a2 then call('SETRANGE', key, EXT + RB * id, a2) end
+    redis.call('SETRANGE', key, b, a1)
+    if a2 then redis.call('SETRANGE', key, 1338 + 242 * id, a2) end
   elseif op == 1 and a2 > 0 then
-    local c = (a1 % RING) * 2
-    call('SETRANGE', key, b + c, char(floor(a2 / 256) % 256, a2 % 256))
+    local c = (a1 % 121) * 2
+    redis.call('SETRANGE', key, b + c, char(floor(a2 / 256) % 256, a2 % 256))
     local u = floor(a2 / 65536)
-    if u > 0 then call('SETRANGE', key, EXT + RB * id + c, char(floor(u / 256) % 256, u % 256)) end
+    if u > 0 then redis.call('SETRANGE', key, 1338 + 242 * id + c, char(floor(u / 256) % 256, u % 256)) end
   end
 end
 
-local wa, hia, offa, tota, cura, heada, ta, fa, la, ra, opa, xa, ya = judge(id1, q1, win1, slot1)
+local wa, hia, offa, tota, cura, heada, ta, fa, la, ra, opa, xa, ya =
+  judge(h, now, cost, key, id1, q1, win1, slot1, loadring, cell)
 local we, hie, offe, tote, cure, heade, te, fe, le, re, ope, xe, ye
 local allowed = fa
 if n == 2 then
-  we, hie, offe, tote, cure, heade, te, fe, le, re, ope, xe, ye = judge(id2, q2, win2, slot2)
+  we, hie, offe, tote, cure, heade, te, fe, le, re, ope, xe, ye =
+    judge(h, now, cost, key, id2, q2, win2, slot2, loadring, cell)
   if fe == 0 then allowed = 0 end
 end
 
+-- Charge and write back (never for a read or a refusal).
 if allowed == 1 and cost > 0 then
   local deadline, len = unpack('>I6I2', h)
   local len0 = len
-  local maxid = id1
-  if n == 2 and id2 > maxid then maxid = id2 end
   local need = RINGS + RB * (maxid + 1)
   if wa == 1 and EXT + RB * (id1 + 1) > need then need = EXT + RB * (id1 + 1) end
   if n == 2 and we == 1 and EXT + RB * (id2 + 1) > need then need = EXT + RB * (id2 + 1) end
   if len < need then
     local v = call('GET', key) or ''
-    call('SET', key, v .. rep('\0', need - #v), 'KEEPTTL')
+    call('SET', key, v .. string.rep('\0', need - #v), 'KEEPTTL')
     len = need
   end
-  if opa ~= 0 then ringput(id1, wa, opa, xa, ya) end
+  if opa ~= 0 then ringput(key, id1, wa, opa, xa, ya) end
   if offa == 0 then heada = heada + cost end
   tota, cura = tota + cost, cura + cost
-  local until_ms = (hia + RING) * slot1
+  -- The charged slot counts until the clock reaches (hi + 121) slots.
+  local until_us = (hia + RING) * slot1
   local p1, s1 = G + H * id1 + 1, pack(HF, win1, hia, offa, tota, cura, heada, wa)
   local p2, s2
   if n == 2 then
-    if ope ~= 0 then ringput(id2, we, ope, xe, ye) end
+    if ope ~= 0 then ringput(key, id2, we, ope, xe, ye) end
     if offe == 0 then heade = heade + cost end
     tote, cure = tote + cost, cure + cost
     local u = (hie + RING) * slot2
-    if u > until_ms then until_ms = u end
+    if u > until_us then until_us = u end
     p2, s2 = G + H * id2 + 1, pack(HF, win2, hie, offe, tote, cure, heade, we)
     if p2 < p1 then p1, s1, p2, s2 = p2, s2, p1, s1 end
   end
-  until_ms = floor(until_ms / 1000) + 1
-  local g, nd = nil, deadline
+  local nd, until_ms = deadline, floor(until_us / 1000) + 1
   if deadline < until_ms then nd = until_ms + 1000 end
-  if nd ~= deadline or len ~= len0 then g = pack('>I6I2', nd, len) else g = sub(h, 1, G) end
-  local out
-  if p2 then
-    out = g .. sub(h, G + 1, p1 - 1) .. s1 .. sub(h, p1 + H, p2 - 1) .. s2 .. sub(h, p2 + H, RINGS)
+  local body = s1
+  if p2 then body = s1 .. string.sub(h, p1 + H, p2 - 1) .. s2 end
+  if nd ~= deadline or len ~= len0 or p1 ~= G + 1 then
+    call('SETRANGE', key, '0', pack('>I6I2', nd, len) .. string.sub(h, G + 1, p1 - 1) .. body)
   else
-    out = g .. sub(h, G + 1, p1 - 1) .. s1 .. sub(h, p1 + H, RINGS)
+    call('SETRANGE', key, '8', body)
   end
-  call('SETRANGE', key, '0', out)
   if nd ~= deadline then call('PEXPIRE', key, nd - floor(now / 1000)) end
 end
 
