@@ -3,24 +3,35 @@
 //!
 //! # Keys and memory
 //!
-//! One key per tenant, `<key_prefix>:{<tenant>}:rl`, holds every window of
-//! that tenant (account and endpoint classes) as one string of fixed-size
-//! sections: a 17-byte header and 121 per-slot counters of 2 bytes (4 when a
-//! quota exceeds 65,535) — the ring of [`super::window`]. The tenant in braces
-//! is the Redis Cluster hash tag, so the script's one key always has a slot
-//! (braces and `%` in tenant names are percent-escaped). Memory per tenant
-//! is therefore bounded whatever the budget: an Enterprise tenant with the
-//! account and all four endpoint windows busy is one key of 5 × 259 bytes,
-//! which `MEMORY USAGE` reports at about 1.6 KB (see the test
+//! One key per tenant, `<key_prefix>:{<tenant>}:rl2`, holds every window of
+//! that tenant (account and endpoint classes) as one string at fixed
+//! offsets: five 24-byte section headers, then one ring of 121 two-byte
+//! per-slot counters per section — the ring of [`super::window`] — and, only
+//! for a quota above 65,535, the counters' high halves (layout and reasons in
+//! `window.lua`). The `2` is the layout's version: a gateway running the
+//! previous layout (`:rl`) never misreads these keys; during a rolling upgrade
+//! the two versions count apart, for at most one window after the last old
+//! replica stops. The tenant in braces is the Redis Cluster hash tag, so the
+//! script's one key always has a slot (braces and `%` in tenant names are
+//! percent-escaped). Memory per tenant is bounded whatever the budget: at
+//! most 2,548 bytes of value; an Enterprise tenant with the account and all
+//! four endpoint windows busy is 1,338 bytes, which `MEMORY USAGE` reports
+//! at about 1.6 KB (see the test
 //! `an_enterprise_tenant_costs_under_two_kilobytes_of_redis_memory`). Keys
-//! expire one window (plus slack) after their last write.
+//! expire by themselves once the last charged slot has left every window
+//! (plus up to a second).
 //!
 //! # One round trip
 //!
 //! `window.lua` reads the clock (`TIME`, so replicas with skewed clocks
-//! agree), evicts, judges every window, charges all or none, and writes the
-//! key back with one `SET … PX`. [`redis::Script`] sends `EVALSHA` and, on
-//! `NOSCRIPT` (a restarted or flushed Redis), loads the script and retries.
+//! agree), reads the headers it needs (`GETRANGE`), evicts, judges every
+//! window, charges all or none, and writes back only the bytes that changed
+//! (`SETRANGE`; a ring cell once per slot, `PEXPIRE` at most once a second
+//! per tenant). That costs Redis less time per call than a sorted-set log
+//! (see the test `the_script_and_a_sorted_set_log_report_their_redis_cpu`).
+//! It answers with one packed string. [`redis::Script`] sends `EVALSHA`
+//! and, on `NOSCRIPT` (a restarted or flushed Redis), loads the script and
+//! retries.
 //!
 //! # Connections
 //!
@@ -126,7 +137,7 @@ impl RedisStore {
 
     /// The key holding `tenant`'s windows.
     pub fn key(&self, tenant: &str) -> String {
-        format!("{}:{{{}}}:rl", self.key_prefix, escape(tenant))
+        format!("{}:{{{}}}:rl2", self.key_prefix, escape(tenant))
     }
 
     /// Like [`Store::acquire`], on a given store clock instead of Redis
@@ -143,7 +154,7 @@ impl RedisStore {
         if let Some(now) = now_us {
             inv.arg(now);
         }
-        let reply: Vec<i64> = match &mut conn {
+        let reply: Vec<u8> = match &mut conn {
             Conn::Single(c) => inv.invoke_async(&mut **c).await,
             Conn::Cluster(c) => inv.invoke_async(c).await,
         }
@@ -229,27 +240,36 @@ fn pack_args(ask: &Ask<'_>) -> Result<Vec<u8>, StoreError> {
     Ok(b)
 }
 
-/// The script's reply → a [`Decision`].
-fn decide(ask: &Ask<'_>, r: &[i64]) -> Result<Decision, StoreError> {
-    let n = 1 + 4 * (1 + usize::from(ask.endpoint.is_some()));
+/// Bytes per policy in the script's reply: fits u8, left u32, retry i64
+/// (-1: the cost exceeds the quota), reset i64, big-endian.
+const POLICY_REPLY: usize = 1 + 4 + 8 + 8;
+
+/// The script's reply (one packed string: allowed u8, then each policy) →
+/// a [`Decision`]. A string rather than an array of integers because Redis
+/// converts a Lua table reply element by element, which costs more script
+/// time than the rest of a typical call's arithmetic.
+fn decide(ask: &Ask<'_>, r: &[u8]) -> Result<Decision, StoreError> {
+    let n = 1 + POLICY_REPLY * (1 + usize::from(ask.endpoint.is_some()));
     if r.len() != n {
-        return Err(StoreError::Backend(format!("unexpected script reply of {} values", r.len())));
+        return Err(StoreError::Backend(format!("unexpected script reply of {} bytes", r.len())));
     }
     let allowed = r[0] == 1;
-    let state = |policy: Policy, v: &[i64]| {
+    let int = |b: &[u8]| b.iter().fold(0u64, |v, &x| (v << 8) | u64::from(x));
+    let state = |policy: Policy, v: &[u8]| {
         let verdict = Verdict {
             fits: v[0] == 1,
-            left: u64::try_from(v[1]).unwrap_or(0),
-            retry_us: u64::try_from(v[2]).unwrap_or(u64::MAX),
+            left: int(&v[1..5]),
+            // -1 (all bits set) means never: u64::MAX.
+            retry_us: int(&v[5..13]),
             reset_us: 0,
         };
-        PolicyState::new(policy, &verdict, allowed, ask.cost, u64::try_from(v[3]).unwrap_or(0))
+        PolicyState::new(policy, &verdict, allowed, ask.cost, int(&v[13..21]))
     };
     Ok(Decision {
         allowed,
         cost: ask.cost,
-        account: state(ask.account, &r[1..5]),
-        endpoint: ask.endpoint.map(|(_, p)| state(p, &r[5..9])),
+        account: state(ask.account, &r[1..1 + POLICY_REPLY]),
+        endpoint: ask.endpoint.map(|(_, p)| state(p, &r[1 + POLICY_REPLY..])),
         degraded: false,
     })
 }

@@ -8,30 +8,54 @@
 --          A cost of 0 reads: nothing is written, no key is created.
 -- ARGV[2]  optional: a fixed "now" in microseconds (tests only).
 --
--- Returns {allowed, then per policy: fits, left_before_charge, retry_us
--- (-1: the cost exceeds the quota), reset_us_after_charge}.
+-- Returns one packed big-endian string: allowed u8, then per policy fits u8,
+-- left_before_charge u32, retry_us i64 (-1: the cost exceeds the quota),
+-- reset_us_after_charge i64.
 --
--- Value layout: a concatenation of sections, one per policy, each
---   id u8 | w u8 | window_s u32 | hi u48 | off u8 | total u32 | RING counters of w bytes
--- big-endian. `hi` is the newest slot seen (the window's "now": it never
--- goes back, so a Redis clock stepping backwards cannot free credits early);
--- `off` = hi - first non-empty slot (valid while total > 0); counters live
--- at ring position slot % RING. w is 2 bytes while quota < 65536, else 4.
+-- Value layout (fixed offsets, so no call scans for its sections):
+--   0     deadline u48 (ms on the script's clock until which the key must
+--         live) | len u16 (bytes allocated)
+--   8     five section headers of 24 bytes, section id i at 8 + 24 i:
+--         window_s u32 | hi u48 | off u8 | total u32 | cur u32 | head u32 | wide u8
+--   128   five rings of 121 u16 counters, section i at 128 + 242 i
+--   1338  the high 16 bits of the counters of "wide" sections, section i at
+--         1338 + 242 i (only once a quota above 65,535 was seen for it)
+-- `hi` is the newest slot seen (the window's "now": it never goes back, so a
+-- Redis clock stepping backwards cannot free credits early); `off` = hi -
+-- first non-empty slot; `total` the sum of every count; `cur` the count of
+-- slot `hi` and `head` that of the first non-empty slot (both valid while
+-- total > 0). The ring holds slot x at cell x % 121 for first <= x < hi;
+-- every other cell, including hi's own, is 0.
 --
--- Cost: Redis runs this for every call, so the common path allocates little
--- (one args blob, no closures, the counters read in place from the GET
--- reply, one SET of the rebuilt value). Rare paths (evicting slots that
--- left, widening counters, the retry walk of a refused call) define their
--- helpers only when they run. Every step is O(1) except eviction (each
--- slot is evicted once) and the retry walk (from the first non-empty slot,
--- usually stopping there).
+-- Why this shape: Redis runs this for every call, and what costs is each
+-- redis.call, each byte Lua hashes (every string is interned, whole), and
+-- each allocation. So the common call reads the header block up to its
+-- endpoint's header (one GETRANGE of <= 128 bytes) and, if it charges,
+-- writes back that range (one SETRANGE): the count of the current slot is
+-- `cur`, so the rings are written once per slot and policy, when a newer
+-- slot begins (the old `cur` goes to its cell), or when slots leave the
+-- window (eviction reads and rewrites one ring). A refused call usually
+-- finds its Retry-After in `head` without reading a ring. SETRANGE keeps
+-- the key's TTL: PEXPIRE runs only when `deadline` must move, and moves it
+-- one second further than needed, so at most once a second per busy tenant.
+-- The value only grows through SET of the padded value (exact allocation;
+-- SETRANGE past the end would allocate twice the length): to 128 + 242 (k+1)
+-- bytes for the highest section k used, 1338 bytes for an Enterprise tenant
+-- with all four endpoint classes, 2548 at most. Also: number arguments to
+-- redis.call are formatted with printf (the hot path passes string
+-- constants); a function that captures outer locals allocates them as
+-- upvalues on every run (the helpers below take everything as arguments);
+-- a table reply is converted element by element (the reply is one string).
 
-local RING, SLOTS, HDR, HFMT = 121, 120, 17, '>BBI4I6BI4'
-local byte, sub, rep, floor, pack, unpack = string.byte, string.sub, string.rep, math.floor, struct.pack, struct.unpack
+local RING, G, H, RB = 121, 8, 24, 242
+local RINGS, EXT = 128, 1338 -- G + 5 H, RINGS + 5 RB
+local HF = '>I4I6BI4I4I4B'
+local floor, pack, unpack = math.floor, struct.pack, struct.unpack
+local call, key = redis.call, KEYS[1]
 
 local args = ARGV[1]
 local cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2
-if byte(args, 5) == 1 then
+if string.byte(args, 5) == 1 then
   cost, n, id1, q1, win1, slot1 = unpack('>I4BBI4I4I4', args)
 else
   cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2 = unpack('>I4BBI4I4I4BI4I4I4', args)
@@ -40,182 +64,212 @@ local now
 if ARGV[2] then
   now = tonumber(ARGV[2])
 else
-  local t = redis.call('TIME')
+  local t = call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Locate the stored sections (headers only; nothing is copied).
-local v = redis.call('GET', KEYS[1]) or ''
-local at1, at2, maxwin, p = nil, nil, 0, 1
-while p + HDR <= #v do
-  local id, w, win = unpack('>BBI4', v, p)
-  if id == id1 then at1 = p elseif id == id2 then at2 = p end
-  if win > maxwin then maxwin = win end
-  p = p + HDR + RING * w
+-- The header block up to the last section this call uses.
+local maxid = id1
+if id2 and id2 > maxid then maxid = id2 end
+local hend = G + H * (maxid + 1)
+local h = call('GETRANGE', key, '0', maxid == 0 and '31' or maxid == 1 and '55' or maxid == 2 and '79'
+  or maxid == 3 and '103' or '127')
+if #h < hend then h = h .. string.rep('\0', hend - #h) end
+
+-- Section `id`'s ring (and high halves when wide) as strings of 242 bytes.
+local function loadring(key, id, wide)
+  local b = 128 + 242 * id
+  local r = redis.call('GETRANGE', key, b, b + 241)
+  if #r < 242 then r = r .. string.rep('\0', 242 - #r) end
+  local e = false
+  if wide == 1 then
+    b = 1338 + 242 * id
+    e = redis.call('GETRANGE', key, b, b + 241)
+    if #e < 242 then e = e .. string.rep('\0', 242 - #e) end
+  end
+  return r, e
 end
-local vlen = p - 1
 
--- Judges one policy. A section `s` reads its counters from `s.src` at byte
--- `s.base` on: the GET reply itself while untouched.
-local pol, allowed = {}, true
-for k = 1, n do
-  local id, quota, win, slot, q
-  if k == 1 then id, quota, win, slot, q = id1, q1, win1, slot1, at1 else id, quota, win, slot, q = id2, q2, win2, slot2, at2 end
-  local need_w = (quota > 65535) and 4 or 2
-  local s
-  if q then
-    local _, w, swin, hi, off, total = unpack(HFMT, v, q)
-    s = { id = id, p = q, len = HDR + RING * w, w = w, win = swin, hi = hi, off = off, total = total, src = v, base = q + HDR }
-    if swin ~= win then
-      -- The window length changed: slots of another width mean nothing; restart.
-      s = { id = id, p = q, len = s.len, w = need_w, win = win, hi = 0, off = 0, total = 0, base = 1, dirty = true }
-    elseif w < need_w then
-      -- A reload raised the quota past 16 bits: widen, keeping the counts.
-      local t = {}
-      for j = 0, RING - 1 do
-        local a, b = byte(v, s.base + 2 * j, s.base + 2 * j + 1)
-        t[j + 1] = pack('>I4', a * 256 + b)
-      end
-      s.w, s.src, s.base, s.dirty = 4, table.concat(t), 1, true
-    end
-  else
-    s = { id = id, w = need_w, win = win, hi = 0, off = 0, total = 0, base = 1 }
+-- The count of slot x in ring r (and high halves e, or false).
+local function cell(r, e, x)
+  local c = 1 + (x % 121) * 2
+  local a, b = string.byte(r, c, c + 1)
+  if e then
+    local u, v = string.byte(e, c, c + 1)
+    return ((u * 256 + v) * 256 + a) * 256 + b
   end
-  local w = s.w
-  local function count(slot)
-    local c = s.base + (slot % RING) * w
-    if w == 2 then
-      local a, b = byte(s.src, c, c + 1)
-      return a * 256 + b
-    end
-    local a, b, c2, d = byte(s.src, c, c + 3)
-    return ((a * 256 + b) * 256 + c2) * 256 + d
-  end
+  return a * 256 + b
+end
 
-  local sl = floor(now / slot)
+-- Judges one policy: evicts (in memory), then fits / left / retry. Returns
+-- the section's new header fields and what its ring needs written if the
+-- call is charged: op 0 nothing, 1 the count a2 into the cell of slot a1,
+-- 2 the whole ring a1 (and high halves a2), 3 zeros.
+local function judge(h, now, cost, key, id, quota, win, slot, loadring, cell)
+  local swin, hi, off, total, cur, head, wide = struct.unpack('>I4I6BI4I4I4B', h, 9 + 24 * id)
+  if quota > 65535 then wide = 1 end
+  local op, a1, a2 = 0, false, false
+  if swin ~= win then
+    -- The window length changed: slots of another width mean nothing; restart.
+    if total > 0 then op = 3 end
+    hi, off, total, cur, head = 0, 0, 0, 0, 0
+  end
+  local sl = math.floor(now / slot)
   if sl * slot > now then sl = sl - 1 elseif (sl + 1) * slot <= now then sl = sl + 1 end
-  -- Evict the slots that left the window; time never goes back per window.
-  s.seen = s.hi
-  if s.total == 0 then
-    s.hi = sl
+  if total == 0 then
+    hi, off, cur, head = sl, 0, 0, 0
+  elseif sl <= hi then
+    sl = hi
   else
-    if sl < s.hi then sl = s.hi end
-    local live = sl - SLOTS
-    local first = s.hi - s.off
-    if first < live then
-      if s.hi < live then
-        s.src, s.base, s.total, first = nil, 1, 0, sl
+    -- A newer slot: `cur` goes to the cell of the old `hi`; slots older
+    -- than sl - 120 leave the window.
+    local live, first = sl - 120, hi - off
+    if hi < live then
+      op, hi, off, total, cur, head = 3, sl, 0, 0, 0, 0
+    elseif first < live then
+      local sub, char, rep, floor = string.sub, string.char, string.rep, math.floor
+      local r, e = loadring(key, id, wide)
+      local c = (hi % 121) * 2
+      r = sub(r, 1, c) .. char(floor(cur / 256) % 256, cur % 256) .. sub(r, c + 3)
+      if e then
+        local u = floor(cur / 65536)
+        e = sub(e, 1, c) .. char(floor(u / 256) % 256, u % 256) .. sub(e, c + 3)
+      end
+      for x = first, live - 1 do total = total - cell(r, e, x) end
+      -- Zero the cells of the slots that left (the run may wrap around).
+      local a, m = first % 121, live - first
+      local z = a + m
+      if z <= 121 then
+        r = sub(r, 1, a * 2) .. rep('\0', m * 2) .. sub(r, z * 2 + 1)
+        if e then e = sub(e, 1, a * 2) .. rep('\0', m * 2) .. sub(e, z * 2 + 1) end
       else
-        for x = first, live - 1 do
-          s.total = s.total - count(x)
-        end
-        -- Zero the evicted cells in a private copy of the counters.
-        local src = sub(s.src, s.base, s.base + RING * w - 1)
-        local a, m = first % RING, live - first
-        local z = a + m
-        if z <= RING then
-          src = sub(src, 1, a * w) .. rep('\0', m * w) .. sub(src, z * w + 1)
-        else
-          local o = z - RING
-          src = rep('\0', o * w) .. sub(src, o * w + 1, a * w) .. rep('\0', (RING - a) * w)
-        end
-        s.src, s.base = src, 1
-        -- `hi` is the newest slot seen, not the newest charged: the rest may be empty.
-        if s.total == 0 then
-          first = sl
-        else
-          first = live
-          while count(first) == 0 do first = first + 1 end
+        local o = z - 121
+        r = rep('\0', o * 2) .. sub(r, o * 2 + 1, a * 2) .. rep('\0', (121 - a) * 2)
+        if e then e = rep('\0', o * 2) .. sub(e, o * 2 + 1, a * 2) .. rep('\0', (121 - a) * 2) end
+      end
+      -- `hi` is the newest slot seen, not the newest charged: the rest may be empty.
+      if total == 0 then
+        first, head = sl, 0
+      else
+        first = live
+        head = cell(r, e, first)
+        while head == 0 do
+          first = first + 1
+          head = cell(r, e, first)
         end
       end
-      s.dirty = true
+      op, a1, a2 = 2, r, e
+      hi, off, cur = sl, sl - first, 0
+    else
+      op, a1, a2 = 1, hi, cur
+      hi, off, cur = sl, sl - first, 0
     end
-    s.hi = sl
-    s.off = sl - first
   end
-
   local t = now
   if sl * slot > t then t = sl * slot end
-  local fits, left, retry = 1, quota - s.total, 0
+  local fits, left, retry = 1, quota - total, 0
   if left < 0 then left = 0 end
-  if s.total + cost > quota then
-    fits, allowed = 0, false
+  if total + cost > quota then
+    fits = 0
     if cost > quota then
       retry = -1
     else
-      local need, freed, x = s.total + cost - quota, 0, s.hi - s.off
-      while true do
-        freed = freed + count(x)
-        if freed >= need then break end
-        x = x + 1
+      -- Walk from the first non-empty slot until enough has left.
+      local need, x = total + cost - quota, hi - off
+      if need > head then
+        local r, e
+        if op == 2 then r, e = a1, a2 else r, e = loadring(key, id, wide) end
+        local freed = head
+        repeat
+          x = x + 1
+          if x == hi then
+            freed = freed + cur
+          elseif op == 1 and x == a1 then
+            freed = freed + a2
+          else
+            freed = freed + cell(r, e, x)
+          end
+        until freed >= need
       end
-      retry = (x + RING) * slot - t
+      retry = (x + 121) * slot - t
     end
   end
-  -- What the charge will write into the current slot: a slot newer than
-  -- any seen holds nothing yet (its cell belonged to an evicted slot).
-  local c = 0
-  if sl <= s.seen and s.total > 0 then c = count(sl) end
-  pol[k] = { s = s, slot = slot, sl = sl, t = t, fits = fits, left = left, retry = retry, cell = c }
+  return wide, hi, off, total, cur, head, t, fits, left, retry, op, a1, a2
 end
 
-local out = { allowed and 1 or 0 }
-for k = 1, n do
-  local q = pol[k]
-  local s = q.s
-  if allowed and cost > 0 then
-    if s.total == 0 then s.off = 0 end
-    s.total = s.total + cost
-    s.charge = q.cell + cost
-    s.dirty = true
+-- Writes what `judge` said section `id`'s ring needs.
+local function ringput(key, id, wide, op, a1, a2)
+  local b, char, floor = 128 + 242 * id, string.char, math.floor
+  if op == 3 then
+    local z = string.rep('\0', 242)
+    redis.call('SETRANGE', key, b, z)
+    if wide == 1 then redis.call('SETRANGE', key, 1338 + 242 * id, z) end
+  elseif op == 2 then
+    redis.call('SETRANGE', key, b, a1)
+    if a2 then redis.call('SETRANGE', key, 1338 + 242 * id, a2) end
+  elseif op == 1 and a2 > 0 then
+    local c = (a1 % 121) * 2
+    redis.call('SETRANGE', key, b + c, char(floor(a2 / 256) % 256, a2 % 256))
+    local u = floor(a2 / 65536)
+    if u > 0 then redis.call('SETRANGE', key, 1338 + 242 * id + c, char(floor(u / 256) % 256, u % 256)) end
   end
-  local reset = 0
-  if s.total > 0 then
-    reset = (s.hi - s.off + RING) * q.slot - q.t
-  end
-  out[4 * k - 2], out[4 * k - 1], out[4 * k], out[4 * k + 1] = q.fits, q.left, q.retry, reset
 end
 
--- Write back (never for a read): the charge, or evictions worth keeping.
-if cost > 0 and (pol[1].s.dirty or (pol[2] and pol[2].s.dirty)) then
-  if pol[2] and (pol[2].s.p or 1e18) < (pol[1].s.p or 1e18) then
-    pol[1], pol[2] = pol[2], pol[1]
-  end
-  local parts, tail, cursor = {}, nil, 1
-  for k = 1, n do
-    local q = pol[k]
-    local s = q.s
-    if s.dirty then
-      local w = s.w
-      if s.src == nil then s.src, s.base = rep('\0', RING * w), 1 end
-      local dst = parts
-      if s.p then
-        if s.p > cursor then parts[#parts + 1] = sub(v, cursor, s.p - 1) end
-        cursor = s.p + s.len
-      else
-        tail = tail or {}
-        dst = tail
-      end
-      dst[#dst + 1] = pack(HFMT, s.id, w, s.win, s.hi, s.off, s.total)
-      local b, e = s.base, s.base + RING * w - 1
-      if s.charge then
-        local c = b + (q.sl % RING) * w
-        dst[#dst + 1] = sub(s.src, b, c - 1)
-        dst[#dst + 1] = pack(w == 2 and '>I2' or '>I4', s.charge)
-        dst[#dst + 1] = sub(s.src, c + w, e)
-      else
-        dst[#dst + 1] = sub(s.src, b, e)
-      end
-      if s.win > maxwin then maxwin = s.win end
-    end
-  end
-  if cursor <= vlen then parts[#parts + 1] = sub(v, cursor, vlen) end
-  if tail then
-    for _, x in ipairs(tail) do parts[#parts + 1] = x end
-  end
-  -- Expire once the longest window has let everything go (plus slack).
-  local ttl = maxwin * 1000
-  redis.call('SET', KEYS[1], table.concat(parts), 'PX', floor(ttl + ttl / 60) + 1000)
+local wa, hia, offa, tota, cura, heada, ta, fa, la, ra, opa, xa, ya =
+  judge(h, now, cost, key, id1, q1, win1, slot1, loadring, cell)
+local we, hie, offe, tote, cure, heade, te, fe, le, re, ope, xe, ye
+local allowed = fa
+if n == 2 then
+  we, hie, offe, tote, cure, heade, te, fe, le, re, ope, xe, ye =
+    judge(h, now, cost, key, id2, q2, win2, slot2, loadring, cell)
+  if fe == 0 then allowed = 0 end
 end
 
-return out
+-- Charge and write back (never for a read or a refusal).
+if allowed == 1 and cost > 0 then
+  local deadline, len = unpack('>I6I2', h)
+  local len0 = len
+  local need = RINGS + RB * (maxid + 1)
+  if wa == 1 and EXT + RB * (id1 + 1) > need then need = EXT + RB * (id1 + 1) end
+  if n == 2 and we == 1 and EXT + RB * (id2 + 1) > need then need = EXT + RB * (id2 + 1) end
+  if len < need then
+    local v = call('GET', key) or ''
+    call('SET', key, v .. string.rep('\0', need - #v), 'KEEPTTL')
+    len = need
+  end
+  if opa ~= 0 then ringput(key, id1, wa, opa, xa, ya) end
+  if offa == 0 then heada = heada + cost end
+  tota, cura = tota + cost, cura + cost
+  -- The charged slot counts until the clock reaches (hi + 121) slots.
+  local until_us = (hia + RING) * slot1
+  local p1, s1 = G + H * id1 + 1, pack(HF, win1, hia, offa, tota, cura, heada, wa)
+  local p2, s2
+  if n == 2 then
+    if ope ~= 0 then ringput(key, id2, we, ope, xe, ye) end
+    if offe == 0 then heade = heade + cost end
+    tote, cure = tote + cost, cure + cost
+    local u = (hie + RING) * slot2
+    if u > until_us then until_us = u end
+    p2, s2 = G + H * id2 + 1, pack(HF, win2, hie, offe, tote, cure, heade, we)
+    if p2 < p1 then p1, s1, p2, s2 = p2, s2, p1, s1 end
+  end
+  local nd, until_ms = deadline, floor(until_us / 1000) + 1
+  if deadline < until_ms then nd = until_ms + 1000 end
+  local body = s1
+  if p2 then body = s1 .. string.sub(h, p1 + H, p2 - 1) .. s2 end
+  if nd ~= deadline or len ~= len0 or p1 ~= G + 1 then
+    call('SETRANGE', key, '0', pack('>I6I2', nd, len) .. string.sub(h, G + 1, p1 - 1) .. body)
+  else
+    call('SETRANGE', key, '8', body)
+  end
+  if nd ~= deadline then call('PEXPIRE', key, nd - floor(now / 1000)) end
+end
+
+local rsa = 0
+if tota > 0 then rsa = (hia - offa + RING) * slot1 - ta end
+if n == 2 then
+  local rse = 0
+  if tote > 0 then rse = (hie - offe + RING) * slot2 - te end
+  return pack('>BBI4i8i8BI4i8i8', allowed, fa, la, ra, rsa, fe, le, re, rse)
+end
+return pack('>BBI4i8i8', allowed, fa, la, ra, rsa)

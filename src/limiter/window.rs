@@ -14,8 +14,9 @@
 //! the quota spreads over `SLOTS + 1` slots, so at least `SLOTS / (SLOTS + 1)`
 //! = 99.2 % of the budget is used per window.
 //!
-//! `redis/window.lua` implements the same arithmetic against Redis `TIME`;
-//! the table tests here pin the numbers both must produce.
+//! `window.lua` (the Redis store's script) implements the same arithmetic
+//! against Redis `TIME`; the table tests here pin the numbers both must
+//! produce.
 
 /// Slots per window. 120 gives 0.5 s slots for a 60 s window and ≥ 99 % use.
 pub const SLOTS: u64 = 120;
