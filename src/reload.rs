@@ -133,8 +133,11 @@ fn restart_only_changes(old: &Config, new: &Config, listener_tls: bool) -> Vec<&
 
 /// A tenant gone from the config leaves no stale `deskgate_budget_remaining` series.
 fn forget_removed_tenants(shared: &Shared, old: &Config, new: &Config) {
+    // A set, not `Config::tenant` per name: with 10,000 tenants a linear
+    // lookup per tenant made a reload take most of a second.
+    let kept: std::collections::HashSet<&str> = new.tenants.iter().map(|t| &*t.name).collect();
     for t in &old.tenants {
-        if new.tenant(&t.name).is_some() {
+        if kept.contains(&*t.name) {
             continue;
         }
         let tenant = Name(t.name.clone());

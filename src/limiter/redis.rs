@@ -3,7 +3,7 @@
 //!
 //! # Keys and memory
 //!
-//! One key per tenant, `<key_prefix>:{<tenant>}:rl2`, holds every window of
+//! One key per tenant, `<key_prefix>:{<tenant>}:rl`, holds every window of
 //! that tenant (account and endpoint classes) as one string at fixed
 //! offsets: five 24-byte section headers, then one ring of 121 two-byte
 //! per-slot counters per section — the ring of [`super::window`] — and, only
@@ -137,7 +137,7 @@ impl RedisStore {
 
     /// The key holding `tenant`'s windows.
     pub fn key(&self, tenant: &str) -> String {
-        format!("{}:{{{}}}:rl2", self.key_prefix, escape(tenant))
+        format!("{}:{{{}}}:rl", self.key_prefix, escape(tenant))
     }
 
     /// Like [`Store::acquire`], on a given store clock instead of Redis
