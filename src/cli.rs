@@ -13,6 +13,11 @@ pub struct Cli {
     /// Log format [default: text on a TTY, json otherwise]; level from RUST_LOG
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Worker threads [default: $DESKGATE_WORKERS, else one per CPU]; 1 runs
+    /// everything on one thread (no work-stealing overhead: best for a sidecar
+    /// pinned to one core)
+    #[arg(long, global = true, env = "DESKGATE_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
