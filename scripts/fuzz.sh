@@ -34,6 +34,7 @@ for t in $targets; do
     extra=()
     [ -f "dicts/${t%%_*}.dict" ] && extra+=("-dict=dicts/${t%%_*}.dict")
     echo "== $t: ${secs}s"
+    stamp=$(mktemp)
     "${fuzz[@]}" build --release "$t" >/dev/null 2>&1 || { echo "build of $t failed"; "${fuzz[@]}" build --release "$t"; exit 2; }
     "${fuzz[@]}" run --release "$t" "corpus/$t" -- \
         -max_total_time="$secs" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 "${extra[@]}" \
@@ -42,7 +43,9 @@ for t in $targets; do
     execs=$(grep -m1 'stat::number_of_executed_units' "logs/$t.log" | awk '{print $2}')
     rate=$(grep -m1 'stat::average_exec_per_sec' "logs/$t.log" | awk '{print $2}')
     corpus=$(find "corpus/$t" -type f | wc -l)
-    found=$(find "artifacts/$t" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'leak-*' -o -name 'oom-*' \) | wc -l)
+    # Findings of this run only (older ones stay for reference).
+    found=$(find "artifacts/$t" -type f -newer "$stamp" \( -name 'crash-*' -o -name 'timeout-*' -o -name 'leak-*' -o -name 'oom-*' \) | wc -l)
+    rm -f "$stamp"
     [ "$rc" -ne 0 ] && [ "$found" -eq 0 ] && found="exit $rc (see fuzz/logs/$t.log)"
     [ "$rc" -ne 0 ] && status=1
     printf '%-15s %8s %14s %10s %8s %s\n' "$t" "$secs" "${execs:-?}" "${rate:-?}" "$corpus" "$found" | tee -a logs/summary.txt

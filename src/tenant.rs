@@ -57,8 +57,9 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, Reject> {
         return Err(bad_host("The Host is empty."));
     }
     // Outside an IPv6 literal, a colon or bracket left after the port is
-    // gone is no host name (`]:81]:80`); refusing it keeps this a fixed point.
-    if !host.starts_with('[') && host.bytes().any(|b| matches!(b, b':' | b'[' | b']')) {
+    // gone (`]:81]:80`), or a second trailing dot (`a..`), is no host name;
+    // refusing them keeps this a fixed point.
+    if !host.starts_with('[') && (host.ends_with('.') || host.bytes().any(|b| matches!(b, b':' | b'[' | b']'))) {
         return Err(bad_host("The Host is not a valid host name."));
     }
     if host.bytes().any(|b| b.is_ascii_uppercase()) {

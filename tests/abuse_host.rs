@@ -98,7 +98,7 @@ async fn host_tricks_cannot_move_a_call_to_another_budget_or_past_the_vanity_rul
         Case {
             name: "Host with two ports",
             bytes: request(p, "Host: tiny.freshdesk.com:80:80\r\n"),
-            status: 404,
+            status: 400,
             charged: None,
         },
         Case {

@@ -8,7 +8,7 @@ use deskgate::tenant::normalize_host;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue};
 
-/// host_resolve: `]:81]:80` normalised to `]:81]`, which normalising again
+/// host_resolve (two findings): `]:81]:80` normalised to `]:81]`, which normalising again
 /// refused — a "host" that is no host name was let through step 1's parser
 /// (harmless: it resolved to no tenant, 404), and normalisation was not a
 /// fixed point. Now refused.
@@ -17,7 +17,20 @@ fn a_host_with_brackets_or_colons_left_after_the_port_is_refused() {
     let crash = include_bytes!("../fuzz/regressions/host_resolve-crash-d9101395557d12264b9fd8a160befdd0ed6ebca2");
     let host = String::from_utf8_lossy(&crash[1..]).into_owned();
     assert_eq!(host, "]:81]:80");
-    for raw in [host.as_str(), "]:81]", "a:b:80", "acme]:80", "x[y", "acme.freshdesk.com:80:80"] {
+    // Second finding: `acreshdom..` normalised to `acreshdom.`, then to `acreshdom`.
+    let second = include_bytes!("../fuzz/regressions/host_resolve-crash-448d4cf04ce6919556eb614df7b705812b4403d3");
+    let second = String::from_utf8_lossy(&second[1..]).into_owned();
+    for raw in [
+        host.as_str(),
+        &second,
+        "]:81]",
+        "a:b:80",
+        "acme]:80",
+        "x[y",
+        "acme.freshdesk.com:80:80",
+        "acme.freshdesk.com..",
+        "acme.freshdesk.com..:443",
+    ] {
         assert!(normalize_host(raw).is_err(), "{raw:?} was accepted");
     }
     for raw in ["acme.freshdesk.com", "ACME.freshdesk.com.:443", "[::1]:8080", "[::1]"] {
