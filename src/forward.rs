@@ -9,7 +9,10 @@
 //! header or trailer field(s) from the message with the same name ..., and
 //! then remove the Connection header field itself").
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,20 +42,29 @@ pub enum UpstreamError {
     Timeout,
     /// The downstream body outgrew `max_body_bytes` while streaming.
     BodyTooLarge,
+    /// The downstream body broke while streaming (invalid chunked framing, or
+    /// the client went away): the client's fault, not the upstream's.
+    DownstreamBody,
     /// Anything else: reset, malformed response, ...
     Protocol,
 }
 
 impl UpstreamError {
     /// Every kind, for metrics that start at 0.
-    pub const ALL: [UpstreamError; 4] =
-        [UpstreamError::Connect, UpstreamError::Timeout, UpstreamError::BodyTooLarge, UpstreamError::Protocol];
+    pub const ALL: [UpstreamError; 5] = [
+        UpstreamError::Connect,
+        UpstreamError::Timeout,
+        UpstreamError::BodyTooLarge,
+        UpstreamError::DownstreamBody,
+        UpstreamError::Protocol,
+    ];
 
     pub fn kind(self) -> &'static str {
         match self {
             UpstreamError::Connect => "connect",
             UpstreamError::Timeout => "timeout",
             UpstreamError::BodyTooLarge => "body_too_large",
+            UpstreamError::DownstreamBody => "downstream_body",
             UpstreamError::Protocol => "protocol",
         }
     }
@@ -137,7 +149,12 @@ impl Upstream {
         set_forwarded(&mut parts.headers, f);
 
         let body: Body = Limited::new(incoming, usize::try_from(f.max_body_bytes).unwrap_or(usize::MAX))
-            .map_err(BoxError::from)
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                // Tagged so that `classify_error` can tell a broken downstream
+                // body from a broken upstream.
+                Ok(e) => BoxError::from(DownstreamBodyError(*e)),
+                Err(e) => e,
+            })
             .boxed();
         let req = Request::from_parts(parts, body);
         let rsp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
@@ -147,7 +164,8 @@ impl Upstream {
         };
         let (mut parts, incoming) = rsp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, incoming.map_err(BoxError::from).boxed()))
+        let body = IdleCut { inner: incoming, idle: self.timeout, deadline: None };
+        Ok(Response::from_parts(parts, body.boxed()))
     }
 }
 
@@ -160,6 +178,9 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
         if s.is::<http_body_util::LengthLimitError>() {
             return UpstreamError::BodyTooLarge;
         }
+        if s.is::<DownstreamBodyError>() {
+            return UpstreamError::DownstreamBody;
+        }
         source = s.source();
     }
     UpstreamError::Protocol
@@ -170,6 +191,11 @@ pub fn reject_for(e: UpstreamError, timeout: Duration, max_body_bytes: u64) -> R
     match e {
         UpstreamError::Timeout => Reject::GatewayTimeout { timeout_ms: timeout.as_millis() as u64 },
         UpstreamError::BodyTooLarge => Reject::PayloadTooLarge { limit: max_body_bytes },
+        UpstreamError::DownstreamBody => Reject::BadRequest {
+            field: "body",
+            message: "The request body could not be read: its chunked framing is invalid or it was cut short."
+                .to_owned(),
+        },
         UpstreamError::Connect | UpstreamError::Protocol => Reject::BadGateway,
     }
 }
@@ -178,6 +204,54 @@ impl Upstream {
     /// The configured response-headers timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+}
+
+/// A downstream body error, as the upstream client reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("downstream body: {0}")]
+struct DownstreamBodyError(hyper::Error);
+
+/// The upstream's response body, cut (the downstream stream ends short) when
+/// the upstream sends nothing for `idle` while we wait for it. Without it an
+/// upstream that stalls mid-body would hold the downstream connection, its
+/// task and a pooled connection forever. The clock runs only while we wait
+/// on the upstream, so a slow-reading downstream is not mistaken for it.
+struct IdleCut {
+    inner: Incoming,
+    idle: Duration,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for IdleCut {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.deadline = None;
+            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
+        }
+        let idle = this.idle;
+        let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(Some(Err(BoxError::from(format!("upstream body stalled for {} ms", idle.as_millis())))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -91,6 +91,9 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub budget_remaining: Family<TenantPolicy, Gauge>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// Tasks alive in the runtime, read at scrape time: connections,
+    /// pooled upstream connections, background work. A leak shows as growth.
+    runtime_tasks: Gauge,
 }
 
 impl Default for Metrics {
@@ -165,6 +168,8 @@ impl Metrics {
         );
         registry.register("deskgate_config_reloads", "Config reloads, by result", config_reloads.clone());
         registry.register("deskgate_build_info", "Build information", build_info);
+        let runtime_tasks = Gauge::default();
+        registry.register("deskgate_runtime_alive_tasks", "Tokio tasks alive at scrape time", runtime_tasks.clone());
 
         Metrics {
             registry,
@@ -179,6 +184,7 @@ impl Metrics {
             store_errors,
             budget_remaining,
             config_reloads,
+            runtime_tasks,
         }
     }
 
@@ -190,6 +196,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every collector.
     pub fn encode(&self) -> String {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks.set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
+        }
         let mut out = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

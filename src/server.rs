@@ -66,7 +66,17 @@ where
         let builder = builder.clone();
         let tls = opts.tls.as_ref().and_then(|t| t.load_full());
         let watcher = graceful.watcher();
+        let first_byte_timeout = opts.header_read_timeout;
         tokio::spawn(async move {
+            // hyper's header_read_timeout starts with a request's first byte:
+            // a client that connects and sends nothing would hold its
+            // connection and this task forever. Wait for that byte (or the
+            // TLS ClientHello) within the same bound.
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
             match tls {
                 None => {
                     let svc = service_fn(move |req| handler(peer, false, req));

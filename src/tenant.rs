@@ -56,6 +56,12 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, Reject> {
     if host.is_empty() {
         return Err(bad_host("The Host is empty."));
     }
+    // Outside an IPv6 literal, a colon or bracket left after the port is
+    // gone (`]:81]:80`), or a second trailing dot (`a..`), is no host name;
+    // refusing them keeps this a fixed point.
+    if !host.starts_with('[') && (host.ends_with('.') || host.bytes().any(|b| matches!(b, b':' | b'[' | b']'))) {
+        return Err(bad_host("The Host is not a valid host name."));
+    }
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Ok(Cow::Owned(host.to_ascii_lowercase()))
     } else {

@@ -54,7 +54,22 @@ impl Source {
     }
 
     fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        toml::from_str(&self.text).map_err(|e| self.err(e.span(), e.message().trim_end()))
+        toml::from_str(&self.text).map_err(|e| {
+            let msg = e.message().trim_end();
+            if !msg.is_empty() {
+                return self.err(e.span(), msg);
+            }
+            // Some syntax errors (a control character in a comment) come
+            // without a message; `PATH:LINE:COL:` alone would tell nothing.
+            let at = e.span().and_then(|r| self.text.get(r.start..)).and_then(|t| t.chars().next());
+            let msg = match at {
+                Some(c) if c.is_control() => {
+                    format!("invalid TOML: control character U+{:04X} is not allowed here", u32::from(c))
+                }
+                _ => "invalid TOML syntax here".to_owned(),
+            };
+            self.err(e.span(), msg)
+        })
     }
 
     fn err(&self, span: Option<Range<usize>>, msg: impl Into<String>) -> ConfigError {

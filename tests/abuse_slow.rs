@@ -1,0 +1,199 @@
+//! Slow and vanishing downstreams (issue 6): a slow-loris client is cut off
+//! by `header_read_timeout_ms` without holding anything that others need,
+//! and a client that disconnects mid-upload or mid-download leaks nothing —
+//! connections, file descriptors, tasks and memory return to their baseline.
+
+mod support;
+mod support_faults;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use support::*;
+use support_faults::*;
+
+const HOST: &str = "acme.freshdesk.com";
+const HEADER_TIMEOUT_MS: u64 = 500;
+
+async fn slow_gateway(upstream: std::net::SocketAddr) -> TestGateway {
+    gateway(upstream, &format!("header_read_timeout_ms = {HEADER_TIMEOUT_MS}"), TENANTS).await
+}
+
+/// Writes `head` one byte every 100 ms until the gateway closes (or 10 s);
+/// returns how long the connection lived and what came back.
+async fn trickle(addr: std::net::SocketAddr, head: &[u8]) -> (Duration, String) {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        let byte = head[i % head.len()];
+        i += 1;
+        if s.write_all(&[byte]).await.is_err() {
+            break;
+        }
+        // A closed connection shows as EOF within the pause.
+        if read_until_close(&mut s, &mut out, Duration::from_millis(100)).await {
+            break;
+        }
+    }
+    (start.elapsed(), String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn a_slow_loris_trickling_its_headers_is_cut_off_by_the_header_timeout() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let gw = slow_gateway(up.addr).await;
+    // A head that never ends: "X-Pad: aaaa…" forever.
+    let mut head = head("GET", HOST, "/api/v2/tickets").into_bytes();
+    head.extend_from_slice(b"X-Pad: ");
+    head.extend(std::iter::repeat_n(b'a', 4096));
+    let (lived, text) = trickle(gw.addr, &head).await;
+    let bound = Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(2);
+    assert!(lived < bound, "a trickling client lived {lived:?} (bound {bound:?})");
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_by_the_header_timeout() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let gw = slow_gateway(up.addr).await;
+    for (what, first) in [("says nothing", &b""[..]), ("sends half a request line", &b"GET /api/v2/tic"[..])] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let start = Instant::now();
+        let mut out = Vec::new();
+        let closed = read_until_close(&mut s, &mut out, Duration::from_secs(5)).await;
+        assert!(closed, "a connection that {what} was still open after 5 s");
+        assert!(start.elapsed() < Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(2), "{what}");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_by_the_header_timeout() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let gw = slow_gateway(up.addr).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!("{}\r\n", head("GET", HOST, "/api/v2/tickets"));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let closed = read_until_close(&mut s, &mut out, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(closed, "an idle keep-alive connection was still open after 5 s");
+    assert!(start.elapsed() < Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_slow_lorises_hold_no_worker_and_leave_nothing_behind() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let gw = slow_gateway(up.addr).await;
+    let c = client();
+    // Warm up: one pooled upstream connection, the client's pool, the runtime.
+    assert_eq!(get(&c, gw.addr, HOST, "/api/v2/tickets").await.status, 200);
+    let base = Baseline::now();
+
+    let mut lorises = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /api/v2/tickets HTTP/1.1\r\nHost: acme.fresh").await.unwrap();
+        lorises.push(s);
+    }
+    // While they hang, a well-behaved client is served at once.
+    let start = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(&c, gw.addr, HOST, "/api/v2/contacts").await.status, 200);
+    }
+    let served = start.elapsed();
+    assert!(served < Duration::from_secs(2), "20 calls took {served:?} behind 200 slow lorises");
+
+    // The gateway lets go of every one of them by the header timeout.
+    let start = Instant::now();
+    let mut closed = 0;
+    for mut s in lorises {
+        let mut out = Vec::new();
+        if read_until_close(&mut s, &mut out, Duration::from_secs(3)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 200, "slow lorises still open after {:?}", start.elapsed());
+    base.assert_returned("after 200 slow lorises", 4, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_vanish_mid_upload_leak_nothing() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let c = client();
+    assert_eq!(get(&c, gw.addr, HOST, "/api/v2/tickets").await.status, 200);
+    let base = Baseline::now();
+    let chunk = vec![b'{'; 64 * 1024];
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let h = format!(
+            "{}Content-Type: application/json\r\nContent-Length: 8388608\r\n\r\n",
+            head("POST", HOST, "/api/v2/tickets")
+        );
+        s.write_all(h.as_bytes()).await.unwrap();
+        for _ in 0..16 {
+            s.write_all(&chunk).await.unwrap(); // 1 MiB of the promised 8
+        }
+        // Give the upload time to reach the upstream, then vanish.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = s.set_zero_linger();
+        drop(s);
+    }
+    base.assert_returned("after 20 abandoned uploads", 2, Duration::from_secs(5)).await;
+    let grown = rss_kib().saturating_sub(base.rss_kib);
+    assert!(grown < 32 * 1024, "RSS grew by {grown} KiB over 20 abandoned 1 MiB uploads");
+    // The gateway still serves.
+    assert_eq!(get(&c, gw.addr, HOST, "/api/v2/tickets").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_vanish_mid_download_release_the_upstream() {
+    let _serial = serial().await;
+    let up = FaultyUpstream::start(Fault::Endless).await;
+    let mut base = None;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    // One abandoned download first: lazy one-time resources, then the baseline.
+    for i in 0..11 {
+        if i == 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            base = Some(Baseline::now());
+        }
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(format!("{}\r\n", head("GET", HOST, "/api/v2/tickets")).as_bytes()).await.unwrap();
+        // Read 1 MiB of the endless answer, then vanish.
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 65536];
+        while got < 1 << 20 {
+            use tokio::io::AsyncReadExt;
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got += n,
+                other => panic!("download {i} stopped early: {other:?}"),
+            }
+        }
+        drop(s);
+        let ok = eventually(Duration::from_secs(5), || up.open.load(Ordering::SeqCst) == 0).await;
+        assert!(ok, "download {i}: the gateway kept the upstream connection after the client left");
+    }
+    // The upstream stopped being read: it wrote a bounded amount per download.
+    let written = up.written.load(Ordering::SeqCst);
+    let before = written;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.written.load(Ordering::SeqCst), before, "the upstream is still being read");
+    let base = base.expect("baseline");
+    base.assert_returned("after 10 abandoned downloads", 2, Duration::from_secs(5)).await;
+    println!("10 abandoned downloads: upstream wrote {} MiB in total", written >> 20);
+}
