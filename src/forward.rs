@@ -70,7 +70,36 @@ impl UpstreamError {
     }
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// http:// and https:// (rustls) over one TCP connector.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// A pooled keep-alive client for http:// and https:// peers (system roots
+/// plus `ca_file`). Shared by the upstream and the webhook egress, so both
+/// dial, time out and pool the same way.
+pub fn pooled_client(
+    connect_timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+    idle_timeout: Duration,
+    max_idle_per_host: usize,
+) -> Result<Client<Connector, Body>, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let tls = crate::tls::upstream_client_config(ca_file)?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(max_idle_per_host)
+        .build(connector))
+}
 
 /// The upstream: where calls go and the pooled client that takes them.
 #[derive(Clone)]
@@ -100,23 +129,7 @@ pub struct Forwarding<'a> {
 impl Upstream {
     /// Builds the pooled client. Fails on an unreadable `ca_file`.
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let tls = crate::tls::upstream_client_config(cfg.ca_file.as_deref())?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let client = pooled_client(cfg.connect_timeout, cfg.ca_file.as_deref(), Duration::from_secs(90), 1024)?;
         let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = cfg.url.authority().cloned().ok_or_else(|| "upstream url has no host".to_owned())?;
         Ok(Upstream { client, scheme, authority, timeout: cfg.timeout })

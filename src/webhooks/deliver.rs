@@ -7,9 +7,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Limited};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::Spec;
 use crate::body::{self, Body};
@@ -39,7 +37,7 @@ pub enum Failure {
     Invalid(String),
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+use crate::forward::Connector;
 
 /// The pooled client for deliveries and alerts.
 pub struct Outbound {
@@ -51,22 +49,7 @@ impl Outbound {
     /// `timeout` bounds a whole attempt: connect, response headers and the
     /// (bounded) response body.
     pub fn new(timeout: Duration) -> Result<Outbound, String> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(timeout));
-        http.set_nodelay(true);
-        let tls = crate::tls::upstream_client_config(None)?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(32)
-            .build(connector);
+        let client = crate::forward::pooled_client(timeout, None, Duration::from_secs(30), 32)?;
         Ok(Outbound { client, timeout })
     }
 
