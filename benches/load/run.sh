@@ -8,8 +8,11 @@
 #
 # Installs nginx, haproxy, wrk and redis-server from Debian if missing. Sends
 # traffic only to 127.0.0.1 and stops by itself. Prints a table of req/s,
-# p50/p99 and ratios to nginx, a light-load latency run at a fixed rate, and
-# Redis figures (store calls per request, script time per call).
+# p50/p99, ratios to nginx and CPU microseconds per request (the proxy's own
+# and the upstream's, from /proc/PID/stat), a light-load latency run at a
+# fixed rate, and Redis figures (store calls per request, script time per
+# call). `relay` is the ceiling: a byte relay that does no HTTP work
+# (benches/load/relay.rs), i.e. what a proxy reaches when its work is free.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
@@ -32,20 +35,38 @@ fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
-cargo build --release --quiet
+cargo build --release --quiet --bin deskgate --example relay
 BIN=$PWD/target/release/deskgate
+RELAY=$PWD/target/release/examples/relay
 
-P_UP=18181; P_NGINX=18182; P_MEM=18183; P_REDIS=18184; P_HA=18185; P_FLOOD=18186; P_RS=16399
+P_UP=18181; P_NGINX=18182; P_MEM=18183; P_REDIS=18184; P_HA=18185; P_FLOOD=18186; P_RELAY=18187; P_RS=16399
 A_MEM=19183; A_REDIS=19184; A_FLOOD=19186
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$OUT/nginx.pid" ] && kill "$(cat "$OUT/nginx.pid")" 2>/dev/null || true
+    for f in nginx upstream; do [ -f "$OUT/$f.pid" ] && kill "$(cat "$OUT/$f.pid")" 2>/dev/null || true; done
     redis-cli -p $P_RS shutdown nosave >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
-# --- upstream and nginx (one worker, keep-alive to the upstream) -------------
+# --- upstream, and nginx as the proxy: two instances, one worker each ---------
+# (In one nginx the proxy and the upstream would share an event loop and skip
+# the context switches every other proxy here pays.)
+cat > "$OUT/upstream.conf" <<NGX
+worker_processes 1;
+pid $OUT/upstream.pid;
+error_log $OUT/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$P_UP;
+        default_type application/json;
+        location / { return 200 '[{"id":1,"subject":"Printer on fire","status":2}]'; }
+    }
+}
+NGX
 cat > "$OUT/nginx.conf" <<NGX
 worker_processes 1;
 pid $OUT/nginx.pid;
@@ -55,11 +76,6 @@ http {
     access_log off;
     keepalive_requests 1000000;
     upstream helpdesk { server 127.0.0.1:$P_UP; keepalive 128; }
-    server {
-        listen 127.0.0.1:$P_UP;
-        default_type application/json;
-        location / { return 200 '[{"id":1,"subject":"Printer on fire","status":2}]'; }
-    }
     server {
         listen 127.0.0.1:$P_NGINX;
         location / {
@@ -71,7 +87,13 @@ http {
     }
 }
 NGX
+taskset -c "$SERVE_CPU" "$NGINX" -c "$OUT/upstream.conf" -p "$OUT"
 taskset -c "$SERVE_CPU" "$NGINX" -c "$OUT/nginx.conf" -p "$OUT"
+
+# The ceiling: a byte relay with no HTTP work (benches/load/relay.rs).
+taskset -c "$SERVE_CPU" "$RELAY" 127.0.0.1:$P_RELAY 127.0.0.1:$P_UP &
+PIDS+=($!)
+PID_RELAY=$!
 
 cat > "$OUT/haproxy.cfg" <<HA
 global
@@ -92,6 +114,7 @@ backend be
 HA
 taskset -c "$SERVE_CPU" "$HAPROXY" -f "$OUT/haproxy.cfg" -q &
 PIDS+=($!)
+PID_HA=$!
 
 # --- redis and three gateways --------------------------------------------------
 taskset -c "$SERVE_CPU" redis-server --port $P_RS --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
@@ -128,22 +151,36 @@ store_timeout_ms = 200" > "$OUT/redis.toml"
 cp "$OUT/redis.toml" "$OUT/flood.toml"
 sed -i "s/$P_REDIS/$P_FLOOD/; s/$A_REDIS/$A_FLOOD/" "$OUT/flood.toml"
 sleep 0.5
+declare -A PID
 for g in mem redis flood; do
     RUST_LOG=warn DESKGATE_WORKERS=1 taskset -c "$SERVE_CPU" "$BIN" --log-format json --config "$OUT/$g.toml" \
         2>"$OUT/$g.log" &
     PIDS+=($!)
+    PID[$g]=$!
 done
 sleep 1.5
+# nginx's worker processes (the masters only wait).
+PID_UP=$(pgrep -P "$(cat "$OUT/upstream.pid")" | head -1)
+PID_NGINX=$(pgrep -P "$(cat "$OUT/nginx.pid")" | head -1)
 
 AUTH="Authorization: Basic YXBpa2V5Olg="
-run_wrk() { # name url host [extra wrk args...]
-    local name=$1 url=$2 host=$3; shift 3
+# CPU time (user+sys clock ticks) a process has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+run_wrk() { # name url host proxy-pid [extra wrk args...]
+    local name=$1 url=$2 host=$3 pid=$4; shift 4
+    local t0 u0
+    t0=$(ticks "$pid"); u0=$(ticks "$PID_UP")
     taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -H "Host: $host" -H "$AUTH" "$@" "$url" > "$OUT/wrk-$name.txt"
-    local rps p50 p99
+    local rps p50 p99 n cpu ucpu hz
+    hz=$(getconf CLK_TCK)
     rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk-$name.txt")
     p50=$(awk '$1=="50%" {print $2}' "$OUT/wrk-$name.txt")
     p99=$(awk '$1=="99%" {print $2}' "$OUT/wrk-$name.txt")
-    echo "$name $rps $p50 $p99" >> "$OUT/results.txt"
+    n=$(awk '/requests in/ {print $1}' "$OUT/wrk-$name.txt")
+    # CPU microseconds per request: the proxy's own, and the upstream's.
+    cpu=$(( ($(ticks "$pid") - t0) * 1000000 / hz / (n > 0 ? n : 1) ))
+    ucpu=$(( ($(ticks "$PID_UP") - u0) * 1000000 / hz / (n > 0 ? n : 1) ))
+    echo "$name $rps $p50 $p99 $cpu $ucpu" >> "$OUT/results.txt"
 }
 
 # "calls usec_per_call" of EVALSHA (cumulative since the last resetstat).
@@ -153,17 +190,18 @@ redis_stat() { redis-cli -p $P_RS info commandstats | tr -d '\r' | awk -F'[:=,]'
 URL=/api/v2/tickets
 for r in $(seq 1 "$ROUNDS"); do
     echo "round $r/$ROUNDS"
-    run_wrk upstream "http://127.0.0.1:$P_UP$URL" bench.freshdesk.com
-    run_wrk nginx "http://127.0.0.1:$P_NGINX$URL" bench.freshdesk.com
-    run_wrk haproxy "http://127.0.0.1:$P_HA$URL" bench.freshdesk.com
-    run_wrk deskgate-memory "http://127.0.0.1:$P_MEM$URL" bench.freshdesk.com
+    run_wrk upstream "http://127.0.0.1:$P_UP$URL" bench.freshdesk.com "$PID_UP"
+    run_wrk relay "http://127.0.0.1:$P_RELAY$URL" bench.freshdesk.com "$PID_RELAY"
+    run_wrk nginx "http://127.0.0.1:$P_NGINX$URL" bench.freshdesk.com "$PID_NGINX"
+    run_wrk haproxy "http://127.0.0.1:$P_HA$URL" bench.freshdesk.com "$PID_HA"
+    run_wrk deskgate-memory "http://127.0.0.1:$P_MEM$URL" bench.freshdesk.com "${PID[mem]}"
     before=$(redis_stat); before_calls=${before%% *}; before_calls=${before_calls:-0}
-    run_wrk deskgate-redis "http://127.0.0.1:$P_REDIS$URL" bench.freshdesk.com
+    run_wrk deskgate-redis "http://127.0.0.1:$P_REDIS$URL" bench.freshdesk.com "${PID[redis]}"
     after=$(redis_stat)
     reqs=$(awk '/requests in/ {print $1}' "$OUT/wrk-deskgate-redis.txt")
     echo "redis-calls $reqs $(( ${after%% *} - before_calls )) ${after##* }" >> "$OUT/results.txt"
     before=$(redis_stat); before_calls=${before%% *}; before_calls=${before_calls:-0}
-    run_wrk deskgate-flood "http://127.0.0.1:$P_FLOOD$URL" flood.freshdesk.com
+    run_wrk deskgate-flood "http://127.0.0.1:$P_FLOOD$URL" flood.freshdesk.com "${PID[flood]}"
     after=$(redis_stat)
     reqs=$(awk '/requests in/ {print $1}' "$OUT/wrk-deskgate-flood.txt")
     non2xx=$(awk '/Non-2xx/ {print $5}' "$OUT/wrk-deskgate-flood.txt")
@@ -175,9 +213,10 @@ cat > "$OUT/pace.lua" <<'LUA'
 function delay() return 10 end
 LUA
 for r in $(seq 1 "$ROUNDS"); do
-    for t in "upstream $P_UP" "nginx $P_NGINX" "deskgate-memory $P_MEM" "deskgate-redis $P_REDIS"; do
+    for t in "upstream $P_UP $PID_UP" "relay $P_RELAY $PID_RELAY" "nginx $P_NGINX $PID_NGINX" \
+        "deskgate-memory $P_MEM ${PID[mem]}" "deskgate-redis $P_REDIS ${PID[redis]}"; do
         set -- $t
-        CONNS=20 run_wrk "light-$1" "http://127.0.0.1:$2$URL" bench.freshdesk.com -s "$OUT/pace.lua"
+        CONNS=20 run_wrk "light-$1" "http://127.0.0.1:$2$URL" bench.freshdesk.com "$3" -s "$OUT/pace.lua"
     done
 done
 
@@ -205,19 +244,19 @@ for line in open(sys.argv[1]):
     if p[0] in ('redis-calls', 'flood-calls', 'naive-script'):
         extra[p[0]].append(p[1:])
     else:
-        rows[p[0]].append((float(p[1]), ms(p[2]), ms(p[3])))
-med = {k: (st.median(a for a, _, _ in v), st.median(b for _, b, _ in v), st.median(c for _, _, c in v)) for k, v in rows.items()}
+        rows[p[0]].append((float(p[1]), ms(p[2]), ms(p[3]), float(p[4]), float(p[5])))
+med = {k: tuple(st.median(r[i] for r in v) for i in range(5)) for k, v in rows.items()}
 ng = med.get('nginx', (float('nan'),))[0]
-print(f"\n{'target':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x nginx':>9}   (medians of {len(rows['nginx'])} rounds)")
-for k in ['upstream', 'nginx', 'haproxy', 'deskgate-memory', 'deskgate-redis', 'deskgate-flood']:
+print(f"\n{'target':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x nginx':>9}{'CPU us/req':>12}{'upstream us':>13}   (medians of {len(rows['nginx'])} rounds)")
+for k in ['upstream', 'relay', 'nginx', 'haproxy', 'deskgate-memory', 'deskgate-redis', 'deskgate-flood']:
     if k in med:
-        r, p50, p99 = med[k]
-        print(f"{k:<24}{r:>10.0f}{p50:>9.3f}{p99:>9.3f}{r / ng:>9.2f}")
+        r, p50, p99, cpu, ucpu = med[k]
+        print(f"{k:<24}{r:>10.0f}{p50:>9.3f}{p99:>9.3f}{r / ng:>9.2f}{cpu:>12.0f}{ucpu:>13.0f}")
 print("\nlight load (~2,000 req/s): median latency and what each proxy adds to the upstream alone")
 base = med.get('light-upstream', (0, 0, 0))[1]
-for k in ['light-upstream', 'light-nginx', 'light-deskgate-memory', 'light-deskgate-redis']:
+for k in ['light-upstream', 'light-relay', 'light-nginx', 'light-deskgate-memory', 'light-deskgate-redis']:
     if k in med:
-        r, p50, p99 = med[k]
+        r, p50, p99, _, _ = med[k]
         print(f"{k:<24}{r:>10.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms  added p50 {p50 - base:+.3f} ms")
 for reqs, calls, usec in extra['redis-calls']:
     print(f"redis store: {reqs} requests, {calls} EVALSHA calls ({int(calls) / max(1, int(reqs)):.3f} per request); script time {usec} usec/call (INFO commandstats)")
