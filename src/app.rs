@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
+use crate::fast::FastPath;
 use crate::forward::Upstream;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
@@ -93,9 +94,16 @@ impl Gateway {
             None => None,
         };
         let webhooks_addr = webhooks.as_ref().map(|w| w.addr);
-        let opts = ListenerOptions { header_read_timeout: config.server.header_read_timeout, tls: tls.clone() };
+        let header_read_timeout = config.server.header_read_timeout;
         let shared =
             Arc::new(Shared { snapshot: ArcSwap::from_pointee(Snapshot::new(config)), limiter, upstream, metrics });
+        // DESKGATE_FAST_PATH=0 sends every call through hyper (for A/B measurements).
+        let fast_enabled = std::env::var("DESKGATE_FAST_PATH").map_or(true, |v| v != "0");
+        let fast = match shared.upstream.plain_pool() {
+            Some(pool) if fast_enabled => Some(Arc::new(FastPath { shared: shared.clone(), pool: pool.clone() })),
+            _ => None,
+        };
+        let opts = ListenerOptions { header_read_timeout, tls: tls.clone(), fast };
         let (shutdown, rx) = watch::channel(false);
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let draining = Arc::new(AtomicBool::new(false));
@@ -122,7 +130,7 @@ impl Gateway {
         });
         let admin_shared = shared.clone();
         let admin_draining = draining.clone();
-        let admin_opts = ListenerOptions { header_read_timeout: Duration::from_secs(10), tls: None };
+        let admin_opts = ListenerOptions { header_read_timeout: Duration::from_secs(10), tls: None, fast: None };
         let admin_task = tokio::spawn(async move {
             let handler = move |_peer, _tls, req| admin::handle(admin_shared.clone(), admin_draining.clone(), req);
             let graceful = server::serve(admin_listener, admin_opts, admin_rx, handler).await;

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -105,6 +106,8 @@ pub fn pooled_client(
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<Connector, Body>,
+    /// The fast path's pool, for a plain-HTTP upstream (`fast`).
+    plain: Option<Arc<crate::fast::Pool>>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
@@ -132,7 +135,12 @@ impl Upstream {
         let client = pooled_client(cfg.connect_timeout, cfg.ca_file.as_deref(), Duration::from_secs(90), 1024)?;
         let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = cfg.url.authority().cloned().ok_or_else(|| "upstream url has no host".to_owned())?;
-        Ok(Upstream { client, scheme, authority, timeout: cfg.timeout })
+        let plain = (scheme == Scheme::HTTP).then(|| {
+            let port = authority.port_u16().unwrap_or(80);
+            let pool = crate::fast::Pool::new(format!("{}:{port}", authority.host()), cfg.connect_timeout, cfg.timeout);
+            Arc::new(pool)
+        });
+        Ok(Upstream { client, plain, scheme, authority, timeout: cfg.timeout })
     }
 
     /// Sends `req` upstream and returns its response, streaming.
@@ -214,6 +222,11 @@ pub fn reject_for(e: UpstreamError, timeout: Duration, max_body_bytes: u64) -> R
 }
 
 impl Upstream {
+    /// The fast path's connection pool; `None` for an https upstream.
+    pub fn plain_pool(&self) -> Option<&Arc<crate::fast::Pool>> {
+        self.plain.as_ref()
+    }
+
     /// The configured response-headers timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -300,7 +313,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::UPGRADE);
 }
 
-fn set_forwarded(h: &mut HeaderMap, f: &Forwarding<'_>) {
+pub(crate) fn set_forwarded(h: &mut HeaderMap, f: &Forwarding<'_>) {
     let ip = f.peer.ip().to_string();
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         // Only a trusted proxy's chain is kept; anyone else's is replaced.

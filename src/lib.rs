@@ -37,6 +37,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod endpoint;
+pub mod fast;
 pub mod forward;
 pub mod headers;
 pub mod limiter;

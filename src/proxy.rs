@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderValue;
+use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
-use crate::forward::{self, Forwarding, X_REQUEST_ID};
+use crate::forward::{self, Forwarding, UpstreamError, X_REQUEST_ID};
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{EndpointLabel, Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason};
 use crate::reject::Reject;
@@ -31,53 +31,98 @@ pub struct ConnInfo {
 }
 
 /// What the single exit needs to know about one call.
-struct RequestCtx {
+pub(crate) struct RequestCtx {
     start: Instant,
-    request_id: HeaderValue,
-    /// `None` for portal (non-API) traffic, which is forwarded unpoliced.
+    pub(crate) request_id: HeaderValue,
+    /// `false` for portal (non-API) traffic, which is forwarded unpoliced.
     api: bool,
     tenant: Option<Arc<Tenant>>,
     endpoint: Endpoint,
     decision: Option<Decision>,
     /// Time spent waiting for the upstream's response headers.
     upstream: Option<Duration>,
-    reject: Option<&'static str>,
+    pub(crate) reject: Option<&'static str>,
+}
+
+impl RequestCtx {
+    pub(crate) fn new(request_id: HeaderValue) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            request_id,
+            api: false,
+            tenant: None,
+            endpoint: Endpoint::Other,
+            decision: None,
+            upstream: None,
+            reject: None,
+        }
+    }
 }
 
 /// Serves one downstream request. Never fails: every refusal becomes a response.
 pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let snap = shared.snapshot.load_full();
-    let mut cx = RequestCtx {
-        start: Instant::now(),
-        request_id: request_id(&req),
-        api: false,
-        tenant: None,
-        endpoint: Endpoint::Other,
-        decision: None,
-        upstream: None,
-        reject: None,
+    let mut cx = RequestCtx::new(request_id(req.headers()));
+    let (parts, body) = req.into_parts();
+    let body_present = checks::has_body(&parts.headers) || !body.is_end_stream();
+    let rsp = match decide(&shared, &snap, conn, &mut cx, &parts, body_present).await {
+        Ok(plan) => {
+            let fwd = plan.forwarding(&snap.config, conn, cx.request_id.clone());
+            let start = Instant::now();
+            let result = shared.upstream.send(&fwd, Request::from_parts(parts, body)).await;
+            upstream_done(&shared, &mut cx, start.elapsed(), result.as_ref().err().copied());
+            result.map_err(|e| forward::reject_for(e, shared.upstream.timeout(), fwd.max_body_bytes))
+        }
+        Err(reject) => Err(reject),
     };
-    let rsp = match police(&shared, &snap, conn, &mut cx, req).await {
+    let mut rsp = match rsp {
         Ok(rsp) => rsp,
         Err(reject) => {
             cx.reject = Some(reject.code());
             reject.into_response()
         }
     };
-    Ok(finish(&shared, &cx, rsp))
+    let status = rsp.status().as_u16();
+    finish(&shared, &cx, status, rsp.headers_mut());
+    Ok(rsp)
 }
 
-/// Steps 1–10. Every `?` is a refusal that consumes nothing (but see `charge_invalid`).
-async fn police(
+/// Where a call that passed every check goes (step 10).
+pub(crate) struct Plan {
+    https: bool,
+    /// The tenant it was charged to; `None` for portal traffic.
+    tenant: Option<Arc<Tenant>>,
+    /// The normalised path, when it differs from the one received.
+    path: Option<String>,
+}
+
+impl Plan {
+    pub(crate) fn forwarding(&self, cfg: &Config, conn: ConnInfo, request_id: HeaderValue) -> Forwarding<'_> {
+        Forwarding {
+            peer: conn.peer,
+            https: self.https,
+            peer_trusted: is_trusted(cfg, conn.peer),
+            host: self.tenant.as_ref().map(|t| &*t.domain),
+            path: self.path.as_deref(),
+            request_id,
+            max_body_bytes: cfg.server.max_body_bytes,
+        }
+    }
+}
+
+/// Steps 1–9 on the request head. Every `?` is a refusal that consumes
+/// nothing (but see `charge_invalid`). Both the hyper service above and the
+/// HTTP/1.1 fast path (`fast`) decide here, so they cannot drift apart.
+pub(crate) async fn decide(
     shared: &Shared,
     snap: &Snapshot,
     conn: ConnInfo,
     cx: &mut RequestCtx,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Reject> {
+    parts: &http::request::Parts,
+    body_present: bool,
+) -> Result<Plan, Reject> {
     let cfg = &*snap.config;
-    let https = is_https(cfg, conn, &req);
-    let (parts, body) = req.into_parts();
+    let https = is_https(cfg, conn, &parts.headers);
     // `Some` only when normalisation changed the spelling (the common case allocates nothing).
     let normalized = endpoint::normalize_path(parts.uri.path()).map(|p| match p {
         Cow::Owned(s) => Some(s),
@@ -94,16 +139,15 @@ async fn police(
         // The portal is forwarded untouched, except a spelling that mentions
         // the API but normalises outside it (`/api/v2/../../x`): the upstream
         // gets the normalised path, so it cannot read an API call into it.
-        let path = match &normalized {
-            Ok(Some(p)) if parts.uri.path().to_ascii_lowercase().contains("api") => Some(p.as_str()),
+        let path = match normalized {
+            Ok(Some(p)) if parts.uri.path().to_ascii_lowercase().contains("api") => Some(p),
             _ => None,
         };
-        let fwd = forwarding(cfg, conn, https, None, path, cx.request_id.clone());
-        return send(shared, cx, &fwd, Request::from_parts(parts, body)).await;
+        return Ok(Plan { https, tenant: None, path });
     }
     cx.api = true;
 
-    let host = tenant::requested_host(&parts)?;
+    let host = tenant::requested_host(parts)?;
     // Label a vanity-host refusal with its tenant: the name comes from config.
     cx.tenant = snap.hosts.get(&*host).map(|(t, _)| t.clone());
     let tenant = tenant::resolve(snap, &host)?.clone(); // 1
@@ -116,7 +160,6 @@ async fn police(
     }
     let normalized = normalized?;
     let path = normalized.as_deref().unwrap_or(parts.uri.path());
-    let body_present = checks::has_body(&parts.headers) || !body.is_end_stream();
     let route = endpoint::classify(&parts.method, path, parts.uri.query()).map(|r| (r.endpoint, r.cost)); // 4
     if let Ok((endpoint, _)) = route {
         cx.endpoint = endpoint;
@@ -155,45 +198,16 @@ async fn police(
         }
         tracing::info!(tenant = %tenant.name, endpoint = endpoint.as_str(), request_id = cx.request_id.to_str().unwrap_or(""), "shadow: would answer 429");
     }
-
-    let fwd = forwarding(cfg, conn, https, Some(&tenant.domain), normalized.as_deref(), cx.request_id.clone());
-    send(shared, cx, &fwd, Request::from_parts(parts, body)).await // 10
+    Ok(Plan { https, tenant: Some(tenant), path: normalized })
 }
 
-fn forwarding<'a>(
-    cfg: &Config,
-    conn: ConnInfo,
-    https: bool,
-    host: Option<&'a str>,
-    path: Option<&'a str>,
-    request_id: HeaderValue,
-) -> Forwarding<'a> {
-    Forwarding {
-        peer: conn.peer,
-        https,
-        peer_trusted: is_trusted(cfg, conn.peer),
-        host,
-        path,
-        request_id,
-        max_body_bytes: cfg.server.max_body_bytes,
-    }
-}
-
-async fn send(
-    shared: &Shared,
-    cx: &mut RequestCtx,
-    fwd: &Forwarding<'_>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Reject> {
-    let start = Instant::now();
-    let result = shared.upstream.send(fwd, req).await;
-    let waited = start.elapsed();
+/// Records the upstream exchange (step 10) for the single exit and the metrics.
+pub(crate) fn upstream_done(shared: &Shared, cx: &mut RequestCtx, waited: Duration, error: Option<UpstreamError>) {
     cx.upstream = Some(waited);
     shared.metrics.upstream_duration.observe(waited.as_secs_f64());
-    result.map_err(|e| {
+    if let Some(e) = error {
         shared.metrics.upstream_errors.get_or_create(&crate::metrics::KindLabel { kind: e.kind() }).inc();
-        forward::reject_for(e, shared.upstream.timeout(), fwd.max_body_bytes)
-    })
+    }
 }
 
 fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {
@@ -203,13 +217,12 @@ fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {
 
 /// Step 2's notion of HTTPS: TLS on this connection, or a trusted proxy's
 /// `X-Forwarded-Proto: https`.
-fn is_https(cfg: &Config, conn: ConnInfo, req: &Request<Incoming>) -> bool {
+fn is_https(cfg: &Config, conn: ConnInfo, headers: &HeaderMap) -> bool {
     if conn.tls {
         return true;
     }
     is_trusted(cfg, conn.peer)
-        && req
-            .headers()
+        && headers
             .get(&forward::X_FORWARDED_PROTO)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
@@ -217,8 +230,8 @@ fn is_https(cfg: &Config, conn: ConnInfo, req: &Request<Incoming>) -> bool {
 }
 
 /// The downstream's `X-Request-Id` if it sent a sane one, else a fresh one.
-fn request_id(req: &Request<Incoming>) -> HeaderValue {
-    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 200 {
             return v.clone();
         }
@@ -237,16 +250,16 @@ fn hex(mut n: u128, out: &mut [u8; 32]) {
     }
 }
 
-/// The single exit: rate-limit headers, request id, metrics and one log line.
-fn finish(shared: &Shared, cx: &RequestCtx, mut rsp: Response<Body>) -> Response<Body> {
+/// The single exit: rate-limit headers and the request id into `h` (the
+/// response's headers), metrics and one log line.
+pub(crate) fn finish(shared: &Shared, cx: &RequestCtx, status: u16, h: &mut HeaderMap) {
     if let Some(d) = &cx.decision {
-        headers::render(d, rsp.headers_mut());
+        headers::render(d, h);
     }
-    rsp.headers_mut().insert(X_REQUEST_ID.clone(), cx.request_id.clone());
+    h.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
     if !cx.api {
-        return rsp;
+        return;
     }
-    let status = rsp.status().as_u16();
     let endpoint = cx.endpoint.as_str();
     let tenant = Name(cx.tenant.as_ref().map_or_else(|| Arc::from("unknown"), |t| t.name.clone()));
     let m = &shared.metrics;
@@ -279,5 +292,4 @@ fn finish(shared: &Shared, cx: &RequestCtx, mut rsp: Response<Body>) -> Response
             tracing::debug!(tenant = %tenant.0, endpoint, status, request_id = cx.request_id.to_str().unwrap_or(""), elapsed_us = total.as_micros() as u64, "served");
         }
     }
-    rsp
 }

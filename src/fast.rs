@@ -1,0 +1,272 @@
+//! The HTTP/1.1 fast path for the common call: a plain-TCP request without a
+//! body, forwarded to a plain-HTTP upstream.
+//!
+//! Most API traffic is `GET /api/v2/...` with no body. For it, hyper's server
+//! and client codecs, the pooled client's per-connection task and channel,
+//! and the boxed bodies in between cost more CPU than the policing itself
+//! (see BENCHMARKS.md). Here the connection's own task reads the head,
+//! decides with the very same `proxy::decide` the hyper service uses, writes
+//! the request to a pooled upstream socket, and copies the answer back with
+//! the gateway's headers spliced into its head: usually one read and one
+//! write on each socket.
+//!
+//! Anything else — a request with a body, `Transfer-Encoding`, `Upgrade`,
+//! `Expect`, `Connection` options, HTTP/1.0, h2c, an absolute-form target, a
+//! head that does not parse or is very large — is handed to hyper together
+//! with the bytes already read, and hyper serves the connection from then on.
+//! So every unusual or hostile shape meets the same code as before.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::forward;
+use crate::proxy::{self, ConnInfo, RequestCtx};
+use crate::reject::Reject;
+use crate::state::Shared;
+
+mod chunked;
+mod upstream;
+
+pub use upstream::Pool;
+
+/// A request head larger than this goes to hyper (which answers 431 past its own limit).
+const MAX_HEAD: usize = 16 * 1024;
+/// More fields than this: hyper's turn.
+const MAX_HEADERS: usize = 64;
+
+/// What the fast path needs: the shared state and the upstream pool.
+pub struct FastPath {
+    pub shared: Arc<Shared>,
+    pub pool: Arc<Pool>,
+}
+
+/// How a connection left the fast path.
+pub enum Outcome {
+    /// Closed (by either side, a timeout or shutdown).
+    Closed,
+    /// Not a fast-path request: hyper serves the rest of the connection,
+    /// starting with these bytes.
+    HandOver(Vec<u8>, TcpStream),
+}
+
+// Moved once per request; a box would cost an allocation each time.
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    Complete(usize, http::request::Parts),
+    Closed,
+    NotMine,
+}
+
+/// Serves requests on `stream` for as long as they are fast-path requests.
+pub async fn serve(
+    fp: &FastPath,
+    mut stream: TcpStream,
+    peer: std::net::SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+    header_read_timeout: Duration,
+) -> Outcome {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let (len, parts) = match read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown).await {
+            Head::Complete(len, parts) => (len, parts),
+            Head::Closed => return Outcome::Closed,
+            Head::NotMine => return Outcome::HandOver(buf, stream),
+        };
+        buf.drain(..len);
+        let conn = ConnInfo { peer, tls: false };
+        if !handle(fp, &mut stream, &mut out, conn, parts).await || *shutdown.borrow() {
+            return Outcome::Closed;
+        }
+    }
+}
+
+/// Reads until `buf` starts with a complete request head that the fast path
+/// takes. The clock starts when the wait does, as hyper's `header_read_timeout`.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Head {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if !buf.is_empty() {
+            match parse_request(buf) {
+                Parse::Complete(len, parts) => return Head::Complete(len, parts),
+                Parse::NotMine => return Head::NotMine,
+                Parse::Partial if buf.len() >= MAX_HEAD => return Head::NotMine,
+                Parse::Partial => {}
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        let idle = buf.is_empty();
+        let read = tokio::select! {
+            biased;
+            // An idle keep-alive connection closes at shutdown; a half-read head is finished.
+            _ = shutdown.wait_for(|s| *s), if idle => return Head::Closed,
+            r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => r,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Head::Closed,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Parse {
+    Complete(usize, http::request::Parts),
+    Partial,
+    NotMine,
+}
+
+/// Header fields that make a request hyper's: bodies, upgrades, interim
+/// answers and connection options.
+fn not_mine(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::EXPECT
+        || name == header::TE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+        || name.as_str() == "http2-settings"
+}
+
+fn parse_request(buf: &[u8]) -> Parse {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::NotMine,
+    };
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Parse::NotMine;
+    };
+    if !path.starts_with('/') {
+        return Parse::NotMine;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::NotMine };
+    let Ok(uri) = path.parse::<Uri>() else { return Parse::NotMine };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for f in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value))
+        else {
+            return Parse::NotMine;
+        };
+        if not_mine(&name) {
+            return Parse::NotMine;
+        }
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Parse::Complete(len, parts)
+}
+
+/// One request: decide, forward or refuse, answer. `false` when the
+/// downstream connection must close.
+async fn handle(
+    fp: &FastPath,
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    conn: ConnInfo,
+    mut parts: http::request::Parts,
+) -> bool {
+    let shared = &*fp.shared;
+    let snap = shared.snapshot.load_full();
+    let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
+    let head_only = parts.method == Method::HEAD;
+    let plan = match proxy::decide(shared, &snap, conn, &mut cx, &parts, false).await {
+        Ok(plan) => plan,
+        Err(reject) => return refuse(shared, stream, out, &mut cx, reject, head_only).await,
+    };
+    let fwd = plan.forwarding(&snap.config, conn, cx.request_id.clone());
+    forward::strip_hop_by_hop(&mut parts.headers);
+    forward::set_forwarded(&mut parts.headers, &fwd);
+    let path = fwd.path.unwrap_or(parts.uri.path());
+    upstream::write_request_head(out, &parts.method, path, parts.uri.query(), &parts.headers);
+
+    let start = Instant::now();
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    let exchange = fp.pool.exchange(out, idempotent, head_only).await;
+    proxy::upstream_done(shared, &mut cx, start.elapsed(), exchange.as_ref().err().copied());
+    let mut exchange = match exchange {
+        Ok(x) => x,
+        Err(e) => {
+            let reject = forward::reject_for(e, fp.pool.timeout(), snap.config.server.max_body_bytes);
+            return refuse(shared, stream, out, &mut cx, reject, head_only).await;
+        }
+    };
+    let mut ours = HeaderMap::new();
+    proxy::finish(shared, &cx, exchange.status(), &mut ours);
+    out.clear();
+    exchange.write_response_head(out, &ours);
+    exchange.relay_body(stream, out).await
+}
+
+/// Answers a refusal (or an upstream failure) as the hyper path would.
+async fn refuse(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    cx: &mut RequestCtx,
+    reject: Reject,
+    head_only: bool,
+) -> bool {
+    cx.reject = Some(reject.code());
+    let mut rsp = reject.into_response();
+    let status = rsp.status();
+    proxy::finish(shared, cx, status.as_u16(), rsp.headers_mut());
+    let (parts, body) = rsp.into_parts();
+    // A refusal's body is a single in-memory chunk: this does not wait.
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_else(|_| Bytes::new());
+    out.clear();
+    write_status_line(out, status);
+    for (name, value) in &parts.headers {
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let mut n = itoa::Buffer::new();
+    write_field(out, b"content-length", n.format(body.len()).as_bytes());
+    write_field(out, b"date", httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&body);
+    }
+    stream.write_all(out).await.is_ok()
+}
+
+fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}

@@ -1,0 +1,398 @@
+//! The fast path's side of the upstream: a stack of idle keep-alive sockets,
+//! one request written per exchange, and the answer's head re-written with
+//! the gateway's fields while its body is copied through unchanged.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use http::header::HeaderMap;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::chunked::Chunked;
+use super::{write_field, write_status_line};
+use crate::forward::UpstreamError;
+
+/// An upstream head larger than this is refused (502), as hyper's client would.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_HEADERS: usize = 100;
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    idle_since: Instant,
+}
+
+/// Idle connections to one plain-HTTP upstream, most recently used on top.
+pub struct Pool {
+    authority: String,
+    connect_timeout: Duration,
+    timeout: Duration,
+    idle: Mutex<Vec<Conn>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(authority: String, connect_timeout: Duration, timeout: Duration) -> Pool {
+        // Idle sockets are closed after 50 s, before common upstream
+        // keep-alive timeouts (nginx: 75 s) close them under a request.
+        Pool {
+            authority,
+            connect_timeout,
+            timeout,
+            idle: Mutex::new(Vec::new()),
+            max_idle: 1024,
+            idle_timeout: Duration::from_secs(50),
+        }
+    }
+
+    /// The response-head timeout (and the longest pause inside a body).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn checkout(&self) -> Option<Conn> {
+        loop {
+            let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            if conn.idle_since.elapsed() >= self.idle_timeout {
+                // Everything below is older still.
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                return None;
+            }
+            // Anything readable on an idle socket is a close (or garbage): drop it.
+            let mut probe = [0u8; 1];
+            match conn.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
+                _ => continue,
+            }
+        }
+    }
+
+    fn checkin(&self, mut conn: Conn) {
+        conn.idle_since = Instant::now();
+        conn.buf.clear();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
+        let connect = async {
+            let mut last = None;
+            for addr in tokio::net::lookup_host(&self.authority).await.map_err(|_| UpstreamError::Connect)? {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = Some(e),
+                }
+            }
+            drop(last);
+            Err(UpstreamError::Connect)
+        };
+        let stream =
+            tokio::time::timeout(self.connect_timeout, connect).await.map_err(|_| UpstreamError::Connect)??;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn { stream, buf: Vec::with_capacity(4096), idle_since: Instant::now() })
+    }
+
+    /// Writes the request head and reads the response head, within the
+    /// upstream timeout. A request that meets a pooled socket the upstream
+    /// had already closed (nothing at all came back) is sent once more on a
+    /// new connection, if repeating it is safe.
+    pub async fn exchange(
+        &self,
+        head: &[u8],
+        idempotent: bool,
+        head_only: bool,
+    ) -> Result<Exchange<'_>, UpstreamError> {
+        let attempt = async {
+            for retry in [true, false] {
+                let (mut conn, reused) = match self.checkout() {
+                    Some(c) => (c, true),
+                    None => (self.connect().await?, false),
+                };
+                let may_retry = retry && reused && idempotent;
+                if conn.stream.write_all(head).await.is_err() {
+                    if may_retry {
+                        continue;
+                    }
+                    return Err(UpstreamError::Protocol);
+                }
+                match read_response_head(&mut conn, head_only).await {
+                    Ok(head) => return Ok((conn, head)),
+                    Err(ReadError::ClosedEarly) if may_retry => continue,
+                    Err(_) => return Err(UpstreamError::Protocol),
+                }
+            }
+            Err(UpstreamError::Protocol)
+        };
+        let (conn, head) = tokio::time::timeout(self.timeout, attempt).await.map_err(|_| UpstreamError::Timeout)??;
+        Ok(Exchange { pool: self, conn: Some(conn), head })
+    }
+}
+
+enum ReadError {
+    /// The socket closed before a single byte of the answer.
+    ClosedEarly,
+    Broken,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes; the downstream connection closes after it.
+    Close,
+}
+
+struct ResponseHead {
+    status: StatusCode,
+    /// Length of the head in `conn.buf` (body bytes may follow).
+    len: usize,
+    framing: Framing,
+    /// The upstream keeps the connection open after this answer.
+    reusable: bool,
+}
+
+async fn read_response_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, ReadError> {
+    conn.buf.clear();
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_response(&conn.buf, head_only)? {
+                Some(head) if head.status.is_informational() => {
+                    // 100 Continue and friends: not for us (we never send `Expect`).
+                    conn.buf.drain(..head.len);
+                    continue;
+                }
+                Some(head) => return Ok(head),
+                None if conn.buf.len() >= MAX_RESPONSE_HEAD => return Err(ReadError::Broken),
+                None => {}
+            }
+        }
+        if conn.buf.capacity() - conn.buf.len() < 1024 {
+            conn.buf.reserve(4096);
+        }
+        let was_empty = conn.buf.is_empty();
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) | Err(_) if was_empty => return Err(ReadError::ClosedEarly),
+            Ok(0) | Err(_) => return Err(ReadError::Broken),
+            Ok(_) => {}
+        }
+    }
+}
+
+fn parse_response(buf: &[u8], head_only: bool) -> Result<Option<ResponseHead>, ReadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut rsp = httparse::Response::new(&mut fields);
+    let len = match rsp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ReadError::Broken),
+    };
+    let status = rsp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ReadError::Broken)?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ReadError::Broken);
+    }
+    let mut reusable = rsp.version == Some(1);
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut encoded = false;
+    for f in rsp.headers.iter() {
+        if f.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(f.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Err(ReadError::Broken),
+            }
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            encoded = true;
+            chunked = f
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if f.name.eq_ignore_ascii_case("connection")
+            && f.value.split(|&b| b == b',').any(|o| o.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            reusable = false;
+        }
+    }
+    let bodiless = head_only
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational();
+    let framing = if bodiless {
+        Framing::Length(0)
+    } else if encoded {
+        // RFC 9112 §6.3: Transfer-Encoding wins over Content-Length.
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    if matches!(framing, Framing::Close) {
+        reusable = false;
+    }
+    Ok(Some(ResponseHead { status, len, framing, reusable }))
+}
+
+/// One answered exchange: the head is parsed, the body not yet copied.
+pub struct Exchange<'p> {
+    pool: &'p Pool,
+    /// `None` once the socket is closed or back in the pool.
+    conn: Option<Conn>,
+    head: ResponseHead,
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1), dropped from the answer.
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer"];
+
+impl Exchange<'_> {
+    pub fn status(&self) -> u16 {
+        self.head.status.as_u16()
+    }
+
+    /// The downstream head: the upstream's status and fields, minus
+    /// hop-by-hop ones and the ones the gateway sets (`ours`, which follow).
+    pub fn write_response_head(&self, out: &mut Vec<u8>, ours: &HeaderMap) {
+        let Some(conn) = &self.conn else { return };
+        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut rsp = httparse::Response::new(&mut fields);
+        // Parsed once already; this second pass only walks the same bytes.
+        let _ = rsp.parse(&conn.buf[..self.head.len]);
+        write_status_line(out, self.head.status);
+        // Fields named by `Connection` are hop-by-hop too.
+        let named: Vec<&[u8]> = rsp
+            .headers
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|f| f.value.split(|&b| b == b','))
+            .map(|n| n.trim_ascii())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let mut dated = false;
+        for f in rsp.headers.iter() {
+            let name = f.name;
+            if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+                || name.eq_ignore_ascii_case("upgrade")
+                || named.iter().any(|n| name.as_bytes().eq_ignore_ascii_case(n))
+                || ours.contains_key(name)
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("transfer-encoding") && !matches!(self.head.framing, Framing::Chunked) {
+                continue;
+            }
+            dated |= name.eq_ignore_ascii_case("date");
+            write_field(out, name.as_bytes(), f.value);
+        }
+        for (name, value) in ours {
+            write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !dated {
+            write_field(out, b"date", httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+        }
+        if matches!(self.head.framing, Framing::Close) {
+            write_field(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Writes `out` (the head) and the body to the downstream, then returns
+    /// the upstream socket to the pool if the answer ended cleanly. `false`
+    /// when the downstream connection must close.
+    pub async fn relay_body(&mut self, down: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+        let Some(mut conn) = self.conn.take() else { return false };
+        let framing = self.head.framing;
+        let mut chunked = Chunked::default();
+        // What is left of the body, for a length-delimited one.
+        let mut left = match framing {
+            Framing::Length(n) => n,
+            _ => u64::MAX,
+        };
+        let mut start = self.head.len;
+        loop {
+            // The body bytes already read, up to the end of this answer.
+            let avail = &conn.buf[start..];
+            let (take, done) = match framing {
+                Framing::Length(_) => {
+                    let take = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    left -= take as u64;
+                    (take, left == 0)
+                }
+                Framing::Chunked => match chunked.feed(avail) {
+                    Ok(n) => (n, chunked.done()),
+                    Err(()) => {
+                        // Broken framing: what was sent cannot be completed.
+                        let _ = down.write_all(out).await;
+                        return false;
+                    }
+                },
+                Framing::Close => (avail.len(), false),
+            };
+            out.extend_from_slice(&avail[..take]);
+            let extra = avail.len() > take;
+            if done {
+                if down.write_all(out).await.is_err() {
+                    return false;
+                }
+                // Bytes past the end of the answer: the socket is out of step.
+                if self.head.reusable && !extra {
+                    self.pool.checkin(conn);
+                }
+                return true;
+            }
+            if !out.is_empty() && down.write_all(out).await.is_err() {
+                return false;
+            }
+            out.clear();
+            conn.buf.clear();
+            start = 0;
+            if conn.buf.capacity() < 8192 {
+                conn.buf.reserve(8192);
+            }
+            // The upstream may pause, but not for longer than its timeout.
+            match tokio::time::timeout(self.pool.timeout, conn.stream.read_buf(&mut conn.buf)).await {
+                Ok(Ok(0)) if matches!(framing, Framing::Close) => return false,
+                Ok(Ok(n)) if n > 0 => {}
+                // Cut short (EOF, error, stall): end the downstream stream short too.
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// The request head as it goes upstream (origin-form, HTTP/1.1, no body).
+pub fn write_request_head(out: &mut Vec<u8>, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+impl From<ReadError> for UpstreamError {
+    fn from(_: ReadError) -> UpstreamError {
+        UpstreamError::Protocol
+    }
+}

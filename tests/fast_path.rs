@@ -1,0 +1,312 @@
+//! The HTTP/1.1 fast path (`src/fast.rs`) against an upstream that answers
+//! with hand-written bytes: every way an HTTP/1.1 answer can be framed, a
+//! keep-alive socket the upstream closes while it sits in the pool, and a
+//! connection that moves from the fast path to hyper halfway through.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ACME: &str = "acme.freshdesk.com";
+const AUTH: &str = "Authorization: Basic YXBpa2V5Olg=\r\n";
+
+/// An upstream that reads each request head and answers with the bytes
+/// `script` returns for its path; `Close` after the answer closes the socket.
+struct Scripted {
+    addr: std::net::SocketAddr,
+    connections: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+enum Answer {
+    KeepOpen(Vec<u8>),
+    Close(Vec<u8>),
+}
+
+async fn scripted(script: fn(&str) -> Answer) -> Scripted {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let (c, h) = (connections.clone(), heads.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let h = h.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = read_head(&mut s, &mut buf).await else { return };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    h.lock().unwrap().push(head);
+                    match script(&path) {
+                        Answer::KeepOpen(bytes) => {
+                            if s.write_all(&bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                        Answer::Close(bytes) => {
+                            let _ = s.write_all(&bytes).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Scripted { addr, connections, heads }
+}
+
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn answers(path: &str) -> Answer {
+    let body = br#"{"ok":true}"#;
+    match path {
+        "/api/v2/tickets?shape=chunked" => Answer::KeepOpen(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nx-ratelimit-total: 999\r\n\r\n4\r\n[{\"a\r\n6;ext=1\r\n\":1},{\r\n6\r\n\"b\":2}\r\n1\r\n]\r\n0\r\nx-trailer: t\r\n\r\n".to_vec(),
+        ),
+        "/api/v2/tickets?shape=until-close" => {
+            Answer::Close(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n[1,2,3]".to_vec())
+        }
+        "/api/v2/tickets?shape=closes-after" => Answer::Close(
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes().into_iter().chain(body.iter().copied()).collect(),
+        ),
+        "/api/v2/tickets?shape=hop" => Answer::KeepOpen(
+            format!("HTTP/1.1 201 Created\r\nconnection: x-secret\r\nx-secret: 1\r\nkeep-alive: timeout=5\r\nupgrade: h2c\r\nx-kept: yes\r\ncontent-length: {}\r\n\r\n", body.len())
+                .into_bytes()
+                .into_iter()
+                .chain(body.iter().copied())
+                .collect(),
+        ),
+        "/api/v2/tickets?shape=continue" => Answer::KeepOpen(
+            format!("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes().into_iter().chain(body.iter().copied()).collect(),
+        ),
+        "/api/v2/tickets?shape=bad-chunks" => {
+            Answer::Close(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabc".to_vec())
+        }
+        "/api/v2/tickets?shape=garbage" => Answer::Close(b"SMTP ready\r\n\r\n".to_vec()),
+        _ => Answer::KeepOpen(
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len())
+                .into_bytes()
+                .into_iter()
+                .chain(body.iter().copied())
+                .collect(),
+        ),
+    }
+}
+
+/// Sends `req` on `s` and reads one answer: head, then a body framed by
+/// content-length, chunked or close.
+async fn exchange(s: &mut TcpStream, req: &str) -> (String, Vec<u8>) {
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_answer(s, req.starts_with("HEAD")).await
+}
+
+async fn read_more(s: &mut TcpStream, body: &mut Vec<u8>) -> usize {
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
+    body.extend_from_slice(&chunk[..n]);
+    n
+}
+
+async fn read_answer(s: &mut TcpStream, head_only: bool) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), read_head(s, &mut buf)).await.unwrap().expect("an answer");
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    let mut body = buf[end..].to_vec();
+    let length =
+        head.lines().find_map(|l| l.strip_prefix("content-length: ")).map(|v| v.trim().parse::<usize>().unwrap());
+    if head_only || head.starts_with("http/1.1 204") {
+        return (head, body);
+    }
+    if head.contains("transfer-encoding: chunked") {
+        while !body.ends_with(b"\r\n\r\n") || !body.windows(3).any(|w| w == b"0\r\n") {
+            if read_more(s, &mut body).await == 0 {
+                break;
+            }
+        }
+    } else if let Some(n) = length {
+        while body.len() < n {
+            if read_more(s, &mut body).await == 0 {
+                break;
+            }
+        }
+    } else {
+        while read_more(s, &mut body).await > 0 {}
+    }
+    (head, body)
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}\r\n")
+}
+
+#[tokio::test]
+async fn a_chunked_answer_passes_through_whole_and_its_connection_is_reused() {
+    let up = scripted(answers).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..3 {
+        let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=chunked")).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        // The gateway's budget headers replace the upstream's own.
+        assert!(head.contains("x-ratelimit-total: 400"), "{head}");
+        assert!(!head.contains("x-ratelimit-total: 999"), "{head}");
+        assert!(head.contains("x-request-id: "), "{head}");
+        assert!(head.contains("date: "), "{head}");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.starts_with("4\r\n[{\"a\r\n") && text.ends_with("0\r\nx-trailer: t\r\n\r\n"), "{text:?}");
+    }
+    // One downstream connection, one upstream connection for all three.
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_answer_delimited_by_close_is_copied_whole_and_the_connection_closes() {
+    let up = scripted(answers).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=until-close")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, b"[1,2,3]");
+}
+
+#[tokio::test]
+async fn hop_by_hop_fields_of_the_answer_are_dropped_and_interim_answers_skipped() {
+    let up = scripted(answers).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=hop")).await;
+    assert!(head.starts_with("http/1.1 201 created"), "{head}");
+    for gone in ["connection:", "x-secret:", "keep-alive:", "upgrade:"] {
+        assert!(!head.contains(gone), "{gone} in {head}");
+    }
+    assert!(head.contains("x-kept: yes"), "{head}");
+    assert_eq!(body, br#"{"ok":true}"#);
+    let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=continue")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, br#"{"ok":true}"#);
+}
+
+#[tokio::test]
+async fn a_head_request_gets_no_body_and_the_connection_stays_usable() {
+    let up = scripted(answers).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (head, body) = exchange(&mut s, &format!("HEAD /api/v2/tickets HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}\r\n")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.is_empty(), "{body:?}");
+    let (head, body) = exchange(&mut s, &get("/api/v2/tickets")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(body, br#"{"ok":true}"#);
+}
+
+#[tokio::test]
+async fn a_pooled_socket_the_upstream_closed_is_not_used_and_no_call_is_lost() {
+    let up = scripted(answers).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..5 {
+        // The upstream answers with a length and then closes without saying so.
+        let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=closes-after")).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, br#"{"ok":true}"#);
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn a_broken_upstream_gets_502_and_broken_chunks_end_the_downstream_stream() {
+    let up = scripted(answers).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=garbage")).await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("bad_gateway"), "{:?}", String::from_utf8_lossy(&body));
+    // The head was already sent when the chunks broke: the stream is cut.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(get("/api/v2/tickets?shape=bad-chunks").as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_connection_moves_to_hyper_for_a_body_with_nothing_lost() {
+    let up = RecordingUpstream::start().await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let body = r#"{"subject":"x"}"#;
+    // Three pipelined requests in one write: fast path, hyper (a body), hyper.
+    let reqs = format!(
+        "{}POST /api/v2/tickets HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}{}",
+        get("/api/v2/tickets"),
+        body.len(),
+        get("/api/v2/contacts"),
+    );
+    s.write_all(reqs.as_bytes()).await.unwrap();
+    for _ in 0..3 {
+        let (head, _) = read_answer(&mut s, false).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    let calls: Vec<(String, String, usize)> =
+        seen.iter().map(|r| (r.method.to_string(), r.uri.clone(), r.body_len)).collect();
+    assert_eq!(
+        calls,
+        vec![
+            ("GET".to_owned(), "/api/v2/tickets".to_owned(), 0),
+            ("POST".to_owned(), "/api/v2/tickets".to_owned(), body.len()),
+            ("GET".to_owned(), "/api/v2/contacts".to_owned(), 0),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_sees_the_same_request_head_from_both_paths() {
+    let up = scripted(answers).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // Fast path: no body.
+    exchange(&mut s, &get("//API/v2/./tickets/?page=2")).await;
+    // hyper: the same call with an empty body declared.
+    let req = format!("GET //API/v2/./tickets/?page=2 HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}content-length: 0\r\n\r\n");
+    exchange(&mut s, &req).await;
+    let heads = up.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2);
+    let fields = |h: &str| {
+        let mut lines: Vec<String> = h
+            .lines()
+            .map(str::to_lowercase)
+            .filter(|l| !l.is_empty() && !l.starts_with("x-request-id:") && !l.starts_with("content-length:"))
+            .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(fields(&heads[0]), fields(&heads[1]));
+    assert!(heads[0].starts_with("GET /api/v2/tickets?page=2 HTTP/1.1\r\n"), "{}", heads[0]);
+}
