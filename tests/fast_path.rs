@@ -83,7 +83,7 @@ fn answers(path: &str) -> Answer {
     let body = br#"{"ok":true}"#;
     match path {
         "/api/v2/tickets?shape=chunked" => Answer::KeepOpen(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nx-ratelimit-total: 999\r\n\r\n4\r\n[{\"a\r\n6;ext=1\r\n\":1},{\r\n6\r\n\"b\":2}\r\n1\r\n]\r\n0\r\nx-trailer: t\r\n\r\n".to_vec(),
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\nx-ratelimit-total: 999\r\n\r\n4\r\n[{\"a\r\n6;ext=1\r\n\":1},{\r\n6\r\n\"b\":2}\r\n1\r\n]\r\n0\r\nx-trailer: t\r\n\r\n".to_vec(),
         ),
         "/api/v2/tickets?shape=until-close" => {
             Answer::Close(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n[1,2,3]".to_vec())
@@ -170,6 +170,7 @@ async fn a_chunked_answer_passes_through_whole_and_its_connection_is_reused() {
         let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=chunked")).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert!(!head.contains("content-length"), "both framings passed on: {head}");
         // The gateway's budget headers replace the upstream's own.
         assert!(head.contains("x-ratelimit-total: 400"), "{head}");
         assert!(!head.contains("x-ratelimit-total: 999"), "{head}");

@@ -39,8 +39,8 @@ cargo build --release --quiet --bin deskgate --example relay
 BIN=$PWD/target/release/deskgate
 RELAY=$PWD/target/release/examples/relay
 
-P_UP=18181; P_NGINX=18182; P_MEM=18183; P_REDIS=18184; P_HA=18185; P_FLOOD=18186; P_RELAY=18187; P_RS=16399
-A_MEM=19183; A_REDIS=19184; A_FLOOD=19186
+P_UP=18181; P_NGINX=18182; P_MEM=18183; P_REDIS=18184; P_HA=18185; P_FLOOD=18186; P_RELAY=18187; P_HYPER=18188; P_RS=16399
+A_MEM=19183; A_REDIS=19184; A_FLOOD=19186; A_HYPER=19188
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -150,10 +150,14 @@ redis_url = \"redis://127.0.0.1:$P_RS/0\"
 store_timeout_ms = 200" > "$OUT/redis.toml"
 cp "$OUT/redis.toml" "$OUT/flood.toml"
 sed -i "s/$P_REDIS/$P_FLOOD/; s/$A_REDIS/$A_FLOOD/" "$OUT/flood.toml"
+# The same memory-store gateway with the fast path off: every call through hyper.
+sed "s/$P_MEM/$P_HYPER/; s/$A_MEM/$A_HYPER/" "$OUT/mem.toml" > "$OUT/hyper.toml"
 sleep 0.5
 declare -A PID
-for g in mem redis flood; do
-    RUST_LOG=warn DESKGATE_WORKERS=1 taskset -c "$SERVE_CPU" "$BIN" --log-format json --config "$OUT/$g.toml" \
+for g in mem redis flood hyper; do
+    fast=1
+    [ "$g" = hyper ] && fast=0
+    DESKGATE_FAST_PATH=$fast RUST_LOG=warn DESKGATE_WORKERS=1 taskset -c "$SERVE_CPU" "$BIN" --log-format json --config "$OUT/$g.toml" \
         2>"$OUT/$g.log" &
     PIDS+=($!)
     PID[$g]=$!
@@ -195,6 +199,7 @@ for r in $(seq 1 "$ROUNDS"); do
     run_wrk nginx "http://127.0.0.1:$P_NGINX$URL" bench.freshdesk.com "$PID_NGINX"
     run_wrk haproxy "http://127.0.0.1:$P_HA$URL" bench.freshdesk.com "$PID_HA"
     run_wrk deskgate-memory "http://127.0.0.1:$P_MEM$URL" bench.freshdesk.com "${PID[mem]}"
+    run_wrk deskgate-memory-hyper "http://127.0.0.1:$P_HYPER$URL" bench.freshdesk.com "${PID[hyper]}"
     before=$(redis_stat); before_calls=${before%% *}; before_calls=${before_calls:-0}
     run_wrk deskgate-redis "http://127.0.0.1:$P_REDIS$URL" bench.freshdesk.com "${PID[redis]}"
     after=$(redis_stat)
@@ -248,7 +253,7 @@ for line in open(sys.argv[1]):
 med = {k: tuple(st.median(r[i] for r in v) for i in range(5)) for k, v in rows.items()}
 ng = med.get('nginx', (float('nan'),))[0]
 print(f"\n{'target':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x nginx':>9}{'CPU us/req':>12}{'upstream us':>13}   (medians of {len(rows['nginx'])} rounds)")
-for k in ['upstream', 'relay', 'nginx', 'haproxy', 'deskgate-memory', 'deskgate-redis', 'deskgate-flood']:
+for k in ['upstream', 'relay', 'nginx', 'haproxy', 'deskgate-memory', 'deskgate-memory-hyper', 'deskgate-redis', 'deskgate-flood']:
     if k in med:
         r, p50, p99, cpu, ucpu = med[k]
         print(f"{k:<24}{r:>10.0f}{p50:>9.3f}{p99:>9.3f}{r / ng:>9.2f}{cpu:>12.0f}{ucpu:>13.0f}")

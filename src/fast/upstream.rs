@@ -295,6 +295,11 @@ impl Exchange<'_> {
             if name.eq_ignore_ascii_case("transfer-encoding") && !matches!(self.head.framing, Framing::Chunked) {
                 continue;
             }
+            // With Transfer-Encoding the length is not the framing (RFC 9112
+            // §6.3); passing both on would invite the downstream to disagree.
+            if name.eq_ignore_ascii_case("content-length") && !matches!(self.head.framing, Framing::Length(_)) {
+                continue;
+            }
             dated |= name.eq_ignore_ascii_case("date");
             write_field(out, name.as_bytes(), f.value);
         }
