@@ -270,3 +270,61 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    const HEAD: &[u8] = b"GET /api/v2/tickets?page=2 HTTP/1.1\r\nHost: acme.freshdesk.com\r\nAuthorization: Basic eDp4\r\nAccept: application/json\r\n\r\n";
+
+    #[test]
+    fn a_plain_head_is_taken_and_anything_with_a_body_or_options_is_not() {
+        match parse_request(HEAD) {
+            Parse::Complete(len, parts) => {
+                assert_eq!(len, HEAD.len());
+                assert_eq!(parts.uri.path(), "/api/v2/tickets");
+                assert_eq!(parts.headers.len(), 3);
+            }
+            _ => panic!("a plain GET is the fast path's"),
+        }
+        assert!(matches!(parse_request(&HEAD[..HEAD.len() - 1]), Parse::Partial));
+        for hyper_s in [
+            &b"POST /api/v2/tickets HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        ] {
+            assert!(matches!(parse_request(hyper_s), Parse::NotMine), "{:?}", String::from_utf8_lossy(hyper_s));
+        }
+    }
+
+    #[test]
+    fn mangled_heads_never_panic_and_a_taken_head_is_within_the_input() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for _ in 0..20_000 {
+            let mut bytes = HEAD.to_vec();
+            for _ in 0..rng.gen_range(1..6) {
+                let i = rng.gen_range(0..bytes.len());
+                match rng.gen_range(0..3) {
+                    0 => bytes[i] = rng.gen(),
+                    1 => {
+                        bytes.remove(i);
+                    }
+                    _ => bytes.insert(i, *b"\r\n: \t/?%\0".get(rng.gen_range(0..9)).unwrap_or(&b'x')),
+                }
+            }
+            if let Parse::Complete(len, parts) = parse_request(&bytes) {
+                assert!(len <= bytes.len());
+                assert!(parts.uri.path().starts_with('/'));
+                assert!(parts.headers.keys().all(|k| !not_mine(k)));
+            }
+        }
+    }
+}
