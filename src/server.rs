@@ -141,10 +141,16 @@ where
                     // byte: a client that connects and sends nothing would hold
                     // its connection and this task forever. Wait for that byte
                     // (or the TLS ClientHello) within the same bound.
+                    // A connection still silent at shutdown is simply closed.
                     let mut probe = [0u8; 1];
-                    match tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        _ => return,
+                    let mut conn_shutdown = conn_shutdown;
+                    tokio::select! {
+                        biased;
+                        _ = conn_shutdown.wait_for(|s| *s) => return,
+                        peeked = tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)) => match peeked {
+                            Ok(Ok(n)) if n > 0 => {}
+                            _ => return,
+                        },
                     }
                     (Vec::new(), stream)
                 }

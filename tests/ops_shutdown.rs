@@ -117,3 +117,39 @@ async fn sigint_shuts_down_like_sigterm() {
         .unwrap_or_else(|| panic!("did not exit:\n{}", gw.log()));
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_keep_alive_connections_do_not_hold_the_exit() {
+    // On the fast path, and with it off (the connection then waits in hyper's hands).
+    for fast in ["1", "0"] {
+        silent_and_idle_connections_at_shutdown(fast).await;
+    }
+}
+
+async fn silent_and_idle_connections_at_shutdown(fast: &str) {
+    let upstream = start_upstream().await;
+    let dir = ConfigDir::new();
+    // The grace (5 s) and the head timeout (10 s) are both far longer than the exit may take.
+    let path = dir
+        .write("deskgate.toml", &config_toml(&format!("http://{upstream}"), "", "header_read_timeout_ms = 10000", ""));
+    let mut gw = run_binary(&path, &[("DESKGATE_FAST_PATH", fast)]);
+    // One connection that never speaks, one that made a call and stays open.
+    let _silent = TcpStream::connect(gw.api).await.expect("connect");
+    let mut idle = TcpStream::connect(gw.api).await.expect("connect");
+    idle.write_all(
+        b"GET /api/v2/contacts HTTP/1.1\r\nHost: acme.freshdesk.com\r\nAuthorization: Basic YXBpa2V5Olg=\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).await.expect("an answer");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    gw.signal("TERM");
+    let term_at = Instant::now();
+    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(4)))
+        .unwrap_or_else(|| panic!("did not exit:\n{}", gw.log()));
+    assert!(status.success(), "{status:?}");
+    let took = term_at.elapsed();
+    assert!(took < Duration::from_millis(2000), "fast path {fast}: exit took {took:?}");
+    assert!(!gw.log().contains("shutdown grace over"), "{}", gw.log());
+}
