@@ -204,7 +204,6 @@ async fn handle(
     let path = fwd.path.unwrap_or(parts.uri.path());
     upstream::write_request_head(out, &parts.method, path, parts.uri.query(), &parts.headers);
 
-    let start = Instant::now();
     let idempotent = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -212,8 +211,10 @@ async fn handle(
     // Let the other connections with a request ready get this far first:
     // the upstream is then woken once for a burst of requests instead of once
     // per request, which on a shared core cuts context switches per call by a
-    // third (BENCHMARKS.md). It costs one trip through the run queue.
+    // third (BENCHMARKS.md). It costs one trip through the run queue, which
+    // counts as the gateway's time, not the upstream's.
     tokio::task::yield_now().await;
+    let start = Instant::now();
     let exchange = fp.pool.exchange(out, idempotent, head_only).await;
     proxy::upstream_done(shared, &mut cx, start.elapsed(), exchange.as_ref().err().copied());
     let mut exchange = match exchange {
