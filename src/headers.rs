@@ -50,6 +50,8 @@ pub fn render(d: &Decision, h: &mut HeaderMap) {
     }
 }
 
+/// `HeaderValue::from(u32)` allocates twice (a `BytesMut`, then its
+/// conversion); copying `itoa`'s stack buffer allocates once.
 fn number(n: u64) -> HeaderValue {
     let mut buf = itoa::Buffer::new();
     HeaderValue::from_str(buf.format(n)).unwrap_or_else(|_| HeaderValue::from_static("0"))

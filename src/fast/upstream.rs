@@ -18,6 +18,11 @@ use crate::forward::UpstreamError;
 /// An upstream head larger than this is refused (502), as hyper's client would.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_RESPONSE_HEADERS: usize = 100;
+/// Idle sockets kept at most.
+const MAX_IDLE: usize = 1024;
+/// Idle sockets are closed after 50 s, before common upstream keep-alive
+/// timeouts (nginx: 75 s) close them under a request.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 struct Conn {
     stream: TcpStream,
@@ -31,22 +36,11 @@ pub struct Pool {
     connect_timeout: Duration,
     timeout: Duration,
     idle: Mutex<Vec<Conn>>,
-    max_idle: usize,
-    idle_timeout: Duration,
 }
 
 impl Pool {
     pub fn new(authority: String, connect_timeout: Duration, timeout: Duration) -> Pool {
-        // Idle sockets are closed after 50 s, before common upstream
-        // keep-alive timeouts (nginx: 75 s) close them under a request.
-        Pool {
-            authority,
-            connect_timeout,
-            timeout,
-            idle: Mutex::new(Vec::new()),
-            max_idle: 1024,
-            idle_timeout: Duration::from_secs(50),
-        }
+        Pool { authority, connect_timeout, timeout, idle: Mutex::new(Vec::new()) }
     }
 
     /// The response-head timeout (and the longest pause inside a body).
@@ -57,7 +51,7 @@ impl Pool {
     fn checkout(&self) -> Option<Conn> {
         loop {
             let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if conn.idle_since.elapsed() >= self.idle_timeout {
+            if conn.idle_since.elapsed() >= IDLE_TIMEOUT {
                 // Everything below is older still.
                 self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 return None;
@@ -75,21 +69,18 @@ impl Pool {
         conn.idle_since = Instant::now();
         conn.buf.clear();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max_idle {
+        if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
     }
 
     async fn connect(&self) -> Result<Conn, UpstreamError> {
         let connect = async {
-            let mut last = None;
             for addr in tokio::net::lookup_host(&self.authority).await.map_err(|_| UpstreamError::Connect)? {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = Some(e),
+                if let Ok(s) = TcpStream::connect(addr).await {
+                    return Ok(s);
                 }
             }
-            drop(last);
             Err(UpstreamError::Connect)
         };
         let stream =
@@ -394,10 +385,4 @@ pub fn write_request_head(out: &mut Vec<u8>, method: &Method, path: &str, query:
         write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
-}
-
-impl From<ReadError> for UpstreamError {
-    fn from(_: ReadError) -> UpstreamError {
-        UpstreamError::Protocol
-    }
 }
