@@ -1,7 +1,9 @@
 //! The HTTP/1.1 fast path for the common call: a plain-TCP request without a
-//! body, forwarded to a plain-HTTP upstream.
+//! body or with a small one of declared length, forwarded to a plain-HTTP
+//! upstream.
 //!
-//! Most API traffic is `GET /api/v2/...` with no body. For it, hyper's server
+//! Most API traffic is `GET /api/v2/...` with no body, and most of the rest
+//! is a ticket created or updated with a small JSON body. For them, hyper's server
 //! and client codecs, the pooled client's per-connection task and channel,
 //! and the boxed bodies in between cost more CPU than the policing itself
 //! (see BENCHMARKS.md). Here the connection's own task reads the head,
@@ -10,7 +12,12 @@
 //! the gateway's headers spliced into its head: usually one read and one
 //! write on each socket.
 //!
-//! Anything else — a request with a body, `Transfer-Encoding`, `Upgrade`,
+//! A small body (`Content-Length` up to [`MAX_BODY`]) is read whole before
+//! the call is decided — bounded, and it lets a refused call's body be
+//! skipped without closing the connection — and is written upstream after the
+//! head only if the call is admitted.
+//!
+//! Anything else — a larger body, `Transfer-Encoding`, `Upgrade`,
 //! `Expect`, `Connection` options, HTTP/1.0, h2c, an absolute-form target, a
 //! head that does not parse or is very large — is handed to hyper together
 //! with the bytes already read, and hyper serves the connection from then on.
@@ -42,6 +49,10 @@ pub use upstream::Pool;
 const MAX_HEAD: usize = 16 * 1024;
 /// More fields than this: hyper's turn.
 const MAX_HEADERS: usize = 64;
+/// The largest request body the fast path carries. It is held in memory
+/// while the call is decided, so it stays small: a ticket's JSON fits, an
+/// attachment upload streams through hyper and is never buffered whole.
+pub const MAX_BODY: usize = 16 * 1024;
 
 /// What the fast path needs: the shared state and the upstream pool.
 pub struct FastPath {
@@ -61,7 +72,8 @@ pub enum Outcome {
 // Moved once per request; a box would cost an allocation each time.
 #[allow(clippy::large_enum_variant)]
 enum Head {
-    Complete(usize, http::request::Parts),
+    /// Head length, body length (both in the buffer), the head parsed.
+    Complete(usize, usize, http::request::Parts),
     Closed,
     NotMine,
 }
@@ -77,21 +89,24 @@ pub async fn serve(
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     loop {
-        let (len, parts) = match read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown).await {
-            Head::Complete(len, parts) => (len, parts),
+        let (len, body, parts) = match read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown).await {
+            Head::Complete(len, body, parts) => (len, body, parts),
             Head::Closed => return Outcome::Closed,
             Head::NotMine => return Outcome::HandOver(buf, stream),
         };
-        buf.drain(..len);
         let conn = ConnInfo { peer, tls: false };
-        if !handle(fp, &mut stream, &mut out, conn, parts).await || *shutdown.borrow() {
+        let keep = handle(fp, &mut stream, &mut out, conn, parts, &buf[len..len + body]).await;
+        // The body goes with its call, forwarded or refused: the next request starts after it.
+        buf.drain(..len + body);
+        if !keep || *shutdown.borrow() {
             return Outcome::Closed;
         }
     }
 }
 
 /// Reads until `buf` starts with a complete request head that the fast path
-/// takes. The clock starts when the wait does, as hyper's `header_read_timeout`.
+/// takes, and its body if it declares one. The clock starts when the wait
+/// does, as hyper's `header_read_timeout`, and covers the small body too.
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
@@ -102,7 +117,11 @@ async fn read_head(
     loop {
         if !buf.is_empty() {
             match parse_request(buf) {
-                Parse::Complete(len, parts) => return Head::Complete(len, parts),
+                Parse::Complete(len, body, parts) if buf.len() >= len + body => {
+                    return Head::Complete(len, body, parts)
+                }
+                // The body is still on its way.
+                Parse::Complete(..) => {}
                 Parse::NotMine => return Head::NotMine,
                 Parse::Partial if buf.len() >= MAX_HEAD => return Head::NotMine,
                 Parse::Partial => {}
@@ -127,16 +146,17 @@ async fn read_head(
 
 #[allow(clippy::large_enum_variant)]
 enum Parse {
-    Complete(usize, http::request::Parts),
+    /// Head length, declared body length, the head parsed.
+    Complete(usize, usize, http::request::Parts),
     Partial,
     NotMine,
 }
 
-/// Header fields that make a request hyper's: bodies, upgrades, interim
-/// answers and connection options.
+/// Header fields that make a request hyper's: streamed bodies, upgrades,
+/// interim answers and connection options. (`Content-Length` is looked at on
+/// its own: see [`body_length`].)
 fn not_mine(name: &HeaderName) -> bool {
-    name == header::CONTENT_LENGTH
-        || name == header::TRANSFER_ENCODING
+    name == header::TRANSFER_ENCODING
         || name == header::CONNECTION
         || name == header::UPGRADE
         || name == header::EXPECT
@@ -163,12 +183,20 @@ fn parse_request(buf: &[u8]) -> Parse {
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::NotMine };
     let Ok(uri) = path.parse::<Uri>() else { return Parse::NotMine };
     let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut body = None;
     for f in req.headers.iter() {
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value))
         else {
             return Parse::NotMine;
         };
-        if not_mine(&name) {
+        if name == header::CONTENT_LENGTH {
+            // One plain length the fast path can hold; a second field, a list
+            // or anything odd is hyper's to judge.
+            match (body, body_length(f.value)) {
+                (None, Some(n)) => body = Some(n),
+                _ => return Parse::NotMine,
+            }
+        } else if not_mine(&name) {
             return Parse::NotMine;
         }
         headers.append(name, value);
@@ -178,7 +206,17 @@ fn parse_request(buf: &[u8]) -> Parse {
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = headers;
-    Parse::Complete(len, parts)
+    Parse::Complete(len, body.unwrap_or(0), parts)
+}
+
+/// A `Content-Length` value the fast path carries: ASCII digits only, at
+/// most [`MAX_BODY`].
+fn body_length(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || value.len() > 6 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = value.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+    (n <= MAX_BODY).then_some(n)
 }
 
 /// One request: decide, forward or refuse, answer. `false` when the
@@ -189,12 +227,13 @@ async fn handle(
     out: &mut Vec<u8>,
     conn: ConnInfo,
     mut parts: http::request::Parts,
+    body: &[u8],
 ) -> bool {
     let shared = &*fp.shared;
     let snap = shared.snapshot.load_full();
     let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
     let head_only = parts.method == Method::HEAD;
-    let plan = match proxy::decide(shared, &snap, conn, &mut cx, &parts, false).await {
+    let plan = match proxy::decide(shared, &snap, conn, &mut cx, &parts, !body.is_empty()).await {
         Ok(plan) => plan,
         Err(reject) => return refuse(shared, stream, out, &mut cx, reject, head_only).await,
     };
@@ -203,6 +242,7 @@ async fn handle(
     forward::set_forwarded(&mut parts.headers, &fwd);
     let path = fwd.path.unwrap_or(parts.uri.path());
     upstream::write_request_head(out, &parts.method, path, parts.uri.query(), &parts.headers);
+    out.extend_from_slice(body);
 
     let idempotent = matches!(
         parts.method,
@@ -287,7 +327,7 @@ mod tests {
     #[test]
     fn a_plain_head_is_taken_and_anything_with_a_body_or_options_is_not() {
         match parse_request(HEAD) {
-            Parse::Complete(len, parts) => {
+            Parse::Complete(len, 0, parts) => {
                 assert_eq!(len, HEAD.len());
                 assert_eq!(parts.uri.path(), "/api/v2/tickets");
                 assert_eq!(parts.headers.len(), 3);
@@ -295,8 +335,18 @@ mod tests {
             _ => panic!("a plain GET is the fast path's"),
         }
         assert!(matches!(parse_request(&HEAD[..HEAD.len() - 1]), Parse::Partial));
+        // A small body of plain declared length is taken, its length reported.
+        let post = b"POST /api/v2/tickets HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}";
+        assert!(matches!(parse_request(post), Parse::Complete(len, 2, _) if len == post.len() - 2));
+        let big = format!("PUT /api/v2/tickets/1 HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
         for hyper_s in [
-            &b"POST /api/v2/tickets HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"[..],
+            big.as_bytes(),
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2, 2\r\n\r\n{}",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +2\r\n\r\n{}",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n{}",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
@@ -326,10 +376,12 @@ mod tests {
                     _ => bytes.insert(i, *b"\r\n: \t/?%\0".get(rng.gen_range(0..9)).unwrap_or(&b'x')),
                 }
             }
-            if let Parse::Complete(len, parts) = parse_request(&bytes) {
+            if let Parse::Complete(len, body, parts) = parse_request(&bytes) {
                 assert!(len <= bytes.len());
+                assert!(body <= MAX_BODY);
                 assert!(parts.uri.path().starts_with('/'));
                 assert!(parts.headers.keys().all(|k| !not_mine(k)));
+                assert!(parts.headers.get_all(header::CONTENT_LENGTH).iter().count() <= 1);
             }
         }
     }

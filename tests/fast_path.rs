@@ -1,7 +1,8 @@
 //! The HTTP/1.1 fast path (`src/fast.rs`) against an upstream that answers
 //! with hand-written bytes: every way an HTTP/1.1 answer can be framed, a
-//! keep-alive socket the upstream closes while it sits in the pool, and a
-//! connection that moves from the fast path to hyper halfway through.
+//! keep-alive socket the upstream closes while it sits in the pool, small
+//! request bodies, and a connection that moves from the fast path to hyper
+//! halfway through.
 
 mod support;
 
@@ -45,6 +46,21 @@ async fn scripted(script: fn(&str) -> Answer) -> Scripted {
                     let Some(end) = read_head(&mut s, &mut buf).await else { return };
                     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                     buf.drain(..end);
+                    // Skip a body of declared length (these tests never chunk one).
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .map_or(0, |v| v.parse::<usize>().unwrap());
+                    while buf.len() < length {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..length);
                     let path = head.split(' ').nth(1).unwrap_or("").to_owned();
                     h.lock().unwrap().push(head);
                     match script(&path) {
@@ -256,35 +272,81 @@ async fn a_broken_upstream_gets_502_and_broken_chunks_end_the_downstream_stream(
     assert!(!text.ends_with("0\r\n\r\n"), "{text}");
 }
 
+fn post(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut req =
+        format!("POST {path} HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}{content_type}content-length: {}\r\n\r\n", body.len())
+            .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+const JSON: &str = "content-type: application/json\r\n";
+
 #[tokio::test]
-async fn a_connection_moves_to_hyper_for_a_body_with_nothing_lost() {
+async fn pipelined_calls_with_small_and_large_bodies_all_arrive_whole_in_order() {
     let up = RecordingUpstream::start().await;
     let gw = gateway(up.addr, "", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let body = r#"{"subject":"x"}"#;
-    // Three pipelined requests in one write: fast path, hyper (a body), hyper.
-    let reqs = format!(
-        "{}POST /api/v2/tickets HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}{}",
-        get("/api/v2/tickets"),
-        body.len(),
-        get("/api/v2/contacts"),
-    );
-    s.write_all(reqs.as_bytes()).await.unwrap();
-    for _ in 0..3 {
+    let small = br#"{"subject":"Printer on fire","priority":1}"#.to_vec();
+    // Above the fast path's limit: this one and everything after it on the
+    // connection is hyper's, streamed.
+    let large: Vec<u8> = (0..deskgate::fast::MAX_BODY + 1000).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut reqs = get("/api/v2/tickets").into_bytes();
+    reqs.extend(post("/api/v2/tickets", JSON, &small));
+    reqs.extend(post("/api/v2/contacts", JSON, &large));
+    reqs.extend(get("/api/v2/contacts").into_bytes());
+    s.write_all(&reqs).await.unwrap();
+    for _ in 0..4 {
         let (head, _) = read_answer(&mut s, false).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
     }
     let seen = up.seen.lock().unwrap().clone();
-    let calls: Vec<(String, String, usize)> =
-        seen.iter().map(|r| (r.method.to_string(), r.uri.clone(), r.body_len)).collect();
+    let calls: Vec<(String, String, usize, u64)> =
+        seen.iter().map(|r| (r.method.to_string(), r.uri.clone(), r.body_len, r.body_hash)).collect();
+    let hash = |b: &[u8]| body_hash(BODY_HASH_START, b);
     assert_eq!(
         calls,
         vec![
-            ("GET".to_owned(), "/api/v2/tickets".to_owned(), 0),
-            ("POST".to_owned(), "/api/v2/tickets".to_owned(), body.len()),
-            ("GET".to_owned(), "/api/v2/contacts".to_owned(), 0),
+            ("GET".to_owned(), "/api/v2/tickets".to_owned(), 0, hash(b"")),
+            ("POST".to_owned(), "/api/v2/tickets".to_owned(), small.len(), hash(&small)),
+            ("POST".to_owned(), "/api/v2/contacts".to_owned(), large.len(), hash(&large)),
+            ("GET".to_owned(), "/api/v2/contacts".to_owned(), 0, hash(b"")),
         ]
     );
+}
+
+#[tokio::test]
+async fn a_small_body_may_arrive_in_pieces_and_a_refused_calls_body_is_skipped_not_run() {
+    let up = RecordingUpstream::start().await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+
+    // The head, then the body in two writes a little later.
+    let body = br#"{"subject":"slow","description":"typed by hand"}"#;
+    let req = post("/api/v2/tickets", JSON, body);
+    let (head, rest) = req.split_at(req.len() - body.len());
+    s.write_all(head).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(&rest[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(&rest[10..]).await.unwrap();
+    let (head, _) = read_answer(&mut s, false).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!((up.last().body_len, up.last().body_hash), (body.len(), body_hash(BODY_HASH_START, body)));
+
+    // Refused (415: no Content-Type) with a body that is itself a request:
+    // the body is skipped, never forwarded and never read as a request.
+    let smuggled = get("/api/v2/contacts?smuggled=1");
+    s.write_all(&post("/api/v2/tickets", "", smuggled.as_bytes())).await.unwrap();
+    let (head, answer) = read_answer(&mut s, false).await;
+    assert!(head.starts_with("http/1.1 415"), "{head}");
+    assert!(String::from_utf8_lossy(&answer).contains("invalid_content_type"));
+    // The connection is still in step: the next call is answered as itself.
+    let (head, answer) = exchange(&mut s, &get("/api/v2/tickets?after=1")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(String::from_utf8_lossy(&answer).contains(r#""path":"/api/v2/tickets""#));
+    let uris: Vec<String> = up.seen.lock().unwrap().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(uris, ["/api/v2/tickets", "/api/v2/tickets?after=1"]);
 }
 
 #[tokio::test]
@@ -294,11 +356,19 @@ async fn the_upstream_sees_the_same_request_head_from_both_paths() {
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     // Fast path: no body.
     exchange(&mut s, &get("//API/v2/./tickets/?page=2")).await;
-    // hyper: the same call with an empty body declared.
-    let req = format!("GET //API/v2/./tickets/?page=2 HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}content-length: 0\r\n\r\n");
+    // hyper (a Connection field is hyper's to honour): the same call.
+    let req =
+        format!("GET //API/v2/./tickets/?page=2 HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}connection: keep-alive\r\n\r\n");
     exchange(&mut s, &req).await;
+    // Fast path with a small body; then hyper with a body above its limit.
+    let small = post("/api/v2/tickets", JSON, b"{}");
+    s.write_all(&small).await.unwrap();
+    read_answer(&mut s, false).await;
+    let large = post("/api/v2/tickets", JSON, &vec![b' '; deskgate::fast::MAX_BODY + 1]);
+    s.write_all(&large).await.unwrap();
+    read_answer(&mut s, false).await;
     let heads = up.heads.lock().unwrap().clone();
-    assert_eq!(heads.len(), 2);
+    assert_eq!(heads.len(), 4);
     let fields = |h: &str| {
         let mut lines: Vec<String> = h
             .lines()
@@ -310,4 +380,6 @@ async fn the_upstream_sees_the_same_request_head_from_both_paths() {
     };
     assert_eq!(fields(&heads[0]), fields(&heads[1]));
     assert!(heads[0].starts_with("GET /api/v2/tickets?page=2 HTTP/1.1\r\n"), "{}", heads[0]);
+    assert_eq!(fields(&heads[2]), fields(&heads[3]));
+    assert!(heads[2].to_lowercase().contains("content-length: 2\r\n"), "{}", heads[2]);
 }

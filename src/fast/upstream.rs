@@ -89,13 +89,13 @@ impl Pool {
         Ok(Conn { stream, buf: Vec::with_capacity(4096), idle_since: Instant::now() })
     }
 
-    /// Writes the request head and reads the response head, within the
+    /// Writes the request (head and any small body) and reads the response head, within the
     /// upstream timeout. A request that meets a pooled socket the upstream
     /// had already closed (nothing at all came back) is sent once more on a
     /// new connection, if repeating it is safe.
     pub async fn exchange(
         &self,
-        head: &[u8],
+        request: &[u8],
         idempotent: bool,
         head_only: bool,
     ) -> Result<Exchange<'_>, UpstreamError> {
@@ -106,7 +106,7 @@ impl Pool {
                     None => (self.connect().await?, false),
                 };
                 let may_retry = retry && reused && idempotent;
-                if conn.stream.write_all(head).await.is_err() {
+                if conn.stream.write_all(request).await.is_err() {
                     if may_retry {
                         continue;
                     }

@@ -30,7 +30,19 @@ pub struct Seen {
     pub uri: String,
     pub headers: HeaderMap,
     pub body_len: usize,
+    /// [`body_hash`] of the body as it arrived.
+    pub body_hash: u64,
 }
+
+/// FNV-1a over `bytes`, continuing from `h` (start with [`BODY_HASH_START`]):
+/// lets the upstream check a body byte for byte without keeping it.
+pub fn body_hash(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+pub const BODY_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// An upstream that answers 200 JSON, records every request and counts
 /// connections. Paths starting `/slow` wait 2 s before answering headers;
@@ -79,12 +91,14 @@ async fn answer(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<R
     let (parts, body) = req.into_parts();
     // Count the body as it streams, without keeping it.
     let mut body_len = 0;
+    let mut hash = BODY_HASH_START;
     let mut body = body;
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
                 if let Some(d) = f.data_ref() {
                     body_len += d.len();
+                    hash = body_hash(hash, d);
                 }
             }
             Err(_) => break,
@@ -96,6 +110,7 @@ async fn answer(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<R
         uri: parts.uri.to_string(),
         headers: parts.headers.clone(),
         body_len,
+        body_hash: hash,
     });
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(2)).await;
