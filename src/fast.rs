@@ -74,6 +74,8 @@ pub enum Outcome {
 enum Head {
     /// Head length, body length (both in the buffer), the head parsed.
     Complete(usize, usize, http::request::Parts),
+    /// The head came but its body stopped arriving: answered 408.
+    Stalled(http::request::Parts),
     Closed,
     NotMine,
 }
@@ -91,6 +93,13 @@ pub async fn serve(
     loop {
         let (len, body, parts) = match read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown).await {
             Head::Complete(len, body, parts) => (len, body, parts),
+            Head::Stalled(parts) => {
+                let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
+                let idle_ms = header_read_timeout.as_millis() as u64;
+                let head_only = parts.method == Method::HEAD;
+                refuse(&fp.shared, &mut stream, &mut out, &mut cx, Reject::RequestTimeout { idle_ms }, head_only).await;
+                return Outcome::Closed;
+            }
             Head::Closed => return Outcome::Closed,
             Head::NotMine => return Outcome::HandOver(buf, stream),
         };
@@ -138,7 +147,12 @@ async fn read_head(
             r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => r,
         };
         match read {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Head::Closed,
+            // Out of time with the head read: it is the body that stalled.
+            Err(_) => match parse_request(buf) {
+                Parse::Complete(_, _, parts) => return Head::Stalled(parts),
+                _ => return Head::Closed,
+            },
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
             Ok(Ok(_)) => {}
         }
     }
@@ -260,7 +274,12 @@ async fn handle(
     let mut exchange = match exchange {
         Ok(x) => x,
         Err(e) => {
-            let reject = forward::reject_for(e, fp.pool.timeout(), snap.config.server.max_body_bytes);
+            let reject = forward::reject_for(
+                e,
+                fp.pool.timeout(),
+                snap.config.server.max_body_bytes,
+                snap.config.server.header_read_timeout,
+            );
             return refuse(shared, stream, out, &mut cx, reject, head_only).await;
         }
     };
@@ -295,6 +314,10 @@ async fn refuse(
     let mut n = itoa::Buffer::new();
     write_field(out, b"content-length", n.format(body.len()).as_bytes());
     write_field(out, b"date", httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+    if status == StatusCode::REQUEST_TIMEOUT {
+        // The rest of that request never came: the connection is out of step.
+        write_field(out, b"connection", b"close");
+    }
     out.extend_from_slice(b"\r\n");
     if !head_only {
         out.extend_from_slice(&body);

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Notify;
 
 use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
@@ -46,17 +47,20 @@ pub enum UpstreamError {
     /// The downstream body broke while streaming (invalid chunked framing, or
     /// the client went away): the client's fault, not the upstream's.
     DownstreamBody,
+    /// The downstream body stopped arriving (nothing for `header_read_timeout`).
+    DownstreamStalled,
     /// Anything else: reset, malformed response, ...
     Protocol,
 }
 
 impl UpstreamError {
     /// Every kind, for metrics that start at 0.
-    pub const ALL: [UpstreamError; 5] = [
+    pub const ALL: [UpstreamError; 6] = [
         UpstreamError::Connect,
         UpstreamError::Timeout,
         UpstreamError::BodyTooLarge,
         UpstreamError::DownstreamBody,
+        UpstreamError::DownstreamStalled,
         UpstreamError::Protocol,
     ];
 
@@ -66,6 +70,7 @@ impl UpstreamError {
             UpstreamError::Timeout => "timeout",
             UpstreamError::BodyTooLarge => "body_too_large",
             UpstreamError::DownstreamBody => "downstream_body",
+            UpstreamError::DownstreamStalled => "downstream_stalled",
             UpstreamError::Protocol => "protocol",
         }
     }
@@ -127,6 +132,8 @@ pub struct Forwarding<'a> {
     pub path: Option<&'a str>,
     pub request_id: HeaderValue,
     pub max_body_bytes: u64,
+    /// Longest pause allowed between two pieces of the request body.
+    pub body_idle: Duration,
 }
 
 impl Upstream {
@@ -169,6 +176,13 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         set_forwarded(&mut parts.headers, f);
 
+        // The request body: cut when the client pauses longer than
+        // `body_idle` (else a trickling upload holds this connection and an
+        // upstream one forever), capped at `max_body_bytes`, and telling
+        // `sent` when it has all gone.
+        let sent = Arc::new(Notify::new());
+        let incoming = IdleCut::new(incoming, f.body_idle, |_| BoxError::from(DownstreamStalled));
+        let incoming = SentSignal::new(incoming, sent.clone());
         let body: Body = Limited::new(incoming, usize::try_from(f.max_body_bytes).unwrap_or(usize::MAX))
             .map_err(|e| match e.downcast::<hyper::Error>() {
                 // Tagged so that `classify_error` can tell a broken downstream
@@ -178,14 +192,22 @@ impl Upstream {
             })
             .boxed();
         let req = Request::from_parts(parts, body);
-        let rsp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Err(e)) => return Err(classify_error(&e)),
-            Ok(Ok(rsp)) => rsp,
+        // `timeout_ms` is the wait for response headers once the request is
+        // sent: an upload that takes longer but keeps moving is not a 504.
+        let timeout = self.timeout;
+        let rsp = tokio::select! {
+            r = self.client.request(req) => r,
+            () = async {
+                sent.notified().await;
+                tokio::time::sleep(timeout).await;
+            } => return Err(UpstreamError::Timeout),
         };
+        let rsp = rsp.map_err(|e| classify_error(&e))?;
         let (mut parts, incoming) = rsp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = IdleCut { inner: incoming, idle: self.timeout, deadline: None };
+        let body = IdleCut::new(incoming, self.timeout, |idle| {
+            BoxError::from(format!("upstream body stalled for {} ms", idle.as_millis()))
+        });
         Ok(Response::from_parts(parts, body.boxed()))
     }
 }
@@ -202,14 +224,18 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
         if s.is::<DownstreamBodyError>() {
             return UpstreamError::DownstreamBody;
         }
+        if s.is::<DownstreamStalled>() {
+            return UpstreamError::DownstreamStalled;
+        }
         source = s.source();
     }
     UpstreamError::Protocol
 }
 
 /// Maps an upstream failure to the refusal the downstream sees.
-pub fn reject_for(e: UpstreamError, timeout: Duration, max_body_bytes: u64) -> Reject {
+pub fn reject_for(e: UpstreamError, timeout: Duration, max_body_bytes: u64, body_idle: Duration) -> Reject {
     match e {
+        UpstreamError::DownstreamStalled => Reject::RequestTimeout { idle_ms: body_idle.as_millis() as u64 },
         UpstreamError::Timeout => Reject::GatewayTimeout { timeout_ms: timeout.as_millis() as u64 },
         UpstreamError::BodyTooLarge => Reject::PayloadTooLarge { limit: max_body_bytes },
         UpstreamError::DownstreamBody => Reject::BadRequest {
@@ -238,18 +264,37 @@ impl Upstream {
 #[error("downstream body: {0}")]
 struct DownstreamBodyError(hyper::Error);
 
-/// The upstream's response body, cut (the downstream stream ends short) when
-/// the upstream sends nothing for `idle` while we wait for it. Without it an
-/// upstream that stalls mid-body would hold the downstream connection, its
-/// task and a pooled connection forever. The clock runs only while we wait
-/// on the upstream, so a slow-reading downstream is not mistaken for it.
-struct IdleCut {
-    inner: Incoming,
+/// The request body stopped arriving for longer than the body idle limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stalled")]
+struct DownstreamStalled;
+
+/// A body that fails with `stalled()` when its source sends nothing for
+/// `idle` while it is being waited on. On the upstream's response body it
+/// keeps an upstream that stalls mid-body from holding the downstream
+/// connection, its task and a pooled connection forever; on the request body,
+/// a client that trickles its upload. The clock runs only while the body is
+/// polled and has nothing, so a slow reader on the other side is not
+/// mistaken for a slow writer.
+struct IdleCut<B> {
+    inner: B,
     idle: Duration,
+    /// Makes the error a stall ends the body with (given `idle`).
+    stalled: fn(Duration) -> BoxError,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl http_body::Body for IdleCut {
+impl<B> IdleCut<B> {
+    fn new(inner: B, idle: Duration, stalled: fn(Duration) -> BoxError) -> IdleCut<B> {
+        IdleCut { inner, idle, stalled, deadline: None }
+    }
+}
+
+impl<B> http_body::Body for IdleCut<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -260,16 +305,68 @@ impl http_body::Body for IdleCut {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.deadline = None;
-            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let idle = this.idle;
         let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
         match deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                Poll::Ready(Some(Err(BoxError::from(format!("upstream body stalled for {} ms", idle.as_millis())))))
-            }
+            Poll::Ready(()) => Poll::Ready(Some(Err((this.stalled)(idle)))),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Passes a request body through and notifies `sent` once it has all been
+/// handed over (or there was none), so the response-headers timeout can
+/// start then.
+struct SentSignal<B> {
+    inner: B,
+    sent: Option<Arc<Notify>>,
+}
+
+impl<B: http_body::Body> SentSignal<B> {
+    fn new(inner: B, sent: Arc<Notify>) -> SentSignal<B> {
+        let mut s = SentSignal { inner, sent: Some(sent) };
+        // An empty body may never be polled at all.
+        if s.inner.is_end_stream() {
+            s.signal();
+        }
+        s
+    }
+
+    fn signal(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            sent.notify_one();
+        }
+    }
+}
+
+impl<B> http_body::Body for SentSignal<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        // The client stops polling once a body of known length is complete.
+        if frame.is_none() || this.inner.is_end_stream() {
+            this.signal();
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

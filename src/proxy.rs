@@ -71,7 +71,7 @@ pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>)
             let start = Instant::now();
             let result = shared.upstream.send(&fwd, Request::from_parts(parts, body)).await;
             upstream_done(&shared, &mut cx, start.elapsed(), result.as_ref().err().copied());
-            result.map_err(|e| forward::reject_for(e, shared.upstream.timeout(), fwd.max_body_bytes))
+            result.map_err(|e| forward::reject_for(e, shared.upstream.timeout(), fwd.max_body_bytes, fwd.body_idle))
         }
         Err(reject) => Err(reject),
     };
@@ -106,6 +106,7 @@ impl Plan {
             path: self.path.as_deref(),
             request_id,
             max_body_bytes: cfg.server.max_body_bytes,
+            body_idle: cfg.server.header_read_timeout,
         }
     }
 }

@@ -36,6 +36,8 @@ pub enum Reject {
     InvalidContentType,
     /// 413: body larger than `max_body_bytes`.
     PayloadTooLarge { limit: u64 },
+    /// 408: the request body stopped arriving for `idle_ms`.
+    RequestTimeout { idle_ms: u64 },
     /// 429: a budget cannot fit the call's cost.
     RateLimited {
         /// The policy that ran out (`account` or an endpoint name).
@@ -67,6 +69,7 @@ impl Reject {
             Reject::InvalidAccept => StatusCode::NOT_ACCEPTABLE,
             Reject::InvalidContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::BadGateway => StatusCode::BAD_GATEWAY,
             Reject::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -87,6 +90,7 @@ impl Reject {
             Reject::InvalidAccept => "invalid_accept_header",
             Reject::InvalidContentType => "invalid_content_type",
             Reject::PayloadTooLarge { .. } => "payload_too_large",
+            Reject::RequestTimeout { .. } => "request_timeout",
             Reject::RateLimited { .. } => "rate_limit_exceeded",
             Reject::BadGateway => "bad_gateway",
             Reject::GatewayTimeout { .. } => "gateway_timeout",
@@ -134,6 +138,9 @@ impl Reject {
             Reject::PayloadTooLarge { limit } => {
                 format!("The request body is larger than the {limit} bytes allowed.")
             }
+            Reject::RequestTimeout { idle_ms } => format!(
+                "The request body stopped arriving: nothing came for {idle_ms} ms. Send the body without pauses that long."
+            ),
             Reject::RateLimited { policy, quota, window_s, retry_after_s } => {
                 let what = if *policy == "account" {
                     "account".to_owned()

@@ -1,7 +1,9 @@
 //! Slow and vanishing downstreams (issue 6): a slow-loris client is cut off
-//! by `header_read_timeout_ms` without holding anything that others need,
-//! and a client that disconnects mid-upload or mid-download leaks nothing —
-//! connections, file descriptors, tasks and memory return to their baseline.
+//! by `header_read_timeout_ms` without holding anything that others need, an
+//! upload that stalls is answered 408 while one that keeps moving is never
+//! timed out, and a client that disconnects mid-upload or mid-download leaks
+//! nothing — connections, file descriptors, tasks and memory return to their
+//! baseline.
 
 mod support;
 mod support_faults;
@@ -196,4 +198,69 @@ async fn clients_that_vanish_mid_download_release_the_upstream() {
     let base = base.expect("baseline");
     base.assert_returned("after 10 abandoned downloads", 2, Duration::from_secs(5)).await;
     println!("10 abandoned downloads: upstream wrote {} MiB in total", written >> 20);
+}
+
+/// Sends a POST head declaring `total` body bytes and the first `first`
+/// of them, then nothing; returns what came back before the gateway closed.
+async fn stalled_upload(addr: std::net::SocketAddr, total: usize, first: usize) -> (Duration, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let h = format!(
+        "{}Content-Type: application/json\r\nContent-Length: {total}\r\n\r\n",
+        head("POST", HOST, "/api/v2/tickets")
+    );
+    s.write_all(h.as_bytes()).await.unwrap();
+    s.write_all(&vec![b' '; first]).await.unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let closed = read_until_close(&mut s, &mut out, Duration::from_secs(5)).await;
+    assert!(closed, "the gateway kept a stalled upload open for 5 s");
+    (start.elapsed(), String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn an_upload_that_stalls_is_answered_408_and_never_completes_upstream() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let gw = slow_gateway(up.addr).await;
+    // A small body (read whole before the call is decided) and a large one
+    // (streamed to the upstream as it comes).
+    for (total, first) in [(1_000, 500), (200_000, 50_000)] {
+        let (lived, answer) = stalled_upload(gw.addr, total, first).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{total}-byte upload: {answer}");
+        assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+        let idle = Duration::from_millis(HEADER_TIMEOUT_MS);
+        assert!(lived >= idle / 2 && lived < idle * 4, "{total}-byte upload: cut after {lived:?}");
+    }
+    // The small body never left the gateway; the large one was cut short.
+    let seen: Vec<usize> = up.seen.lock().unwrap().iter().map(|r| r.body_len).collect();
+    assert!(seen.iter().all(|&n| n < 200_000 && n != 500), "the upstream got {seen:?}");
+    let metrics = get(&client(), gw.admin, "127.0.0.1", "/metrics").await.body;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains(r#"deskgate_upstream_errors_total{kind="downstream_stalled"} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_long_upload_that_keeps_moving_is_not_timed_out() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    // The upstream's timeout is 1 s (support::gateway); the upload takes ~2 s
+    // with pauses well under the 500 ms idle limit.
+    let gw = slow_gateway(up.addr).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (chunks, size) = (20, 5_000);
+    let h = format!(
+        "{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        head("POST", HOST, "/api/v2/tickets"),
+        chunks * size
+    );
+    s.write_all(h.as_bytes()).await.unwrap();
+    for _ in 0..chunks {
+        s.write_all(&vec![b' '; size]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = Vec::new();
+    read_until_close(&mut s, &mut out, Duration::from_secs(2)).await;
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(up.last().body_len, chunks * size);
 }
