@@ -90,6 +90,8 @@ pub async fn serve(
 ) -> Outcome {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // X-Forwarded-For's value, the same for every call on this connection.
+    let ip = peer.ip().to_string();
     loop {
         let (len, body, parts) = match read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown).await {
             Head::Complete(len, body, parts) => (len, body, parts),
@@ -104,7 +106,7 @@ pub async fn serve(
             Head::NotMine => return Outcome::HandOver(buf, stream),
         };
         let conn = ConnInfo { peer, tls: false };
-        let keep = handle(fp, &mut stream, &mut out, conn, parts, &buf[len..len + body]).await;
+        let keep = handle(fp, &mut stream, &mut out, conn, &ip, parts, &buf[len..len + body]).await;
         // The body goes with its call, forwarded or refused: the next request starts after it.
         buf.drain(..len + body);
         if !keep || *shutdown.borrow() {
@@ -240,7 +242,8 @@ async fn handle(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
     conn: ConnInfo,
-    mut parts: http::request::Parts,
+    ip: &str,
+    parts: http::request::Parts,
     body: &[u8],
 ) -> bool {
     let shared = &*fp.shared;
@@ -252,10 +255,8 @@ async fn handle(
         Err(reject) => return refuse(shared, stream, out, &mut cx, reject, head_only).await,
     };
     let fwd = plan.forwarding(&snap.config, conn, cx.request_id.clone());
-    forward::strip_hop_by_hop(&mut parts.headers);
-    forward::set_forwarded(&mut parts.headers, &fwd);
     let path = fwd.path.unwrap_or(parts.uri.path());
-    upstream::write_request_head(out, &parts.method, path, parts.uri.query(), &parts.headers);
+    upstream::write_request_head(out, &parts.method, path, parts.uri.query(), &parts.headers, &fwd, ip);
     out.extend_from_slice(body);
 
     let idempotent = matches!(

@@ -410,6 +410,11 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::UPGRADE);
 }
 
+/// Whether `name` is removed by [`strip_hop_by_hop`] whatever `Connection` says.
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+}
+
 pub(crate) fn set_forwarded(h: &mut HeaderMap, f: &Forwarding<'_>) {
     let ip = f.peer.ip().to_string();
     let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

@@ -5,7 +5,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use http::header::HeaderMap;
+#[cfg(test)]
+use http::header::HeaderName;
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,7 +15,9 @@ use tokio::time::Instant;
 
 use super::chunked::Chunked;
 use super::{write_field, write_status_line};
-use crate::forward::UpstreamError;
+use crate::forward::{
+    self, Forwarding, UpstreamError, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
 
 /// An upstream head larger than this is refused (502), as hyper's client would.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -370,8 +374,23 @@ impl Exchange<'_> {
     }
 }
 
-/// The request head as it goes upstream (origin-form, HTTP/1.1, no body).
-pub fn write_request_head(out: &mut Vec<u8>, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) {
+/// The request head as it goes upstream (origin-form, HTTP/1.1): the
+/// downstream's fields less the hop-by-hop ones, then the forwarding fields.
+/// It writes what `forward::strip_hop_by_hop` and `forward::set_forwarded`
+/// make of the hyper path's header map, in one pass and without touching the
+/// map (no insertions, no allocation: this runs for every call). The fast path
+/// takes no head with a `Connection` field, so no other field is hop-by-hop
+/// by being named there. `ip` is the peer's address as text.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    f: &Forwarding<'_>,
+    ip: &str,
+) {
+    debug_assert!(!headers.contains_key(header::CONNECTION));
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -381,8 +400,113 @@ pub fn write_request_head(out: &mut Vec<u8>, method: &Method, path: &str, query:
         out.extend_from_slice(q.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let keep_xfh = f.peer_trusted && headers.contains_key(&X_FORWARDED_HOST);
     for (name, value) in headers {
-        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        let replaced = name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == header::HOST
+            || name == X_REQUEST_ID
+            || (name == X_FORWARDED_HOST && !keep_xfh);
+        if !replaced && !forward::is_hop_by_hop(name) {
+            write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
+    // Only a trusted proxy's chain is kept; anyone else's is replaced.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|_| f.peer_trusted) {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ip.as_bytes());
     out.extend_from_slice(b"\r\n");
+    write_field(out, b"x-forwarded-proto", if f.https { b"https" } else { b"http" });
+    // The resolved host is the tenant the budget was charged to.
+    let host = match f.host {
+        Some(host) => Some(host.as_bytes()),
+        None => headers.get(header::HOST).map(HeaderValue::as_bytes),
+    };
+    if let Some(host) = host {
+        if !keep_xfh {
+            write_field(out, b"x-forwarded-host", host);
+        }
+        write_field(out, b"host", host);
+    }
+    write_field(out, b"x-request-id", f.request_id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields of a head, one `name: value` per line, names lower-cased, sorted.
+    fn fields(head: &[u8]) -> Vec<String> {
+        let text = String::from_utf8(head.to_vec()).unwrap();
+        let mut lines: Vec<String> = text
+            .split("\r\n")
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(": ").unwrap();
+                format!("{}: {v}", n.to_ascii_lowercase())
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn the_head_written_in_one_pass_equals_the_hyper_paths_map_edits() {
+        let extra: [&[(&str, &str)]; 5] = [
+            &[],
+            &[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-host", "edge.example"), ("x-forwarded-proto", "https")],
+            &[("x-forwarded-for", "203.0.113.7, 198.51.100.2"), ("x-request-id", "abc")],
+            &[("proxy-authorization", "Basic eDp4"), ("trailer", "x-sum"), ("upgrade", "h2c"), ("x-kept", "1")],
+            &[("x-forwarded-for", "bad\u{ff}value"), ("x-forwarded-host", "a"), ("x-forwarded-host", "b")],
+        ];
+        let mut cases = 0;
+        for extra in extra {
+            for trusted in [false, true] {
+                for https in [false, true] {
+                    for host in [Some("acme.freshdesk.com"), None] {
+                        let mut h = HeaderMap::new();
+                        h.insert(header::HOST, HeaderValue::from_static("Support.Acme.com:8080"));
+                        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic eDp4"));
+                        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+                        for (n, v) in extra {
+                            h.append(HeaderName::from_static(n), HeaderValue::from_bytes(v.as_bytes()).unwrap());
+                        }
+                        let f = Forwarding {
+                            peer: "192.0.2.1:5555".parse().unwrap(),
+                            https,
+                            peer_trusted: trusted,
+                            host,
+                            path: None,
+                            request_id: HeaderValue::from_static("req-1"),
+                            max_body_bytes: 1 << 20,
+                            body_idle: Duration::from_secs(1),
+                        };
+                        let mut fast = Vec::new();
+                        write_request_head(&mut fast, &Method::GET, "/api/v2/tickets", None, &h, &f, "192.0.2.1");
+                        // What the hyper path does to its map, then written out.
+                        let mut map = h.clone();
+                        forward::strip_hop_by_hop(&mut map);
+                        forward::set_forwarded(&mut map, &f);
+                        let mut slow = b"GET /api/v2/tickets HTTP/1.1\r\n".to_vec();
+                        for (n, v) in &map {
+                            write_field(&mut slow, n.as_str().as_bytes(), v.as_bytes());
+                        }
+                        assert_eq!(
+                            fields(&fast),
+                            fields(&slow),
+                            "extra {extra:?} trusted {trusted} https {https} host {host:?}"
+                        );
+                        assert!(fast.ends_with(b"\r\n\r\n"));
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 40);
+    }
 }
