@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::endpoint::Endpoint;
+
 /// A label value shared with the config (no copy per request).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Name(pub Arc<str>);
@@ -82,9 +84,11 @@ pub struct Metrics {
     pub rate_limited: Family<TenantEndpoint, Counter>,
     pub rejected: Family<TenantReason, Counter>,
     /// Arrival → response headers (`{endpoint}` exactly as SPEC §5 lists it).
-    pub request_duration: Family<EndpointLabel, Histogram, fn() -> Histogram>,
-    /// The part of `request_duration` the gateway added: total minus the upstream wait.
-    pub request_overhead: Family<EndpointLabel, Histogram, fn() -> Histogram>,
+    /// `deskgate_request_duration_seconds` and `..._overhead_seconds` (the
+    /// part the gateway added: total minus the upstream wait) of each endpoint
+    /// class, by [`Metrics::call_histograms`]. Fetched from their families once:
+    /// `Family::get_or_create` hashes the labels under a lock every time.
+    call_histograms: [(Histogram, Histogram); 5],
     pub upstream_duration: Histogram,
     pub upstream_errors: Family<KindLabel, Counter>,
     pub store_duration: Histogram,
@@ -127,6 +131,17 @@ impl Metrics {
             let _ = upstream_errors.get_or_create(&KindLabel { kind: kind.kind() });
         }
         build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
+        let call_histograms = [
+            Endpoint::TicketCreate,
+            Endpoint::TicketUpdate,
+            Endpoint::TicketList,
+            Endpoint::ContactList,
+            Endpoint::Other,
+        ]
+        .map(|e| {
+            let label = EndpointLabel { endpoint: e.as_str() };
+            (request_duration.get_or_create(&label).clone(), request_overhead.get_or_create(&label).clone())
+        });
 
         // prometheus-client appends `_total` to counters itself.
         registry.register("deskgate_requests", "API calls answered, by tenant, endpoint and status", requests.clone());
@@ -176,8 +191,7 @@ impl Metrics {
             requests,
             rate_limited,
             rejected,
-            request_duration,
-            request_overhead,
+            call_histograms,
             upstream_duration,
             upstream_errors,
             store_duration,
@@ -186,6 +200,11 @@ impl Metrics {
             config_reloads,
             runtime_tasks,
         }
+    }
+
+    /// The total and gateway-added time histograms of `endpoint`.
+    pub fn call_histograms(&self, endpoint: Endpoint) -> &(Histogram, Histogram) {
+        &self.call_histograms[endpoint.index().unwrap_or(Endpoint::CLASSIFIED)]
     }
 
     /// For collectors owned elsewhere (`webhooks::WebhookMetrics::register`),

@@ -17,7 +17,7 @@ use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
 use crate::forward::{self, Forwarding, UpstreamError, X_REQUEST_ID};
 use crate::limiter::{Ask, Decision};
-use crate::metrics::{EndpointLabel, Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason};
+use crate::metrics::{Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
 use crate::{checks, headers, tenant};
@@ -266,10 +266,9 @@ pub(crate) fn finish(shared: &Shared, cx: &RequestCtx, status: u16, h: &mut Head
     let m = &shared.metrics;
     m.requests.get_or_create(&RequestLabels { tenant: tenant.clone(), endpoint, status }).inc();
     let total = cx.start.elapsed();
-    let label = EndpointLabel { endpoint };
-    m.request_duration.get_or_create(&label).observe(total.as_secs_f64());
-    let added = total.saturating_sub(cx.upstream.unwrap_or_default());
-    m.request_overhead.get_or_create(&label).observe(added.as_secs_f64());
+    let (duration, overhead) = m.call_histograms(cx.endpoint);
+    duration.observe(total.as_secs_f64());
+    overhead.observe(total.saturating_sub(cx.upstream.unwrap_or_default()).as_secs_f64());
     if let Some(d) = &cx.decision {
         m.budget_remaining
             .get_or_create(&TenantPolicy { tenant: tenant.clone(), policy: "account" })

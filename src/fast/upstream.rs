@@ -277,13 +277,24 @@ impl Exchange<'_> {
             .map(|n| n.trim_ascii())
             .filter(|n| !n.is_empty())
             .collect();
+        // The first letters of our own fields' names: most of the upstream's
+        // fields are told apart by that alone, without a map lookup (which
+        // parses and hashes the name).
+        let mut initials = [false; 256];
+        for name in ours.keys() {
+            initials[usize::from(name.as_str().as_bytes()[0])] = true;
+        }
         let mut dated = false;
         for f in rsp.headers.iter() {
             let name = f.name;
-            if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            let ours_too = name
+                .as_bytes()
+                .first()
+                .is_some_and(|&c| initials[usize::from(c.to_ascii_lowercase())] && ours.contains_key(name));
+            if ours_too
+                || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
                 || name.eq_ignore_ascii_case("upgrade")
                 || named.iter().any(|n| name.as_bytes().eq_ignore_ascii_case(n))
-                || ours.contains_key(name)
             {
                 continue;
             }
