@@ -1,0 +1,75 @@
+"""Runs one deskgate under callgrind, sends N calls over 4 keep-alive
+connections and prints the instructions the whole process executed.
+Used by instructions.sh, which subtracts a run with N = 0 (start-up, shutdown).
+
+    python3 instructions.py BIN CONFIG N [REQUEST]
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+binary, config, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+request = (sys.argv[4] if len(sys.argv) > 4 else
+           'GET /api/v2/tickets HTTP/1.1\r\nHost: bench.freshdesk.com\r\nAuthorization: Basic YXBpa2V5Olg=\r\n\r\n')
+request = request.encode()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+work = tempfile.mkdtemp(prefix='deskgate-ir-')
+port, admin = free_port(), free_port()
+conf = open(config).read().replace('LISTEN_PORT', str(port)).replace('ADMIN_PORT', str(admin))
+with open(os.path.join(work, 'deskgate.toml'), 'w') as f:
+    f.write(conf)
+out = os.path.join(work, 'callgrind.out')
+env = dict(os.environ, DESKGATE_WORKERS='1', RUST_LOG='warn')
+proc = subprocess.Popen(['valgrind', '--tool=callgrind', '--callgrind-out-file=' + out, binary,
+                         '--log-format', 'json', '--config', os.path.join(work, 'deskgate.toml')],
+                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    conns = []
+    deadline = time.time() + 60
+    while not conns:
+        try:
+            conns = [socket.create_connection(('127.0.0.1', port)) for _ in range(4)]
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                sys.exit('deskgate did not start under valgrind')
+            time.sleep(0.1)
+
+    def call(s):
+        s.sendall(request)
+        buf = b''
+        while b'\r\n\r\n' not in buf:
+            buf += s.recv(65536)
+        head, _, body = buf.partition(b'\r\n\r\n')
+        m = re.search(rb'(?i)\r\ncontent-length: *(\d+)', head)
+        while m and len(body) < int(m.group(1)):
+            body += s.recv(65536)
+        return head
+
+    # One call per connection first: lazy start-up work, pool connections.
+    heads = [call(s) for s in conns]
+    for i in range(n):
+        heads.append(call(conns[i % 4]))
+    bad = [h for h in heads if not h.startswith(b'HTTP/1.1 200')]
+    if bad:
+        sys.exit('not 200: %r' % bad[0][:200])
+    for s in conns:
+        s.close()
+    proc.send_signal(2)
+    proc.wait(timeout=60)
+finally:
+    if proc.poll() is None:
+        proc.kill()
+for line in open(out):
+    if line.startswith('summary:'):
+        print(int(line.split()[1]))

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Instructions deskgate executes per call, counted by valgrind (callgrind):
+# a count, not a time, so it comes out the same on a busy machine and a quiet
+# one, and two builds can be compared exactly (the load benchmark's req/s
+# move ±20 % between rounds here). User space only: system calls count as
+# one instruction each, so this measures the gateway's own work, not the
+# kernel's.
+#
+#   benches/load/instructions.sh                      # target/release/deskgate
+#   benches/load/instructions.sh OLD_BIN NEW_BIN      # compare two builds
+#   N=5000 benches/load/instructions.sh
+#
+# For each binary: a GET (ticket list) and a POST with a small JSON body
+# (ticket create), memory store; the GET again with the Redis store.
+# Each figure is (run with N calls - run with 0 calls) / N, so start-up and
+# shutdown cancel out. Needs valgrind, nginx and redis-server (installed from
+# Debian if missing); talks to 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-2000}
+OUT=target/instructions
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+need=()
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v redis-server >/dev/null || need+=(redis-server)
+if ((${#need[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [ $# -eq 0 ]; then
+    cargo build --release --quiet --bin deskgate
+    set -- "$PWD/target/release/deskgate"
+fi
+
+P_UP=18281; P_RS=16499
+cleanup() {
+    [ -f "$OUT/upstream.pid" ] && kill "$(cat "$OUT/upstream.pid")" 2>/dev/null || true
+    redis-cli -p $P_RS shutdown nosave >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+cat > "$OUT/upstream.conf" <<NGX
+worker_processes 1;
+pid $OUT/upstream.pid;
+error_log $OUT/upstream-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$P_UP;
+        location / { return 200 '[{"id":1,"subject":"Printer on fire","status":2}]'; }
+    }
+}
+NGX
+"$NGINX" -c "$OUT/upstream.conf" -p "$OUT"
+redis-server --port $P_RS --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile "$OUT/redis.log"
+
+conf() { # store-lines
+    cat <<TOML
+[server]
+listen = "127.0.0.1:LISTEN_PORT"
+[admin]
+listen = "127.0.0.1:ADMIN_PORT"
+[upstream]
+url = "http://127.0.0.1:$P_UP"
+[limiter]
+$1
+[[tenant]]
+name = "bench"
+domain = "bench.freshdesk.com"
+plan = "enterprise_2000"
+per_minute = 2000000000
+endpoints = { ticket_list = 2000000000, ticket_create = 2000000000 }
+TOML
+}
+conf 'store = "memory"' > "$OUT/memory.toml"
+conf "store = \"redis\"
+redis_url = \"redis://127.0.0.1:$P_RS/0\"" > "$OUT/redis.toml"
+
+GET=$'GET /api/v2/tickets HTTP/1.1\r\nHost: bench.freshdesk.com\r\nAuthorization: Basic YXBpa2V5Olg=\r\n\r\n'
+BODY='{"subject":"Printer on fire","description":"The printer on floor 3 is on fire","email":"a@example.com","priority":1,"status":2}'
+POST=$'POST /api/v2/tickets HTTP/1.1\r\nHost: bench.freshdesk.com\r\nAuthorization: Basic YXBpa2V5Olg=\r\nContent-Type: application/json\r\nContent-Length: '"${#BODY}"$'\r\n\r\n'"$BODY"
+
+per_call() { # bin config request
+    local base full
+    base=$(python3 benches/load/instructions.py "$1" "$2" 0 "$3")
+    full=$(python3 benches/load/instructions.py "$1" "$2" "$N" "$3")
+    echo $(( (full - base) / N ))
+}
+printf '%-50s %14s %14s %14s\n' "binary (instructions per call, N=$N)" "GET memory" "POST memory" "GET redis"
+for bin in "$@"; do
+    printf '%-50s %14s %14s %14s\n' "$bin" "$(per_call "$bin" "$OUT/memory.toml" "$GET")" \
+        "$(per_call "$bin" "$OUT/memory.toml" "$POST")" "$(per_call "$bin" "$OUT/redis.toml" "$GET")"
+done
