@@ -25,7 +25,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::Notify;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
@@ -178,11 +179,11 @@ impl Upstream {
 
         // The request body: cut when the client pauses longer than
         // `body_idle` (else a trickling upload holds this connection and an
-        // upstream one forever), capped at `max_body_bytes`, and telling
-        // `sent` when it has all gone.
-        let sent = Arc::new(Notify::new());
+        // upstream one forever), capped at `max_body_bytes`, and telling the
+        // timer below whom the call waits on.
+        let (waiting, waits_on) = watch::channel(Some(Instant::now()));
         let incoming = IdleCut::new(incoming, f.body_idle, |_| BoxError::from(DownstreamStalled));
-        let incoming = SentSignal::new(incoming, sent.clone());
+        let incoming = Tracked { inner: incoming, waiting };
         let body: Body = Limited::new(incoming, usize::try_from(f.max_body_bytes).unwrap_or(usize::MAX))
             .map_err(|e| match e.downcast::<hyper::Error>() {
                 // Tagged so that `classify_error` can tell a broken downstream
@@ -192,15 +193,12 @@ impl Upstream {
             })
             .boxed();
         let req = Request::from_parts(parts, body);
-        // `timeout_ms` is the wait for response headers once the request is
-        // sent: an upload that takes longer but keeps moving is not a 504.
-        let timeout = self.timeout;
+        // `timeout_ms` runs while the call waits on the upstream, not on the
+        // client: an upload that takes longer but keeps moving is not a 504,
+        // and an upstream that stops reading the body is.
         let rsp = tokio::select! {
             r = self.client.request(req) => r,
-            () = async {
-                sent.notified().await;
-                tokio::time::sleep(timeout).await;
-            } => return Err(UpstreamError::Timeout),
+            () = upstream_deadline(waits_on, self.timeout) => return Err(UpstreamError::Timeout),
         };
         let rsp = rsp.map_err(|e| classify_error(&e))?;
         let (mut parts, incoming) = rsp.into_parts();
@@ -324,32 +322,16 @@ where
     }
 }
 
-/// Passes a request body through and notifies `sent` once it has all been
-/// handed over (or there was none), so the response-headers timeout can
-/// start then.
-struct SentSignal<B> {
+/// Passes the request body through and says whom the call waits on: `None`
+/// while the client owes the next piece (the idle cut's business), `Some(t)`
+/// since `t`, while the upstream holds what it was given and owes the next
+/// read or the answer.
+struct Tracked<B> {
     inner: B,
-    sent: Option<Arc<Notify>>,
+    waiting: watch::Sender<Option<Instant>>,
 }
 
-impl<B: http_body::Body> SentSignal<B> {
-    fn new(inner: B, sent: Arc<Notify>) -> SentSignal<B> {
-        let mut s = SentSignal { inner, sent: Some(sent) };
-        // An empty body may never be polled at all.
-        if s.inner.is_end_stream() {
-            s.signal();
-        }
-        s
-    }
-
-    fn signal(&mut self) {
-        if let Some(sent) = self.sent.take() {
-            sent.notify_one();
-        }
-    }
-}
-
-impl<B> http_body::Body for SentSignal<B>
+impl<B> http_body::Body for Tracked<B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
@@ -361,12 +343,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        // The client stops polling once a body of known length is complete.
-        if frame.is_none() || this.inner.is_end_stream() {
-            this.signal();
-        }
-        Poll::Ready(frame)
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        this.waiting.send_replace(match frame {
+            Poll::Pending => None,
+            Poll::Ready(_) => Some(Instant::now()),
+        });
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -375,6 +357,35 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Returns once the call has waited on the upstream for `timeout` in one go
+/// (see [`Tracked`]); never while the client is the one behind.
+async fn upstream_deadline(mut waits_on: watch::Receiver<Option<Instant>>, timeout: Duration) {
+    loop {
+        let since = *waits_on.borrow_and_update();
+        match since {
+            Some(t) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(t + timeout) => return,
+                    changed = waits_on.changed() => {
+                        // The body is gone (all sent): only the answer is owed.
+                        if changed.is_err() {
+                            tokio::time::sleep_until(t + timeout).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            None => {
+                if waits_on.changed().await.is_err() {
+                    // Dropped while the client owed a piece: the call is
+                    // failing on that side already; nothing to time here.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 }
 

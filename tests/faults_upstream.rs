@@ -95,6 +95,45 @@ async fn headers_that_never_come_are_504_after_timeout_ms() {
     base.assert_returned("no headers", 2, Duration::from_secs(5)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_an_upload_is_504_after_timeout_ms() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = serial().await;
+    let up = FaultyUpstream::start(Fault::StopReading).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    // Far more than the loopback socket buffers hold: the gateway's writes
+    // to the upstream stall while the client keeps sending.
+    let len = 16 << 20;
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let start = std::time::Instant::now();
+    let h = format!(
+        "{}Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+        head("POST", HOST, "/api/v2/tickets")
+    );
+    wr.write_all(h.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..len / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(BOUND + Duration::from_secs(2), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            other => panic!("no answer after {:?}: {other:?}", start.elapsed()),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(start.elapsed() < BOUND, "504 after {:?}", start.elapsed());
+    writer.abort();
+}
+
 /// A response cut after its headers cannot become a 502 any more: the
 /// downstream must see the stream end uncleanly (connection closed before the
 /// announced length), never a truncated body passed off as whole.

@@ -156,6 +156,8 @@ pub enum Fault {
     Garbage(&'static [u8]),
     /// Sends headers and an endless chunked body, as fast as it is read.
     Endless,
+    /// Reads the request head, then neither reads another byte nor answers.
+    StopReading,
 }
 
 /// A raw TCP upstream that misbehaves per [`Fault`]. Counts connections
@@ -245,6 +247,10 @@ async fn serve_fault(mut s: TcpStream, fault: Fault, requests: Arc<AtomicUsize>,
             reset(s);
         }
         Fault::NoHeaders => hold(s).await,
+        Fault::StopReading => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        }
         Fault::StallBody => {
             let _ = s.write_all(&partial).await;
             hold(s).await;
