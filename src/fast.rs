@@ -96,6 +96,9 @@ pub async fn serve(
         let (len, body, parts) = match read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown).await {
             Head::Complete(len, body, parts) => (len, body, parts),
             Head::Stalled(parts) => {
+                // Counted where the hyper path counts its stalled uploads.
+                let kind = forward::UpstreamError::DownstreamStalled.kind();
+                fp.shared.metrics.upstream_errors.get_or_create(&crate::metrics::KindLabel { kind }).inc();
                 let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
                 let idle_ms = header_read_timeout.as_millis() as u64;
                 let head_only = parts.method == Method::HEAD;

@@ -236,7 +236,7 @@ async fn an_upload_that_stalls_is_answered_408_and_never_completes_upstream() {
     assert!(seen.iter().all(|&n| n < 200_000 && n != 500), "the upstream got {seen:?}");
     let metrics = get(&client(), gw.admin, "127.0.0.1", "/metrics").await.body;
     let metrics = String::from_utf8_lossy(&metrics);
-    assert!(metrics.contains(r#"deskgate_upstream_errors_total{kind="downstream_stalled"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"deskgate_upstream_errors_total{kind="downstream_stalled"} 2"#), "{metrics}");
 }
 
 #[tokio::test]
