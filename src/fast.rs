@@ -97,8 +97,7 @@ pub async fn serve(
             Head::Complete(len, body, parts) => (len, body, parts),
             Head::Stalled(parts) => {
                 // Counted where the hyper path counts its stalled uploads.
-                let kind = forward::UpstreamError::DownstreamStalled.kind();
-                fp.shared.metrics.upstream_errors.get_or_create(&crate::metrics::KindLabel { kind }).inc();
+                fp.shared.metrics.count_upstream_error(forward::UpstreamError::DownstreamStalled);
                 let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
                 let idle_ms = header_read_timeout.as_millis() as u64;
                 let head_only = parts.method == Method::HEAD;

@@ -90,7 +90,7 @@ pub struct Metrics {
     /// `Family::get_or_create` hashes the labels under a lock every time.
     call_histograms: [(Histogram, Histogram); 5],
     pub upstream_duration: Histogram,
-    pub upstream_errors: Family<KindLabel, Counter>,
+    upstream_errors: Family<KindLabel, Counter>,
     pub store_duration: Histogram,
     pub store_errors: Counter,
     pub budget_remaining: Family<TenantPolicy, Gauge>,
@@ -200,6 +200,11 @@ impl Metrics {
             config_reloads,
             runtime_tasks,
         }
+    }
+
+    /// Counts one failed upstream exchange (or stalled request body) of kind `e`.
+    pub fn count_upstream_error(&self, e: crate::forward::UpstreamError) {
+        self.upstream_errors.get_or_create(&KindLabel { kind: e.kind() }).inc();
     }
 
     /// The total and gateway-added time histograms of `endpoint`.

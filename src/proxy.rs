@@ -207,7 +207,7 @@ pub(crate) fn upstream_done(shared: &Shared, cx: &mut RequestCtx, waited: Durati
     cx.upstream = Some(waited);
     shared.metrics.upstream_duration.observe(waited.as_secs_f64());
     if let Some(e) = error {
-        shared.metrics.upstream_errors.get_or_create(&crate::metrics::KindLabel { kind: e.kind() }).inc();
+        shared.metrics.count_upstream_error(e);
     }
 }
 

@@ -274,7 +274,6 @@ fn decide(ask: &Ask<'_>, r: &[u8]) -> Result<Decision, StoreError> {
     })
 }
 
-/// Keeps a tenant name from ending or opening the hash tag early.
 /// `<prefix>:{<tenant>}:rl`. Built by hand: this runs for every call, and
 /// `format!`'s machinery cost more than the rest of the key
 /// (`benches/load/instructions.sh`).
@@ -288,6 +287,7 @@ fn key(prefix: &str, tenant: &str) -> String {
     key
 }
 
+/// Keeps a tenant name from ending or opening the hash tag early.
 fn escape(tenant: &str) -> Cow<'_, str> {
     if !tenant.contains(['{', '}', '%']) {
         return Cow::Borrowed(tenant);
