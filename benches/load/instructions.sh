@@ -22,13 +22,8 @@ OUT=target/instructions
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v redis-server >/dev/null || need+=(redis-server)
-if ((${#need[@]})); then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. benches/load/common.sh
+install_missing valgrind:valgrind nginx:nginx-light redis-server:redis-server
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [ $# -eq 0 ]; then
     cargo build --release --quiet --bin deskgate
@@ -41,41 +36,12 @@ cleanup() {
     redis-cli -p $P_RS shutdown nosave >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-cat > "$OUT/upstream.conf" <<NGX
-worker_processes 1;
-pid $OUT/upstream.pid;
-error_log $OUT/upstream-error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$P_UP;
-        location / { return 200 '[{"id":1,"subject":"Printer on fire","status":2}]'; }
-    }
-}
-NGX
+upstream_conf "$OUT" $P_UP > "$OUT/upstream.conf"
 "$NGINX" -c "$OUT/upstream.conf" -p "$OUT"
 redis-server --port $P_RS --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --logfile "$OUT/redis.log"
 
-conf() { # store-lines
-    cat <<TOML
-[server]
-listen = "127.0.0.1:LISTEN_PORT"
-[admin]
-listen = "127.0.0.1:ADMIN_PORT"
-[upstream]
-url = "http://127.0.0.1:$P_UP"
-[limiter]
-$1
-[[tenant]]
-name = "bench"
-domain = "bench.freshdesk.com"
-plan = "enterprise_2000"
-per_minute = 2000000000
-endpoints = { ticket_list = 2000000000, ticket_create = 2000000000 }
-TOML
-}
+# instructions.py puts free ports in place of LISTEN_PORT and ADMIN_PORT.
+conf() { gateway_conf LISTEN_PORT ADMIN_PORT $P_UP "$1"; }
 conf 'store = "memory"' > "$OUT/memory.toml"
 conf "store = \"redis\"
 redis_url = \"redis://127.0.0.1:$P_RS/0\"" > "$OUT/redis.toml"

@@ -24,14 +24,8 @@ OUT=${OUT:-target/load}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-need=()
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
-command -v redis-server >/dev/null || need+=(redis-server)
-if ((${#need[@]})); then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. benches/load/common.sh
+install_missing nginx:nginx-light haproxy:haproxy wrk:wrk redis-server:redis-server
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
@@ -52,21 +46,7 @@ trap cleanup EXIT
 # --- upstream, and nginx as the proxy: two instances, one worker each ---------
 # (In one nginx the proxy and the upstream would share an event loop and skip
 # the context switches every other proxy here pays.)
-cat > "$OUT/upstream.conf" <<NGX
-worker_processes 1;
-pid $OUT/upstream.pid;
-error_log $OUT/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$P_UP;
-        default_type application/json;
-        location / { return 200 '[{"id":1,"subject":"Printer on fire","status":2}]'; }
-    }
-}
-NGX
+upstream_conf "$OUT" $P_UP > "$OUT/upstream.conf"
 cat > "$OUT/nginx.conf" <<NGX
 worker_processes 1;
 pid $OUT/nginx.pid;
@@ -121,31 +101,13 @@ taskset -c "$SERVE_CPU" redis-server --port $P_RS --bind 127.0.0.1 --save "" --a
     --logfile "$OUT/redis.log" &
 PIDS+=($!)
 
-gateway_conf() { # port admin store tenant-block
-    cat <<TOML
-[server]
-listen = "127.0.0.1:$1"
-[admin]
-listen = "127.0.0.1:$2"
-[upstream]
-url = "http://127.0.0.1:$P_UP"
-[limiter]
-$3
-[[tenant]]
-name = "bench"
-domain = "bench.freshdesk.com"
-plan = "enterprise_2000"
-per_minute = 2000000000
-endpoints = { ticket_list = 2000000000, ticket_create = 2000000000 }
-[[tenant]]
-name = "flood"
-domain = "flood.freshdesk.com"
-plan = "trial"
-per_minute = 100
-TOML
+# The `flood` tenant (100/min) is run into the ground by the flood row.
+gateway() { # listen-port admin-port store-lines
+    gateway_conf "$1" "$2" $P_UP "$3"
+    printf '[[tenant]]\nname = "flood"\ndomain = "flood.freshdesk.com"\nplan = "trial"\nper_minute = 100\n'
 }
-gateway_conf $P_MEM $A_MEM 'store = "memory"' > "$OUT/mem.toml"
-gateway_conf $P_REDIS $A_REDIS "store = \"redis\"
+gateway $P_MEM $A_MEM 'store = "memory"' > "$OUT/mem.toml"
+gateway $P_REDIS $A_REDIS "store = \"redis\"
 redis_url = \"redis://127.0.0.1:$P_RS/0\"
 store_timeout_ms = 200" > "$OUT/redis.toml"
 cp "$OUT/redis.toml" "$OUT/flood.toml"
