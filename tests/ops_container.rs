@@ -109,7 +109,5 @@ async fn the_binary_starts_from_the_image_config_path_as_the_non_root_user() {
     assert!(cfg_view.body.contains("deskgate.toml"), "{}", cfg_view.body);
 
     gw.signal("TERM");
-    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(5)))
-        .unwrap_or_else(|| panic!("did not exit:\n{}", gw.log()));
-    assert!(status.success(), "{status:?}\n{}", gw.log());
+    gw.assert_exits_cleanly(Duration::from_secs(5));
 }

@@ -69,9 +69,7 @@ async fn sigterm_stops_accepting_lets_a_slow_upload_and_a_slow_answer_finish_the
     let answer = slow_answer.await.expect("slow answer task");
     assert_eq!(answer.status, http::StatusCode::OK, "{}", answer.body);
 
-    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(6)))
-        .unwrap_or_else(|| panic!("did not exit:\n{}", gw.log()));
-    assert!(status.success(), "exit status {status:?}:\n{}", gw.log());
+    gw.assert_exits_cleanly(Duration::from_secs(6));
     assert!(term_at.elapsed() < Duration::from_secs(5), "slower than the grace");
     assert!(gw.log().contains("shutting down"), "{}", gw.log());
 }
@@ -97,9 +95,7 @@ async fn a_call_slower_than_the_grace_does_not_hold_the_exit() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.signal("TERM");
     let term_at = Instant::now();
-    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(4)))
-        .unwrap_or_else(|| panic!("did not exit:\n{}", gw.log()));
-    assert!(status.success(), "{status:?}");
+    gw.assert_exits_cleanly(Duration::from_secs(4));
     let took = term_at.elapsed();
     assert!(took < Duration::from_millis(2500), "exit took {took:?}");
     assert!(gw.log().contains("shutdown grace over"), "{}", gw.log());
@@ -113,9 +109,7 @@ async fn sigint_shuts_down_like_sigterm() {
     let path = dir.write("deskgate.toml", &config_toml("http://127.0.0.1:9", "", "", ""));
     let mut gw = run_binary(&path, &[]);
     gw.signal("INT");
-    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(5)))
-        .unwrap_or_else(|| panic!("did not exit:\n{}", gw.log()));
-    assert!(status.success(), "{status:?}");
+    gw.assert_exits_cleanly(Duration::from_secs(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,9 +140,7 @@ async fn silent_and_idle_connections_at_shutdown(fast: &str) {
     assert_eq!(&answer, b"HTTP/1.1 200");
     gw.signal("TERM");
     let term_at = Instant::now();
-    let status = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(4)))
-        .unwrap_or_else(|| panic!("did not exit:\n{}", gw.log()));
-    assert!(status.success(), "{status:?}");
+    gw.assert_exits_cleanly(Duration::from_secs(4));
     let took = term_at.elapsed();
     assert!(took < Duration::from_millis(2000), "fast path {fast}: exit took {took:?}");
     assert!(!gw.log().contains("shutdown grace over"), "{}", gw.log());

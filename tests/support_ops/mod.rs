@@ -469,6 +469,14 @@ impl Running {
         wait_line(&self.lines, limit, pred)
     }
 
+    /// Waits (from a multi-thread test runtime) for the process to exit with
+    /// status 0 within `limit`; panics with its log otherwise.
+    pub fn assert_exits_cleanly(&mut self, limit: Duration) {
+        let status = tokio::task::block_in_place(|| self.wait_exit(limit))
+            .unwrap_or_else(|| panic!("did not exit within {limit:?}:\n{}", self.log()));
+        assert!(status.success(), "exit status {status:?}:\n{}", self.log());
+    }
+
     /// Waits for exit, killing the child after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + limit;
