@@ -15,6 +15,7 @@ use deskgate::endpoint::Endpoint;
 use deskgate::limiter::window::{self, Window};
 use deskgate::limiter::{Ask, Decision, Limiter, Policy, PolicyState, RedisStore, Store, CIRCUIT_FAILURES};
 use deskgate::reject::Reject;
+use futures_util::future::join_all;
 use rand::{Rng, SeedableRng};
 use support::redis::{RedisCluster, RedisServer};
 
@@ -452,6 +453,80 @@ async fn the_script_is_loaded_again_after_redis_forgets_it() {
     let d = s.acquire(&ask("acme", 1, acc, None)).await.unwrap();
     assert!(d.allowed);
     assert_eq!(d.account.remaining, 3);
+    // A batch meets NOSCRIPT too: nothing ran, so it is sent once more, whole.
+    assert_eq!(r.cli(&["SCRIPT", "FLUSH"]), "OK");
+    let s = &s;
+    let batch = join_all((0..10).map(|_| async move { s.acquire(&ask("acme", 1, acc, None)).await.unwrap() })).await;
+    assert_eq!(batch.iter().filter(|d| d.allowed).count(), 3, "{batch:?}");
+}
+
+/// The remaining credit each admitted call was told, sorted (each tenant's
+/// admitted calls must be told every value from quota - 1 down to 0 once).
+fn told(decisions: &[(&str, Decision)], tenant: &str) -> (Vec<u32>, usize) {
+    let mine: Vec<_> = decisions.iter().filter(|(t, _)| *t == tenant).map(|(_, d)| d).collect();
+    let mut left: Vec<u32> = mine.iter().filter(|d| d.allowed).map(|d| d.account.remaining).collect();
+    left.sort_unstable();
+    (left, mine.iter().filter(|d| !d.allowed).count())
+}
+
+#[tokio::test]
+async fn calls_waiting_together_share_a_script_call_and_each_gets_its_own_answer() {
+    let Some(r) = RedisServer::start("calls_waiting_together_share_a_script_call_and_each_gets_its_own_answer") else {
+        return;
+    };
+    let s = store(&r).await;
+    s.acquire(&ask("warmup", 1, account(5, 60), None)).await.unwrap();
+    assert_eq!(r.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    // Three tenants with different budgets, interleaved, 100 calls each, all
+    // waiting at once: a mixed-up answer would show as a wrong remaining.
+    let quotas = [("a", 50u32), ("b", 30), ("c", 70)];
+    let s = &s;
+    let decisions = join_all((0..300).map(|i| async move {
+        let (t, q) = quotas[i % 3];
+        (t, s.acquire(&ask(t, 1, account(q, 60), None)).await.expect("store answered"))
+    }))
+    .await;
+    for (t, q) in quotas {
+        let (left, refused) = told(&decisions, t);
+        assert_eq!(left, (0..q).collect::<Vec<_>>(), "tenant {t}");
+        assert_eq!(refused, 100 - q as usize, "tenant {t}");
+    }
+    let calls = evalsha_calls(&r);
+    println!("300 calls waiting together: {calls} EVALSHA");
+    assert!((1..=300 / 4).contains(&calls), "{calls} script calls for 300 calls: not batched");
+    // A call alone is still one script call of its own.
+    s.acquire(&ask("a", 0, account(50, 60), None)).await.unwrap();
+    assert_eq!(evalsha_calls(&r), calls + 1);
+}
+
+#[tokio::test]
+async fn a_key_of_another_type_fails_only_its_own_calls_in_a_batch() {
+    let Some(r) = RedisServer::start("a_key_of_another_type_fails_only_its_own_calls_in_a_batch") else {
+        return;
+    };
+    let s = store(&r).await;
+    s.acquire(&ask("warmup", 1, account(5, 60), None)).await.unwrap();
+    assert_eq!(r.cli(&["RPUSH", &s.key("broken"), "not a window"]), "1");
+    assert_eq!(r.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    let s = &s;
+    let results = join_all((0..40).map(|i| async move {
+        let t = if i % 4 == 0 { "broken" } else { "fine" };
+        (t, s.acquire(&ask(t, 1, account(100, 60), ep(Endpoint::TicketList, 100, 60))).await)
+    }))
+    .await;
+    assert!(evalsha_calls(&r) < 40, "the calls were not batched: the test proves nothing");
+    for (t, res) in &results {
+        match (*t, res) {
+            ("fine", Ok(d)) => assert!(d.allowed),
+            ("broken", Err(e)) => assert!(e.to_string().contains("another type"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    let fine = s.acquire(&ask("fine", 0, account(100, 60), None)).await.unwrap();
+    assert_eq!(fine.account.remaining, 70, "each fine call charged once");
+    // Alone, the call gets Redis's own error.
+    let alone = s.acquire(&ask("broken", 1, account(100, 60), None)).await.expect_err("a list is no window");
+    assert!(alone.to_string().contains("WRONGTYPE"), "{alone}");
 }
 
 #[tokio::test]

@@ -10,8 +10,8 @@
 # traffic only to 127.0.0.1 and stops by itself. Prints a table of req/s,
 # p50/p99, ratios to nginx and CPU microseconds per request (the proxy's own
 # and the upstream's, from /proc/PID/stat), a light-load latency run at a
-# fixed rate, and Redis figures (store calls per request, script time per
-# call). `relay` is the ceiling: a byte relay that does no HTTP work
+# fixed rate, and Redis figures (calls decided per EVALSHA, Redis script
+# time and process CPU per call, against a naive sliding-log script). `relay` is the ceiling: a byte relay that does no HTTP work
 # (benches/load/relay.rs), i.e. what a proxy reaches when its work is free.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,8 +33,8 @@ cargo build --release --quiet --bin deskgate --example relay
 BIN=$PWD/target/release/deskgate
 RELAY=$PWD/target/release/examples/relay
 
-P_UP=18181; P_NGINX=18182; P_MEM=18183; P_REDIS=18184; P_HA=18185; P_FLOOD=18186; P_RELAY=18187; P_HYPER=18188; P_RS=16399
-A_MEM=19183; A_REDIS=19184; A_FLOOD=19186; A_HYPER=19188
+P_UP=18181; P_NGINX=18182; P_MEM=18183; P_REDIS=18184; P_HA=18185; P_FLOOD=18186; P_RELAY=18187; P_HYPER=18188; P_NOBATCH=18189; P_RS=16399
+A_MEM=19183; A_REDIS=19184; A_FLOOD=19186; A_HYPER=19188; A_NOBATCH=19189
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -100,6 +100,7 @@ PID_HA=$!
 taskset -c "$SERVE_CPU" redis-server --port $P_RS --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
     --logfile "$OUT/redis.log" &
 PIDS+=($!)
+PID_RS=$!
 
 # The `flood` tenant (100/min) is run into the ground by the flood row.
 gateway() { # listen-port admin-port store-lines
@@ -114,12 +115,15 @@ cp "$OUT/redis.toml" "$OUT/flood.toml"
 sed -i "s/$P_REDIS/$P_FLOOD/; s/$A_REDIS/$A_FLOOD/" "$OUT/flood.toml"
 # The same memory-store gateway with the fast path off: every call through hyper.
 sed "s/$P_MEM/$P_HYPER/; s/$A_MEM/$A_HYPER/" "$OUT/mem.toml" > "$OUT/hyper.toml"
+# The same Redis-store gateway without batches: one EVALSHA per call.
+sed "s/$P_REDIS/$P_NOBATCH/; s/$A_REDIS/$A_NOBATCH/" "$OUT/redis.toml" > "$OUT/nobatch.toml"
 sleep 0.5
 declare -A PID
-for g in mem redis flood hyper; do
-    fast=1
+for g in mem redis flood hyper nobatch; do
+    fast=1 batch=1
     [ "$g" = hyper ] && fast=0
-    DESKGATE_FAST_PATH=$fast RUST_LOG=warn DESKGATE_WORKERS=1 taskset -c "$SERVE_CPU" "$BIN" --log-format json --config "$OUT/$g.toml" \
+    [ "$g" = nobatch ] && batch=0
+    DESKGATE_FAST_PATH=$fast DESKGATE_REDIS_BATCH=$batch RUST_LOG=warn DESKGATE_WORKERS=1 taskset -c "$SERVE_CPU" "$BIN" --log-format json --config "$OUT/$g.toml" \
         2>"$OUT/$g.log" &
     PIDS+=($!)
     PID[$g]=$!
@@ -153,8 +157,20 @@ run_wrk() { # name url host proxy-pid [extra wrk args...]
     fi
 }
 
-# "calls usec_per_call" of EVALSHA (cumulative since the last resetstat).
-redis_stat() { redis-cli -p $P_RS info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_evalsha/ {print $3, $7}'; }
+# "calls usec" of EVALSHA (cumulative since the last resetstat).
+redis_stat() { redis-cli -p $P_RS info commandstats | tr -d '\r' | awk -F'[:=,]' '/^cmdstat_evalsha/ {print $3, $5}'; }
+# A Redis-store row, and what it cost Redis: requests, EVALSHA calls, script
+# time and the redis-server process's CPU time (user+sys, so reading and
+# answering the calls too), all in µs.
+redis_row() { # name port gateway-pid
+    local before b_calls b_usec r0 after reqs hz
+    before=$(redis_stat); b_calls=${before%% *}; b_usec=${before##* }
+    r0=$(ticks "$PID_RS")
+    run_wrk "$1" "http://127.0.0.1:$2$URL" bench.freshdesk.com "$3"
+    after=$(redis_stat); hz=$(getconf CLK_TCK)
+    reqs=$(awk '/requests in/ {print $1}' "$OUT/wrk-$1.txt")
+    echo "redis-calls $1 $reqs $(( ${after%% *} - ${b_calls:-0} )) $(( ${after##* } - ${b_usec:-0} )) $(( ($(ticks "$PID_RS") - r0) * 1000000 / hz ))" >> "$OUT/results.txt"
+}
 
 # A ticket created: a small JSON body (the fast path carries it; the
 # `-hyper` gateway streams it through hyper).
@@ -177,11 +193,8 @@ for r in $(seq 1 "$ROUNDS"); do
     run_wrk nginx-post "http://127.0.0.1:$P_NGINX$URL" bench.freshdesk.com "$PID_NGINX" -s "$OUT/post.lua"
     run_wrk deskgate-memory-post "http://127.0.0.1:$P_MEM$URL" bench.freshdesk.com "${PID[mem]}" -s "$OUT/post.lua"
     run_wrk deskgate-memory-hyper-post "http://127.0.0.1:$P_HYPER$URL" bench.freshdesk.com "${PID[hyper]}" -s "$OUT/post.lua"
-    before=$(redis_stat); before_calls=${before%% *}; before_calls=${before_calls:-0}
-    run_wrk deskgate-redis "http://127.0.0.1:$P_REDIS$URL" bench.freshdesk.com "${PID[redis]}"
-    after=$(redis_stat)
-    reqs=$(awk '/requests in/ {print $1}' "$OUT/wrk-deskgate-redis.txt")
-    echo "redis-calls $reqs $(( ${after%% *} - before_calls )) ${after##* }" >> "$OUT/results.txt"
+    redis_row deskgate-redis $P_REDIS "${PID[redis]}"
+    redis_row deskgate-redis-nobatch $P_NOBATCH "${PID[nobatch]}"
     before=$(redis_stat); before_calls=${before%% *}; before_calls=${before_calls:-0}
     run_wrk deskgate-flood "http://127.0.0.1:$P_FLOOD$URL" flood.freshdesk.com "${PID[flood]}"
     after=$(redis_stat)
@@ -208,9 +221,11 @@ if redis.call("ZCARD",KEYS[1]) < 1000000 and redis.call("ZCARD",KEYS[2]) < 10000
 for i=1,2 do redis.call("ZADD",KEYS[i],now,ARGV[2]) redis.call("PEXPIRE",KEYS[i],60000) end return 1 end return 0'
 SHA=$(redis-cli -p $P_RS script load "$NAIVE")
 redis-cli -p $P_RS config resetstat >/dev/null
+r0=$(ticks "$PID_RS")
 taskset -c "$LOAD_CPU" redis-benchmark -p $P_RS -n 200000 -c 16 -r 100000000 -q \
     evalsha "$SHA" 2 '{naive}:a' '{naive}:e' 1700000000000000 __rand_int__ > /dev/null
-echo "naive-script $(redis_stat)" >> "$OUT/results.txt"
+after=$(redis_stat)
+echo "naive-script ${after%% *} $(( ${after##* } / ${after%% *} )) $(( ($(ticks "$PID_RS") - r0) * 1000000 / $(getconf CLK_TCK) / ${after%% *} ))" >> "$OUT/results.txt"
 
 python3 - "$OUT/results.txt" <<'PY'
 import sys, statistics as st, collections
@@ -230,7 +245,7 @@ for line in open(sys.argv[1]):
 med = {k: tuple(st.median(r[i] for r in v) for i in range(5)) for k, v in rows.items()}
 ng = med.get('nginx', (float('nan'),))[0]
 print(f"\n{'target':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x nginx':>9}{'CPU us/req':>12}{'upstream us':>13}   (medians of {len(rows['nginx'])} rounds)")
-for k in ['upstream', 'relay', 'nginx', 'haproxy', 'deskgate-memory', 'deskgate-memory-hyper', 'deskgate-redis', 'deskgate-flood']:
+for k in ['upstream', 'relay', 'nginx', 'haproxy', 'deskgate-memory', 'deskgate-memory-hyper', 'deskgate-redis', 'deskgate-redis-nobatch', 'deskgate-flood']:
     if k in med:
         r, p50, p99, cpu, ucpu = med[k]
         print(f"{k:<24}{r:>10.0f}{p50:>9.3f}{p99:>9.3f}{r / ng:>9.2f}{cpu:>12.0f}{ucpu:>13.0f}")
@@ -246,10 +261,13 @@ for k in ['light-upstream', 'light-relay', 'light-nginx', 'light-deskgate-memory
     if k in med:
         r, p50, p99, _, _ = med[k]
         print(f"{k:<24}{r:>10.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms  added p50 {p50 - base:+.3f} ms")
-for reqs, calls, usec in extra['redis-calls']:
-    print(f"redis store: {reqs} requests, {calls} EVALSHA calls ({int(calls) / max(1, int(reqs)):.3f} per request); script time {usec} usec/call (INFO commandstats)")
+for name, reqs, calls, usec, cpu in extra['redis-calls']:
+    n, c = max(1, int(reqs)), max(1, int(calls))
+    print(f"{name}: {reqs} requests, {calls} EVALSHA ({n / c:.1f} calls decided per EVALSHA); "
+          f"Redis per call: script {int(usec) / n:.1f} us (INFO commandstats), process CPU {int(cpu) / n:.1f} us")
 for reqs, calls, non2xx in extra['flood-calls']:
     print(f"flood: {reqs} requests, {non2xx} non-2xx, {calls} EVALSHA calls (1 per {int(reqs) / max(1, int(calls)):.0f} requests)")
 for v in extra['naive-script']:
-    print(f"naive ZSET sliding-log script: {v[0]} calls, {v[1]} usec/call (INFO commandstats)")
+    print(f"naive ZSET sliding-log script (redis-benchmark -c 16, one decision per call): {v[0]} calls, "
+          f"script {v[1]} us/call (INFO commandstats), process CPU {v[2]} us/call")
 PY

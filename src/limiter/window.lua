@@ -1,16 +1,21 @@
 -- deskgate: check and charge one call against a tenant's rolling windows
 -- (SPEC §3.2, §4). The same arithmetic as src/limiter/window.rs, on Redis TIME.
 --
--- KEYS[1]  the tenant's budget key: one string holding every policy's window.
--- ARGV[1]  packed big-endian: cost u32, n u8 (1 or 2 policies), then per
---          policy id u8 (0 account, 1-4 endpoint), quota u32, window_s u32,
---          slot_us u32 (= ceil(window_s * 1e6 / 120), computed in Rust).
+-- One script call decides k >= 1 calls, in order, each as if alone (a
+-- batch: the gateway sends the calls that are waiting together, so Redis
+-- pays its fixed cost per script call once for all of them).
+-- KEYS[i]  call i's tenant budget key: one string holding every policy's window.
+-- ARGV[i]  call i, packed big-endian: cost u32, n u8 (1 or 2 policies), then
+--          per policy id u8 (0 account, 1-4 endpoint), quota u32, window_s
+--          u32, slot_us u32 (= ceil(window_s * 1e6 / 120), computed in Rust).
 --          A cost of 0 reads: nothing is written, no key is created.
--- ARGV[2]  optional: a fixed "now" in microseconds (tests only).
+-- ARGV[k+1] optional: a fixed "now" in microseconds (tests only).
 --
--- Returns one packed big-endian string: allowed u8, then per policy fits u8,
--- left_before_charge u32, retry_us i64 (-1: the cost exceeds the quota),
--- reset_us_after_charge i64.
+-- Returns one packed big-endian string, the calls' answers one after the
+-- other: allowed u8, then per policy fits u8, left_before_charge u32,
+-- retry_us i64 (-1: the cost exceeds the quota), reset_us_after_charge i64.
+-- A call whose key holds another type answers allowed = 2 and zeros (the
+-- same length), or, alone, the error itself.
 --
 -- Value layout (fixed offsets, so no call scans for its sections):
 --   0     deadline u48 (ms on the script's clock until which the key must
@@ -51,30 +56,16 @@ local RING, G, H, RB = 121, 8, 24, 242
 local RINGS, EXT = 128, 1338 -- G + 5 H, RINGS + 5 RB
 local HF = '>I4I6BI4I4I4B'
 local floor, pack, unpack = math.floor, struct.pack, struct.unpack
-local call, key = redis.call, KEYS[1]
+local call, nk = redis.call, #KEYS
 
-local args = ARGV[1]
-local cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2
-if string.byte(args, 5) == 1 then
-  cost, n, id1, q1, win1, slot1 = unpack('>I4BBI4I4I4', args)
-else
-  cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2 = unpack('>I4BBI4I4I4BI4I4I4', args)
-end
+-- One clock for the whole batch: its calls are decided at the same instant.
 local now
-if ARGV[2] then
-  now = tonumber(ARGV[2])
+if ARGV[nk + 1] then
+  now = tonumber(ARGV[nk + 1])
 else
   local t = call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-
--- The header block up to the last section this call uses.
-local maxid = id1
-if id2 and id2 > maxid then maxid = id2 end
-local hend = G + H * (maxid + 1)
-local h = call('GETRANGE', key, '0', maxid == 0 and '31' or maxid == 1 and '55' or maxid == 2 and '79'
-  or maxid == 3 and '103' or '127')
-if #h < hend then h = h .. string.rep('\0', hend - #h) end
 
 -- Section `id`'s ring (and high halves when wide) as strings of 242 bytes.
 local function loadring(key, id, wide)
@@ -215,61 +206,93 @@ local function ringput(key, id, wide, op, a1, a2)
   end
 end
 
-local wa, hia, offa, tota, cura, heada, ta, fa, la, ra, opa, xa, ya =
-  judge(h, now, cost, key, id1, q1, win1, slot1, loadring, cell)
-local we, hie, offe, tote, cure, heade, te, fe, le, re, ope, xe, ye
-local allowed = fa
-if n == 2 then
-  we, hie, offe, tote, cure, heade, te, fe, le, re, ope, xe, ye =
-    judge(h, now, cost, key, id2, q2, win2, slot2, loadring, cell)
-  if fe == 0 then allowed = 0 end
-end
-
--- Charge and write back (never for a read or a refusal).
-if allowed == 1 and cost > 0 then
-  local deadline, len = unpack('>I6I2', h)
-  local len0 = len
-  local need = RINGS + RB * (maxid + 1)
-  if wa == 1 and EXT + RB * (id1 + 1) > need then need = EXT + RB * (id1 + 1) end
-  if n == 2 and we == 1 and EXT + RB * (id2 + 1) > need then need = EXT + RB * (id2 + 1) end
-  if len < need then
-    local v = call('GET', key) or ''
-    call('SET', key, v .. string.rep('\0', need - #v), 'KEEPTTL')
-    len = need
-  end
-  if opa ~= 0 then ringput(key, id1, wa, opa, xa, ya) end
-  if offa == 0 then heada = heada + cost end
-  tota, cura = tota + cost, cura + cost
-  -- The charged slot counts until the clock reaches (hi + 121) slots.
-  local until_us = (hia + RING) * slot1
-  local p1, s1 = G + H * id1 + 1, pack(HF, win1, hia, offa, tota, cura, heada, wa)
-  local p2, s2
-  if n == 2 then
-    if ope ~= 0 then ringput(key, id2, we, ope, xe, ye) end
-    if offe == 0 then heade = heade + cost end
-    tote, cure = tote + cost, cure + cost
-    local u = (hie + RING) * slot2
-    if u > until_us then until_us = u end
-    p2, s2 = G + H * id2 + 1, pack(HF, win2, hie, offe, tote, cure, heade, we)
-    if p2 < p1 then p1, s1, p2, s2 = p2, s2, p1, s1 end
-  end
-  local nd, until_ms = deadline, floor(until_us / 1000) + 1
-  if deadline < until_ms then nd = until_ms + 1000 end
-  local body = s1
-  if p2 then body = s1 .. string.sub(h, p1 + H, p2 - 1) .. s2 end
-  if nd ~= deadline or len ~= len0 or p1 ~= G + 1 then
-    call('SETRANGE', key, '0', pack('>I6I2', nd, len) .. string.sub(h, G + 1, p1 - 1) .. body)
+local out
+if nk > 1 then out = {} end
+for i = 1, nk do
+  local key, args = KEYS[i], ARGV[i]
+  local reply
+  local cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2
+  if string.byte(args, 5) == 1 then
+    cost, n, id1, q1, win1, slot1 = unpack('>I4BBI4I4I4', args)
   else
-    call('SETRANGE', key, '8', body)
+    cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2 = unpack('>I4BBI4I4I4BI4I4I4', args)
   end
-  if nd ~= deadline then call('PEXPIRE', key, nd - floor(now / 1000)) end
-end
 
-local rsa = 0
-if tota > 0 then rsa = (hia - offa + RING) * slot1 - ta end
-if n == 2 then
-  local rse = 0
-  if tote > 0 then rse = (hie - offe + RING) * slot2 - te end
-  return pack('>BBI4i8i8BI4i8i8', allowed, fa, la, ra, rsa, fe, le, re, rse)
+  -- The header block up to the last section this call uses. pcall: a key
+  -- that holds another type (WRONGTYPE) fails this call, not the whole batch.
+  local maxid = id1
+  if id2 and id2 > maxid then maxid = id2 end
+  local hend = G + H * (maxid + 1)
+  local h = redis.pcall('GETRANGE', key, '0', maxid == 0 and '31' or maxid == 1 and '55' or maxid == 2 and '79'
+    or maxid == 3 and '103' or '127')
+  if type(h) == 'table' then
+    if nk == 1 then return h end
+    -- Marker 2 in place of `allowed`, padded to the reply's usual length.
+    reply = string.char(2) .. string.rep('\0', 21 * n)
+  else
+    if #h < hend then h = h .. string.rep('\0', hend - #h) end
+
+    local wa, hia, offa, tota, cura, heada, ta, fa, la, ra, opa, xa, ya =
+      judge(h, now, cost, key, id1, q1, win1, slot1, loadring, cell)
+    local we, hie, offe, tote, cure, heade, te, fe, le, re, ope, xe, ye
+    local allowed = fa
+    if n == 2 then
+      we, hie, offe, tote, cure, heade, te, fe, le, re, ope, xe, ye =
+        judge(h, now, cost, key, id2, q2, win2, slot2, loadring, cell)
+      if fe == 0 then allowed = 0 end
+    end
+
+    -- Charge and write back (never for a read or a refusal).
+    if allowed == 1 and cost > 0 then
+      local deadline, len = unpack('>I6I2', h)
+      local len0 = len
+      local need = RINGS + RB * (maxid + 1)
+      if wa == 1 and EXT + RB * (id1 + 1) > need then need = EXT + RB * (id1 + 1) end
+      if n == 2 and we == 1 and EXT + RB * (id2 + 1) > need then need = EXT + RB * (id2 + 1) end
+      if len < need then
+        local v = call('GET', key) or ''
+        call('SET', key, v .. string.rep('\0', need - #v), 'KEEPTTL')
+        len = need
+      end
+      if opa ~= 0 then ringput(key, id1, wa, opa, xa, ya) end
+      if offa == 0 then heada = heada + cost end
+      tota, cura = tota + cost, cura + cost
+      -- The charged slot counts until the clock reaches (hi + 121) slots.
+      local until_us = (hia + RING) * slot1
+      local p1, s1 = G + H * id1 + 1, pack(HF, win1, hia, offa, tota, cura, heada, wa)
+      local p2, s2
+      if n == 2 then
+        if ope ~= 0 then ringput(key, id2, we, ope, xe, ye) end
+        if offe == 0 then heade = heade + cost end
+        tote, cure = tote + cost, cure + cost
+        local u = (hie + RING) * slot2
+        if u > until_us then until_us = u end
+        p2, s2 = G + H * id2 + 1, pack(HF, win2, hie, offe, tote, cure, heade, we)
+        if p2 < p1 then p1, s1, p2, s2 = p2, s2, p1, s1 end
+      end
+      local nd, until_ms = deadline, floor(until_us / 1000) + 1
+      if deadline < until_ms then nd = until_ms + 1000 end
+      local body = s1
+      if p2 then body = s1 .. string.sub(h, p1 + H, p2 - 1) .. s2 end
+      if nd ~= deadline or len ~= len0 or p1 ~= G + 1 then
+        call('SETRANGE', key, '0', pack('>I6I2', nd, len) .. string.sub(h, G + 1, p1 - 1) .. body)
+      else
+        call('SETRANGE', key, '8', body)
+      end
+      if nd ~= deadline then call('PEXPIRE', key, nd - floor(now / 1000)) end
+    end
+
+    local rsa = 0
+    if tota > 0 then rsa = (hia - offa + RING) * slot1 - ta end
+    if n == 2 then
+      local rse = 0
+      if tote > 0 then rse = (hie - offe + RING) * slot2 - te end
+      reply = pack('>BBI4i8i8BI4i8i8', allowed, fa, la, ra, rsa, fe, le, re, rse)
+    else
+      reply = pack('>BBI4i8i8', allowed, fa, la, ra, rsa)
+    end
+  end
+  if nk == 1 then return reply end
+  out[i] = reply
 end
-return pack('>BBI4i8i8', allowed, fa, la, ra, rsa)
+return table.concat(out)
