@@ -38,11 +38,13 @@
 //! share one `EVALSHA`: a call queues its key and arguments, and the first
 //! one into an empty queue spawns a flush, which runs once the tasks that are
 //! ready now have run — so under load it takes every call decided in the
-//! same turn of the event loop (up to [`MAX_BATCH`]), and a lone call goes
+//! same turn of the event loop (in script calls of up to [`MAX_BATCH`]
+//! calls, sent side by side), and a lone call goes
 //! out alone, at once. The script decides them one after the other, each
 //! exactly as if alone, on one reading of `TIME`; Redis pays its fixed cost
-//! per script call (about half of a lone decision's CPU) and the socket calls
-//! once per batch, and the gateway builds, sends and parses one command.
+//! per script call and its socket calls once per batch (under load that
+//! saves a quarter of its CPU per decision: BENCHMARKS.md), and the gateway
+//! builds, sends and parses one command.
 //! Every call still costs at most one round trip, and a batch is atomic like
 //! a single call, so exactness across replicas is unchanged. A key of
 //! another type fails only its own call. A cluster gets no batches (each
@@ -86,7 +88,7 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between background reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Most calls decided by one script call: bounds how long one batch holds
-/// Redis (a few hundred microseconds), since Redis runs scripts one at a time.
+/// Redis (about half a millisecond), since Redis runs scripts one at a time.
 pub const MAX_BATCH: usize = 64;
 
 /// The script, loaded once per Redis and then called by its SHA1.
@@ -205,18 +207,6 @@ impl RedisStore {
         decide(ask, &reply)
     }
 
-    fn conn(&self) -> Result<Conn, StoreError> {
-        if let Some(c) = self.inner.conn.load().as_deref() {
-            return Ok(c.clone());
-        }
-        if !self.inner.connecting.swap(true, Ordering::AcqRel) {
-            tokio::spawn(connect_loop(Arc::downgrade(&self.inner)));
-        }
-        Err(StoreError::Backend("not connected to Redis yet".into()))
-    }
-}
-
-impl RedisStore {
     /// One call in the next batch (see the module's doc).
     async fn batched(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -232,6 +222,16 @@ impl RedisStore {
         }
         let reply = rx.await.map_err(|_| StoreError::Backend("the Redis batch was abandoned".into()))??;
         decide(ask, &reply)
+    }
+
+    fn conn(&self) -> Result<Conn, StoreError> {
+        if let Some(c) = self.inner.conn.load().as_deref() {
+            return Ok(c.clone());
+        }
+        if !self.inner.connecting.swap(true, Ordering::AcqRel) {
+            tokio::spawn(connect_loop(Arc::downgrade(&self.inner)));
+        }
+        Err(StoreError::Backend("not connected to Redis yet".into()))
     }
 }
 
