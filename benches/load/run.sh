@@ -11,7 +11,8 @@
 # p50/p99, ratios to nginx and CPU microseconds per request (the proxy's own
 # and the upstream's, from /proc/PID/stat), a light-load latency run at a
 # fixed rate, and Redis figures (calls decided per EVALSHA, Redis script
-# time and process CPU per call, against a naive sliding-log script). `relay` is the ceiling: a byte relay that does no HTTP work
+# time and process CPU per call, against a naive sliding-log script).
+# `relay` is the ceiling: a byte relay that does no HTTP work
 # (benches/load/relay.rs), i.e. what a proxy reaches when its work is free.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -100,7 +101,7 @@ taskset -c "$SERVE_CPU" "$HAPROXY" -f "$OUT/haproxy.cfg" -q &
 PIDS+=($!)
 PID_HA=$!
 
-# --- redis and three gateways --------------------------------------------------
+# --- redis and the gateways ---------------------------------------------------
 taskset -c "$REDIS_CPU" redis-server --port $P_RS --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
     --logfile "$OUT/redis.log" &
 PIDS+=($!)
