@@ -188,6 +188,51 @@ async fn the_script_agrees_with_the_rust_window_step_by_step() {
     }
 }
 
+/// A batch (one script call for several calls, on one clock) decides each
+/// call exactly as window.rs does one after the other: calls of the same
+/// tenant see each other's charges, calls of other tenants do not.
+#[tokio::test]
+async fn a_batch_decides_each_call_as_if_alone_step_by_step() {
+    let Some(r) = RedisServer::start("a_batch_decides_each_call_as_if_alone_step_by_step") else {
+        return;
+    };
+    let s = store(&r).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    // (tenant, window_s, account quota, ticket_list quota)
+    let tenants = [("x", 10u32, 20u32, 8u32), ("y", 7, 50, 50), ("z", 1, 3, 2)];
+    let mut models: Vec<(Window, Window)> = tenants.iter().map(|t| (Window::new(t.1), Window::new(t.1))).collect();
+    let mut now = T0 + rng.gen_range(0..S);
+    for step in 0..600 {
+        now += match rng.gen_range(0..100) {
+            0 => 12 * S, // idle for more than every window
+            1..=30 => 0,
+            _ => rng.gen_range(0..S / 4),
+        };
+        let picks: Vec<(usize, u32)> =
+            (0..rng.gen_range(1..12)).map(|_| (rng.gen_range(0..3), [0, 1, 1, 2, 3][rng.gen_range(0..5)])).collect();
+        let asks: Vec<Ask<'_>> = picks
+            .iter()
+            .map(|&(t, cost)| {
+                let (name, w, qa, qe) = tenants[t];
+                ask(name, cost, account(qa, w), ep(Endpoint::TicketList, qe, w))
+            })
+            .collect();
+        let want: Vec<Decision> = picks
+            .iter()
+            .zip(&asks)
+            .map(|(&(t, _), a)| {
+                let (wa, we) = &mut models[t];
+                expected(wa, we, a, now)
+            })
+            .collect();
+        let got = s.acquire_batch_at(&asks, now).await.unwrap_or_else(|e| panic!("step {step}: {e}"));
+        for (i, (g, w)) in got.into_iter().zip(want).enumerate() {
+            let g = g.unwrap_or_else(|e| panic!("step {step}, call {i}: {e}"));
+            assert_eq!(g, w, "step {step}, call {i} of {}, now {now}", asks.len());
+        }
+    }
+}
+
 /// Reloads on one tenant, each phase checked call by call against
 /// window.rs: counters past 16 bits (a quota above 65,535 widens them), a
 /// window length change (both stores start that window afresh), a quota

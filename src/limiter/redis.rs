@@ -191,6 +191,39 @@ impl RedisStore {
         self.run(ask, Some(now_us)).await
     }
 
+    /// Several calls in one script call, as a batch sends them, on a given
+    /// store clock (tests pin a batch's arithmetic with it). Standalone only.
+    #[doc(hidden)]
+    pub async fn acquire_batch_at(
+        &self,
+        asks: &[Ask<'_>],
+        now_us: u64,
+    ) -> Result<Vec<Result<Decision, StoreError>>, StoreError> {
+        let Some(Conn::Single(c)) = self.inner.conn.load().as_deref().cloned() else {
+            return Err(StoreError::Backend("batches need a standalone Redis connection".into()));
+        };
+        let mut conn = *c;
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.inner.script.get_hash()).arg(asks.len());
+        for a in asks {
+            cmd.arg(self.key(a.tenant));
+        }
+        for a in asks {
+            cmd.arg(pack_args(a)?);
+        }
+        cmd.arg(now_us);
+        redis::cmd("SCRIPT").arg("LOAD").arg(WINDOW_LUA).query_async::<String>(&mut conn).await.map_err(backend)?;
+        let reply: Vec<u8> = cmd.query_async(&mut conn).await.map_err(backend)?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(asks.len());
+        for a in asks {
+            let end = (at + reply_len(a)).min(reply.len());
+            out.push(decide(a, &reply[at..end]));
+            at = end;
+        }
+        Ok(out)
+    }
+
     /// One call in a script call of its own.
     async fn run(&self, ask: &Ask<'_>, now_us: Option<u64>) -> Result<Decision, StoreError> {
         let mut conn = self.conn()?;
