@@ -203,16 +203,9 @@ impl RedisStore {
             return Err(StoreError::Backend("batches need a standalone Redis connection".into()));
         };
         let mut conn = *c;
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.inner.script.get_hash()).arg(asks.len());
-        for a in asks {
-            cmd.arg(self.key(a.tenant));
-        }
-        for a in asks {
-            cmd.arg(pack_args(a)?);
-        }
-        cmd.arg(now_us);
-        redis::cmd("SCRIPT").arg("LOAD").arg(WINDOW_LUA).query_async::<String>(&mut conn).await.map_err(backend)?;
+        let calls = asks.iter().map(|a| Ok((self.key(a.tenant), pack_args(a)?))).collect::<Result<Vec<_>, _>>()?;
+        let cmd = evalsha_cmd(&self.inner.script, calls.iter().map(|(k, a)| (k.as_str(), a.as_slice())), Some(now_us));
+        load_script(&mut conn).await.map_err(backend)?;
         let reply: Vec<u8> = cmd.query_async(&mut conn).await.map_err(backend)?;
         let mut at = 0;
         let mut out = Vec::with_capacity(asks.len());
@@ -284,17 +277,21 @@ impl Store for RedisStore {
 /// others.
 async fn flush(inner: Arc<Inner>) {
     let mut queued = std::mem::take(&mut *inner.queue.lock().unwrap_or_else(PoisonError::into_inner));
+    let conn = match inner.conn.load().as_deref() {
+        Some(Conn::Single(c)) => Some((**c).clone()),
+        // A cluster never batches.
+        _ => None,
+    };
+    if queued.len() <= MAX_BATCH {
+        // The usual case: one script call, nothing to split or join.
+        return answer(&inner.script, conn, queued).await;
+    }
     let mut batches = Vec::with_capacity(queued.len().div_ceil(MAX_BATCH));
     while queued.len() > MAX_BATCH {
         let rest = queued.split_off(MAX_BATCH);
         batches.push(std::mem::replace(&mut queued, rest));
     }
     batches.push(queued);
-    let conn = match inner.conn.load().as_deref() {
-        Some(Conn::Single(c)) => Some((**c).clone()),
-        // A cluster never batches.
-        _ => None,
-    };
     futures_util::future::join_all(batches.into_iter().map(|b| answer(&inner.script, conn.clone(), b))).await;
 }
 
@@ -315,7 +312,7 @@ async fn answer(script: &redis::Script, conn: Option<ConnectionManager>, mut bat
     let mut result = evalsha(script, &mut conn, &batch).await;
     if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::NoScriptError) {
         // A restarted or flushed Redis: nothing ran. Load and go again.
-        if let Err(e) = redis::cmd("SCRIPT").arg("LOAD").arg(WINDOW_LUA).query_async::<String>(&mut conn).await {
+        if let Err(e) = load_script(&mut conn).await {
             return fail(batch, &e.to_string());
         }
         batch.retain(|w| !w.tx.is_closed());
@@ -350,15 +347,33 @@ async fn evalsha(
     conn: &mut ConnectionManager,
     batch: &[Waiting],
 ) -> redis::RedisResult<Vec<u8>> {
+    evalsha_cmd(script, batch.iter().map(|w| (w.key.as_str(), w.args.as_slice())), None).query_async(conn).await
+}
+
+/// `EVALSHA` for calls given as (key, packed arguments): the keys, then the
+/// arguments in the same order, then the fixed clock if any.
+fn evalsha_cmd<'a>(
+    script: &redis::Script,
+    calls: impl ExactSizeIterator<Item = (&'a str, &'a [u8])> + Clone,
+    now_us: Option<u64>,
+) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(batch.len());
-    for w in batch {
-        cmd.arg(w.key.as_str());
+    cmd.arg(script.get_hash()).arg(calls.len());
+    for (key, _) in calls.clone() {
+        cmd.arg(key);
     }
-    for w in batch {
-        cmd.arg(w.args.as_slice());
+    for (_, args) in calls {
+        cmd.arg(args);
     }
-    cmd.query_async(conn).await
+    if let Some(now) = now_us {
+        cmd.arg(now);
+    }
+    cmd
+}
+
+/// `SCRIPT LOAD` of the window script (after `NOSCRIPT`).
+async fn load_script(conn: &mut ConnectionManager) -> redis::RedisResult<String> {
+    redis::cmd("SCRIPT").arg("LOAD").arg(WINDOW_LUA).query_async(conn).await
 }
 
 /// Connects until it succeeds or the store is dropped. Once connected, the
