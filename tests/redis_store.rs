@@ -157,6 +157,17 @@ fn expected(wa: &mut Window, we: &mut Window, a: &Ask<'_>, now: u64) -> Decision
     }
 }
 
+/// How far the store clock moves before the next call in the step-by-step
+/// tests: 1 % of the time idle for `idle` to 2 × `idle`, 30 % not at all
+/// (calls in the same microsecond), otherwise up to `step`.
+fn clock_step(rng: &mut impl Rng, idle: u64, step: u64) -> u64 {
+    match rng.gen_range(0..100) {
+        0 => idle + rng.gen_range(0..idle),
+        1..=30 => 0,
+        _ => rng.gen_range(0..step),
+    }
+}
+
 #[tokio::test]
 async fn the_script_agrees_with_the_rust_window_step_by_step() {
     let Some(r) = RedisServer::start("the_script_agrees_with_the_rust_window_step_by_step") else {
@@ -171,11 +182,7 @@ async fn the_script_agrees_with_the_rust_window_step_by_step() {
         let mut now = T0 + rng.gen_range(0..S);
         let span = u64::from(window_s) * S;
         for step in 0..1500 {
-            now += match rng.gen_range(0..100) {
-                0 => span + rng.gen_range(0..span), // idle for more than a window
-                1..=30 => 0,
-                _ => rng.gen_range(0..span / 20),
-            };
+            now += clock_step(&mut rng, span, span / 20);
             let cost = [0, 1, 1, 1, 2, 3, 7][rng.gen_range(0..7)];
             let a = ask(&tenant, cost, acc, list);
             let want = expected(&mut wa, &mut we, &a, now);
@@ -203,11 +210,7 @@ async fn a_batch_decides_each_call_as_if_alone_step_by_step() {
     let mut models: Vec<(Window, Window)> = tenants.iter().map(|t| (Window::new(t.1), Window::new(t.1))).collect();
     let mut now = T0 + rng.gen_range(0..S);
     for step in 0..600 {
-        now += match rng.gen_range(0..100) {
-            0 => 12 * S, // idle for more than every window
-            1..=30 => 0,
-            _ => rng.gen_range(0..S / 4),
-        };
+        now += clock_step(&mut rng, 12 * S, S / 4); // idle: longer than every window
         let picks: Vec<(usize, u32)> =
             (0..rng.gen_range(1..12)).map(|_| (rng.gen_range(0..3), [0, 1, 1, 2, 3][rng.gen_range(0..5)])).collect();
         let asks: Vec<Ask<'_>> = picks
@@ -256,11 +259,7 @@ async fn wide_counters_and_reloads_agree_with_the_rust_window() {
         let (acc, contacts) = (account(qa, window_s), ep(Endpoint::ContactList, qe, window_s));
         let span = u64::from(window_s) * S;
         for step in 0..600 {
-            now += match rng.gen_range(0..100) {
-                0 => span + rng.gen_range(0..span),
-                1..=30 => 0,
-                _ => rng.gen_range(0..span / 20),
-            };
+            now += clock_step(&mut rng, span, span / 20);
             let cost = [0, 1, 1, 1, 2, 3, 7][rng.gen_range(0..7)] * unit;
             let a = ask("wide", cost, acc, contacts);
             let want = expected(&mut wa, &mut we, &a, now);
