@@ -23,6 +23,7 @@
 //! with the bytes already read, and hyper serves the connection from then on.
 //! So every unusual or hostile shape meets the same code as before.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,9 +34,10 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::forward;
+use crate::headers::RawFields;
 use crate::proxy::{self, ConnInfo, RequestCtx};
 use crate::reject::Reject;
 use crate::state::Shared;
@@ -89,11 +91,20 @@ pub async fn serve(
     header_read_timeout: Duration,
 ) -> Outcome {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
     // X-Forwarded-For's value, the same for every call on this connection.
     let ip = peer.ip().to_string();
+    // One timer per connection for the head reads and one for the upstream,
+    // each pushed later per call: pushing a registered tokio timer later is
+    // one atomic update, where a `timeout` per call would register and
+    // cancel a wheel entry each time (BENCHMARKS.md). Neither timer's
+    // deadline ever moves earlier, so neither re-enters the wheel per call.
+    let read_timer = tokio::time::sleep(header_read_timeout);
+    let upstream_timer = tokio::time::sleep(fp.pool.timeout());
+    tokio::pin!(read_timer, upstream_timer);
+    let mut reused = Reused { out: Vec::with_capacity(1024), ours: RawFields::default(), upstream_timer };
     loop {
-        let (len, body, parts) = match read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown).await {
+        let head = read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown, read_timer.as_mut()).await;
+        let (len, body, parts) = match head {
             Head::Complete(len, body, parts) => (len, body, parts),
             Head::Stalled(parts) => {
                 // Counted where the hyper path counts its stalled uploads.
@@ -101,20 +112,34 @@ pub async fn serve(
                 let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
                 let idle_ms = header_read_timeout.as_millis() as u64;
                 let head_only = parts.method == Method::HEAD;
-                refuse(&fp.shared, &mut stream, &mut out, &mut cx, Reject::RequestTimeout { idle_ms }, head_only).await;
+                let timeout = Reject::RequestTimeout { idle_ms };
+                refuse(&fp.shared, &mut stream, &mut reused.out, &mut cx, timeout, head_only).await;
                 return Outcome::Closed;
             }
             Head::Closed => return Outcome::Closed,
             Head::NotMine => return Outcome::HandOver(buf, stream),
         };
         let conn = ConnInfo { peer, tls: false };
-        let keep = handle(fp, &mut stream, &mut out, conn, &ip, parts, &buf[len..len + body]).await;
+        let body = &buf[len..len + body];
+        let keep = handle(fp, &mut stream, &mut reused, conn, &ip, parts, body).await;
         // The body goes with its call, forwarded or refused: the next request starts after it.
-        buf.drain(..len + body);
+        let used = len + body.len();
+        buf.drain(..used);
         if !keep || *shutdown.borrow() {
             return Outcome::Closed;
         }
     }
+}
+
+/// What a connection keeps from call to call, so that a call allocates and
+/// registers nothing of its own for them.
+struct Reused<'t> {
+    /// The head (and small body) being written, upstream or downstream.
+    out: Vec<u8>,
+    /// The gateway's own response fields.
+    ours: RawFields,
+    /// The upstream's response-head deadline (see `serve`).
+    upstream_timer: Pin<&'t mut Sleep>,
 }
 
 /// Reads until `buf` starts with a complete request head that the fast path
@@ -125,8 +150,9 @@ async fn read_head(
     buf: &mut Vec<u8>,
     timeout: Duration,
     shutdown: &mut watch::Receiver<bool>,
+    mut timer: Pin<&mut Sleep>,
 ) -> Head {
-    let deadline = Instant::now() + timeout;
+    timer.as_mut().reset(Instant::now() + timeout);
     loop {
         if !buf.is_empty() {
             match parse_request(buf) {
@@ -144,20 +170,24 @@ async fn read_head(
             buf.reserve(4096);
         }
         let idle = buf.is_empty();
+        // Biased, and the read before the timer: bytes that are there are
+        // taken even at the deadline, as `tokio::time::timeout` would.
         let read = tokio::select! {
             biased;
             // An idle keep-alive connection closes at shutdown; a half-read head is finished.
             _ = shutdown.wait_for(|s| *s), if idle => return Head::Closed,
-            r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => r,
+            r = stream.read_buf(buf) => r,
+            () = timer.as_mut() => {
+                // Out of time with the head read: it is the body that stalled.
+                return match parse_request(buf) {
+                    Parse::Complete(_, _, parts) => Head::Stalled(parts),
+                    _ => Head::Closed,
+                };
+            }
         };
         match read {
-            // Out of time with the head read: it is the body that stalled.
-            Err(_) => match parse_request(buf) {
-                Parse::Complete(_, _, parts) => return Head::Stalled(parts),
-                _ => return Head::Closed,
-            },
-            Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
-            Ok(Ok(_)) => {}
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) => {}
         }
     }
 }
@@ -242,12 +272,13 @@ fn body_length(value: &[u8]) -> Option<usize> {
 async fn handle(
     fp: &FastPath,
     stream: &mut TcpStream,
-    out: &mut Vec<u8>,
+    reused: &mut Reused<'_>,
     conn: ConnInfo,
     ip: &str,
     parts: http::request::Parts,
     body: &[u8],
 ) -> bool {
+    let Reused { out, ours, upstream_timer } = reused;
     let shared = &*fp.shared;
     let snap = shared.snapshot.load_full();
     let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
@@ -272,7 +303,7 @@ async fn handle(
     // counts as the gateway's time, not the upstream's.
     tokio::task::yield_now().await;
     let start = Instant::now();
-    let exchange = fp.pool.exchange(out, idempotent, head_only).await;
+    let exchange = fp.pool.exchange(out, idempotent, head_only, upstream_timer.as_mut()).await;
     proxy::upstream_done(shared, &mut cx, start.elapsed(), exchange.as_ref().err().copied());
     let mut exchange = match exchange {
         Ok(x) => x,
@@ -286,10 +317,10 @@ async fn handle(
             return refuse(shared, stream, out, &mut cx, reject, head_only).await;
         }
     };
-    let mut ours = HeaderMap::new();
-    proxy::finish(shared, &cx, exchange.status(), &mut ours);
+    ours.clear();
+    proxy::finish(shared, &cx, exchange.status(), ours);
     out.clear();
-    exchange.write_response_head(out, &ours);
+    exchange.write_response_head(out, ours);
     exchange.relay_body(stream, out).await
 }
 

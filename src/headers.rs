@@ -12,49 +12,108 @@ pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rateli
 pub static X_RATELIMIT_USED: HeaderName = HeaderName::from_static("x-ratelimit-used-currentrequest");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RETRY_AFTER_: HeaderName = RETRY_AFTER;
 
-/// Adds the rate-limit headers of `d` to a response (any status).
-pub fn render(d: &Decision, h: &mut HeaderMap) {
-    // Every call renders these: numbers go through `itoa` and the strings are
-    // built by hand, not by `format!`, which costs several times as much.
-    h.reserve(6);
-    h.insert(X_RATELIMIT_TOTAL.clone(), number(u64::from(d.account.policy.quota)));
-    h.insert(X_RATELIMIT_REMAINING.clone(), number(u64::from(d.account.remaining)));
-    h.insert(X_RATELIMIT_USED.clone(), number(u64::from(d.charged())));
+/// Where the gateway's own response fields go: a response's [`HeaderMap`]
+/// (the hyper path, refusals) or [`RawFields`], the text the fast path
+/// splices into the upstream's head. One renderer serves both, so the two
+/// paths cannot answer with different fields.
+pub trait Fields {
+    /// Sets `name` to the value `write` appends to the buffer it is given.
+    fn field(&mut self, name: &'static HeaderName, write: impl FnOnce(&mut Vec<u8>));
 
-    let mut policy = Vec::with_capacity(96);
-    push_policy(&mut policy, &d.account);
-    if let Some(e) = &d.endpoint {
-        policy.extend_from_slice(b", ");
-        push_policy(&mut policy, e);
-    }
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(policy)) {
-        h.insert(RATELIMIT_POLICY.clone(), v);
-    }
-
-    let tight = d.tighter();
-    let mut rl = Vec::with_capacity(64);
-    push_quoted(&mut rl, tight.policy.name);
-    rl.extend_from_slice(b";r=");
-    push_number(&mut rl, u64::from(tight.remaining));
-    rl.extend_from_slice(b";t=");
-    push_number(&mut rl, until_room_s(tight));
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(rl)) {
-        h.insert(RATELIMIT.clone(), v);
-    }
-
-    if !d.allowed {
-        if let crate::reject::Reject::RateLimited { retry_after_s, .. } = d.reject() {
-            h.insert(RETRY_AFTER, HeaderValue::from(retry_after_s));
-        }
+    /// Sets `name` to a value that is already a header value.
+    fn value(&mut self, name: &'static HeaderName, value: &HeaderValue) {
+        self.field(name, |out| out.extend_from_slice(value.as_bytes()));
     }
 }
 
-/// `HeaderValue::from(u32)` allocates twice (a `BytesMut`, then its
-/// conversion); copying `itoa`'s stack buffer allocates once.
-fn number(n: u64) -> HeaderValue {
-    let mut buf = itoa::Buffer::new();
-    HeaderValue::from_str(buf.format(n)).unwrap_or_else(|_| HeaderValue::from_static("0"))
+impl Fields for HeaderMap {
+    fn field(&mut self, name: &'static HeaderName, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut v = Vec::with_capacity(64);
+        write(&mut v);
+        // Values are rendered from numbers and static names: always valid.
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+            self.insert(name.clone(), v);
+        }
+    }
+
+    fn value(&mut self, name: &'static HeaderName, value: &HeaderValue) {
+        self.insert(name.clone(), value.clone());
+    }
+}
+
+/// The gateway's fields as head text (`name: value\r\n` each), plus their
+/// names, so the upstream's fields of the same names can be left out.
+/// Reused from call to call on a connection: rendering into it allocates
+/// nothing once it has grown.
+#[derive(Default)]
+pub struct RawFields {
+    text: Vec<u8>,
+    names: Vec<&'static HeaderName>,
+}
+
+impl RawFields {
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.names.clear();
+    }
+
+    /// `name: value\r\n` for every field set, in the order they were set.
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// Whether one of the fields set is named `name` (any ASCII case).
+    pub fn has(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// The names of the fields set, lower-case.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.names.iter().map(|n| n.as_str())
+    }
+}
+
+impl Fields for RawFields {
+    fn field(&mut self, name: &'static HeaderName, write: impl FnOnce(&mut Vec<u8>)) {
+        // Each name is set once per call (`render` and `finish` see to it).
+        debug_assert!(!self.names.contains(&name));
+        self.names.push(name);
+        self.text.extend_from_slice(name.as_str().as_bytes());
+        self.text.extend_from_slice(b": ");
+        write(&mut self.text);
+        self.text.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Adds the rate-limit headers of `d` to a response (any status).
+pub fn render(d: &Decision, h: &mut impl Fields) {
+    // Every call renders these: numbers go through `itoa` and the strings are
+    // built by hand, not by `format!`, which costs several times as much.
+    h.field(&X_RATELIMIT_TOTAL, |v| push_number(v, u64::from(d.account.policy.quota)));
+    h.field(&X_RATELIMIT_REMAINING, |v| push_number(v, u64::from(d.account.remaining)));
+    h.field(&X_RATELIMIT_USED, |v| push_number(v, u64::from(d.charged())));
+    h.field(&RATELIMIT_POLICY, |v| {
+        push_policy(v, &d.account);
+        if let Some(e) = &d.endpoint {
+            v.extend_from_slice(b", ");
+            push_policy(v, e);
+        }
+    });
+    let tight = d.tighter();
+    h.field(&RATELIMIT, |v| {
+        push_quoted(v, tight.policy.name);
+        v.extend_from_slice(b";r=");
+        push_number(v, u64::from(tight.remaining));
+        v.extend_from_slice(b";t=");
+        push_number(v, until_room_s(tight));
+    });
+    if !d.allowed {
+        if let crate::reject::Reject::RateLimited { retry_after_s, .. } = d.reject() {
+            h.field(&RETRY_AFTER_, |v| push_number(v, retry_after_s));
+        }
+    }
 }
 
 fn push_number(out: &mut Vec<u8>, n: u64) {

@@ -16,6 +16,7 @@ use crate::body::Body;
 use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
 use crate::forward::{self, Forwarding, UpstreamError, X_REQUEST_ID};
+use crate::headers::Fields;
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason};
 use crate::reject::Reject;
@@ -253,11 +254,11 @@ fn hex(mut n: u128, out: &mut [u8; 32]) {
 
 /// The single exit: rate-limit headers and the request id into `h` (the
 /// response's headers), metrics and one log line.
-pub(crate) fn finish(shared: &Shared, cx: &RequestCtx, status: u16, h: &mut HeaderMap) {
+pub(crate) fn finish(shared: &Shared, cx: &RequestCtx, status: u16, h: &mut impl Fields) {
     if let Some(d) = &cx.decision {
         headers::render(d, h);
     }
-    h.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
+    h.value(&X_REQUEST_ID, &cx.request_id);
     if !cx.api {
         return;
     }

@@ -28,6 +28,8 @@ struct Scripted {
 enum Answer {
     KeepOpen(Vec<u8>),
     Close(Vec<u8>),
+    /// Never answers (and keeps the socket open).
+    Hang,
 }
 
 async fn scripted(script: fn(&str) -> Answer) -> Scripted {
@@ -71,6 +73,10 @@ async fn scripted(script: fn(&str) -> Answer) -> Scripted {
                         }
                         Answer::Close(bytes) => {
                             let _ = s.write_all(&bytes).await;
+                            return;
+                        }
+                        Answer::Hang => {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
                             return;
                         }
                     }
@@ -121,6 +127,7 @@ fn answers(path: &str) -> Answer {
             Answer::Close(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabc".to_vec())
         }
         "/api/v2/tickets?shape=garbage" => Answer::Close(b"SMTP ready\r\n\r\n".to_vec()),
+        "/api/v2/tickets?shape=hang" => Answer::Hang,
         _ => Answer::KeepOpen(
             format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len())
                 .into_bytes()
@@ -272,6 +279,37 @@ async fn a_broken_upstream_gets_502_and_broken_chunks_end_the_downstream_stream(
     assert!(!text.ends_with("0\r\n\r\n"), "{text}");
 }
 
+/// The fast path keeps one head-read timer and one upstream timer per
+/// connection and pushes them later per call: each call must get its whole
+/// allowance again, however long the connection has lived.
+#[tokio::test]
+async fn every_call_on_a_kept_alive_connection_gets_its_own_full_deadlines() {
+    let up = scripted(answers).await;
+    // The upstream's timeout_ms is 1000 in these gateways.
+    let gw = gateway(up.addr, "header_read_timeout_ms = 1000", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // Idle for 0.6 s before each call: 1.8 s in all, longer than one allowance.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (head, body) = exchange(&mut s, &get("/api/v2/tickets")).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, br#"{"ok":true}"#);
+    }
+    // An upstream that never answers: 504 after the full second, not at once.
+    let asked = std::time::Instant::now();
+    let (head, _) = exchange(&mut s, &get("/api/v2/tickets?shape=hang")).await;
+    let waited = asked.elapsed();
+    assert!(head.starts_with("http/1.1 504"), "{head}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(4), "504 after {waited:?}");
+    // Then a silent client is let go after the full head-read allowance.
+    let idle = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.unwrap().unwrap();
+    let waited = idle.elapsed();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(waited >= Duration::from_millis(900), "closed after {waited:?}");
+}
+
 fn post(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut req =
         format!("POST {path} HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}{content_type}content-length: {}\r\n\r\n", body.len())
@@ -382,4 +420,41 @@ async fn the_upstream_sees_the_same_request_head_from_both_paths() {
     assert!(heads[0].starts_with("GET /api/v2/tickets?page=2 HTTP/1.1\r\n"), "{}", heads[0]);
     assert_eq!(fields(&heads[2]), fields(&heads[3]));
     assert!(heads[2].to_lowercase().contains("content-length: 2\r\n"), "{}", heads[2]);
+}
+
+/// The gateway's own answer fields are rendered for the fast path as text and
+/// for hyper into a header map: the client must not be able to tell which.
+#[tokio::test]
+async fn the_client_sees_the_same_answer_fields_from_both_paths() {
+    let up = scripted(answers).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (fast, _) = exchange(&mut s, &get("/api/v2/tickets")).await;
+    let req = format!("GET /api/v2/tickets HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}connection: keep-alive\r\n\r\n");
+    let (slow, _) = exchange(&mut s, &req).await;
+    let fields = |h: &str| -> Vec<(String, String)> {
+        let mut f: Vec<(String, String)> =
+            h.lines().skip(1).filter_map(|l| l.split_once(": ")).map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
+        f.sort();
+        f
+    };
+    let (fast, slow) = (fields(&fast), fields(&slow));
+    let names = |f: &[(String, String)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&fast), names(&slow));
+    for (a, b) in fast.iter().zip(&slow) {
+        match a.0.as_str() {
+            // Per call by nature.
+            "x-request-id" | "date" => {}
+            // One call later, one credit less.
+            "x-ratelimit-remaining" => assert_eq!(a.1.parse::<u32>().unwrap(), b.1.parse::<u32>().unwrap() + 1),
+            "ratelimit" => {
+                let r =
+                    |v: &str| v.split(";r=").nth(1).and_then(|r| r.split(';').next()).unwrap().parse::<u32>().unwrap();
+                assert_eq!(r(&a.1), r(&b.1) + 1, "{a:?} {b:?}");
+                assert_eq!(a.1.replace(&format!("r={}", r(&a.1)), ""), b.1.replace(&format!("r={}", r(&b.1)), ""));
+            }
+            _ => assert_eq!(a, b),
+        }
+    }
+    assert!(fast.iter().any(|(n, v)| n == "ratelimit-policy" && v.contains("\"account\";q=400;w=60")), "{fast:?}");
 }

@@ -2,6 +2,7 @@
 //! one request written per exchange, and the answer's head re-written with
 //! the gateway's fields while its body is copied through unchanged.
 
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -11,13 +12,14 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::chunked::Chunked;
 use super::{write_field, write_status_line};
 use crate::forward::{
     self, Forwarding, UpstreamError, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use crate::headers::RawFields;
 
 /// An upstream head larger than this is refused (502), as hyper's client would.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -31,7 +33,15 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Where the last response head's fields are in `buf`, from its one parse.
+    fields: Vec<FieldAt>,
     idle_since: Instant,
+}
+
+/// A response field's name and value as ranges of the connection's buffer.
+struct FieldAt {
+    name: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
 }
 
 /// Idle connections to one plain-HTTP upstream, most recently used on top.
@@ -90,7 +100,7 @@ impl Pool {
         let stream =
             tokio::time::timeout(self.connect_timeout, connect).await.map_err(|_| UpstreamError::Connect)??;
         let _ = stream.set_nodelay(true);
-        Ok(Conn { stream, buf: Vec::with_capacity(4096), idle_since: Instant::now() })
+        Ok(Conn { stream, buf: Vec::with_capacity(4096), fields: Vec::with_capacity(16), idle_since: Instant::now() })
     }
 
     /// Writes the request (head and any small body) and reads the response head, within the
@@ -102,7 +112,10 @@ impl Pool {
         request: &[u8],
         idempotent: bool,
         head_only: bool,
+        mut timer: Pin<&mut Sleep>,
     ) -> Result<Exchange<'_>, UpstreamError> {
+        // The caller's timer, reused call after call (see `fast::serve`).
+        timer.as_mut().reset(Instant::now() + self.timeout);
         let attempt = async {
             for retry in [true, false] {
                 let (mut conn, reused) = match self.checkout() {
@@ -124,7 +137,11 @@ impl Pool {
             }
             Err(UpstreamError::Protocol)
         };
-        let (conn, head) = tokio::time::timeout(self.timeout, attempt).await.map_err(|_| UpstreamError::Timeout)??;
+        let (conn, head) = tokio::select! {
+            biased;
+            r = attempt => r?,
+            () = timer => return Err(UpstreamError::Timeout),
+        };
         Ok(Exchange { pool: self, conn: Some(conn), head })
     }
 }
@@ -157,7 +174,7 @@ async fn read_response_head(conn: &mut Conn, head_only: bool) -> Result<Response
     conn.buf.clear();
     loop {
         if !conn.buf.is_empty() {
-            match parse_response(&conn.buf, head_only)? {
+            match parse_response(&conn.buf, head_only, &mut conn.fields)? {
                 Some(head) if head.status.is_informational() => {
                     // 100 Continue and friends: not for us (we never send `Expect`).
                     conn.buf.drain(..head.len);
@@ -180,7 +197,9 @@ async fn read_response_head(conn: &mut Conn, head_only: bool) -> Result<Response
     }
 }
 
-fn parse_response(buf: &[u8], head_only: bool) -> Result<Option<ResponseHead>, ReadError> {
+/// Parses a response head at the start of `buf`; when it is complete, `at`
+/// says where its fields are, so the head is parsed only once.
+fn parse_response(buf: &[u8], head_only: bool, at: &mut Vec<FieldAt>) -> Result<Option<ResponseHead>, ReadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut rsp = httparse::Response::new(&mut fields);
     let len = match rsp.parse(buf) {
@@ -193,6 +212,13 @@ fn parse_response(buf: &[u8], head_only: bool) -> Result<Option<ResponseHead>, R
         return Err(ReadError::Broken);
     }
     let mut reusable = rsp.version == Some(1);
+    // httparse's slices point into `buf`: their offsets are their ranges.
+    let offset = |part: &[u8]| part.as_ptr() as usize - buf.as_ptr() as usize;
+    at.clear();
+    at.extend(rsp.headers.iter().map(|f| {
+        let (name, value) = (offset(f.name.as_bytes()), offset(f.value));
+        FieldAt { name: name..name + f.name.len(), value: value..value + f.value.len() }
+    }));
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut encoded = false;
@@ -261,57 +287,50 @@ impl Exchange<'_> {
 
     /// The downstream head: the upstream's status and fields, minus
     /// hop-by-hop ones and the ones the gateway sets (`ours`, which follow).
-    pub fn write_response_head(&self, out: &mut Vec<u8>, ours: &HeaderMap) {
+    pub fn write_response_head(&self, out: &mut Vec<u8>, ours: &RawFields) {
         let Some(conn) = &self.conn else { return };
-        let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let mut rsp = httparse::Response::new(&mut fields);
-        // Parsed once already; this second pass only walks the same bytes.
-        let _ = rsp.parse(&conn.buf[..self.head.len]);
+        let buf = &conn.buf;
         write_status_line(out, self.head.status);
+        let fields = conn.fields.iter().map(|f| (&buf[f.name.clone()], &buf[f.value.clone()]));
         // Fields named by `Connection` are hop-by-hop too.
-        let named: Vec<&[u8]> = rsp
-            .headers
-            .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|f| f.value.split(|&b| b == b','))
+        let named: Vec<&[u8]> = fields
+            .clone()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
+            .flat_map(|(_, value)| value.split(|&b| b == b','))
             .map(|n| n.trim_ascii())
             .filter(|n| !n.is_empty())
             .collect();
         // The first letters of our own fields' names: most of the upstream's
-        // fields are told apart by that alone, without a map lookup (which
-        // parses and hashes the name).
+        // fields are told apart by that alone, without comparing names.
         let mut initials = [false; 256];
-        for name in ours.keys() {
-            initials[usize::from(name.as_str().as_bytes()[0])] = true;
+        for name in ours.names() {
+            initials[usize::from(name.as_bytes()[0])] = true;
         }
         let mut dated = false;
-        for f in rsp.headers.iter() {
-            let name = f.name;
-            let ours_too = name
-                .as_bytes()
-                .first()
-                .is_some_and(|&c| initials[usize::from(c.to_ascii_lowercase())] && ours.contains_key(name));
+        for (name, value) in fields {
+            let ours_too = name.first().is_some_and(|&c| {
+                initials[usize::from(c.to_ascii_lowercase())]
+                    && std::str::from_utf8(name).is_ok_and(|name| ours.has(name))
+            });
             if ours_too
-                || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-                || name.eq_ignore_ascii_case("upgrade")
-                || named.iter().any(|n| name.as_bytes().eq_ignore_ascii_case(n))
+                || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || named.iter().any(|n| name.eq_ignore_ascii_case(n))
             {
                 continue;
             }
-            if name.eq_ignore_ascii_case("transfer-encoding") && !matches!(self.head.framing, Framing::Chunked) {
+            if name.eq_ignore_ascii_case(b"transfer-encoding") && !matches!(self.head.framing, Framing::Chunked) {
                 continue;
             }
             // With Transfer-Encoding the length is not the framing (RFC 9112
             // §6.3); passing both on would invite the downstream to disagree.
-            if name.eq_ignore_ascii_case("content-length") && !matches!(self.head.framing, Framing::Length(_)) {
+            if name.eq_ignore_ascii_case(b"content-length") && !matches!(self.head.framing, Framing::Length(_)) {
                 continue;
             }
-            dated |= name.eq_ignore_ascii_case("date");
-            write_field(out, name.as_bytes(), f.value);
+            dated |= name.eq_ignore_ascii_case(b"date");
+            write_field(out, name, value);
         }
-        for (name, value) in ours {
-            write_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
+        out.extend_from_slice(ours.text());
         if !dated {
             write_field(out, b"date", httpdate::fmt_http_date(SystemTime::now()).as_bytes());
         }
