@@ -36,7 +36,8 @@
 -- redis.call, each byte Lua hashes (every string is interned, whole), and
 -- each allocation. So the common call reads the header block up to its
 -- endpoint's header (one GETRANGE of <= 128 bytes) and, if it charges,
--- writes back that range (one SETRANGE): the count of the current slot is
+-- writes back that block (one SETRANGE; once for a run of the same key's
+-- calls in a batch): the count of the current slot is
 -- `cur`, so the rings are written once per slot and policy, when a newer
 -- slot begins (the old `cur` goes to its cell), or when slots leave the
 -- window (eviction reads and rewrites one ring). A refused call usually
@@ -206,6 +207,14 @@ local function ringput(key, id, wide, op, a1, a2)
   end
 end
 
+-- A run of calls for the same key (the gateway sends a batch's calls grouped
+-- by key) shares one read and one write of the header block: the block is
+-- read at the run's first call, kept here with each charge applied, and
+-- written back once when the run ends. A call alone in its run reads and
+-- writes as before, and no table is built per key: a lone call costs what
+-- it did.
+local hkey, h, hdirty = false, false, false
+
 local out
 if nk > 1 then out = {} end
 for i = 1, nk do
@@ -223,8 +232,16 @@ for i = 1, nk do
   local maxid = id1
   if id2 and id2 > maxid then maxid = id2 end
   local hend = G + H * (maxid + 1)
-  local h = redis.pcall('GETRANGE', key, '0', maxid == 0 and '31' or maxid == 1 and '55' or maxid == 2 and '79'
-    or maxid == 3 and '103' or '127')
+  if key ~= hkey then
+    if hdirty then call('SETRANGE', hkey, '0', h) end
+    hkey, hdirty = key, false
+    h = redis.pcall('GETRANGE', key, '0', maxid == 0 and '31' or maxid == 1 and '55' or maxid == 2 and '79'
+      or maxid == 3 and '103' or '127')
+  elseif type(h) == 'string' and #h < hend then
+    -- The run's earlier calls read less; the bytes after them are Redis's.
+    local more = redis.pcall('GETRANGE', key, tostring(#h), tostring(hend - 1))
+    if type(more) == 'table' then h = more else h = h .. more end
+  end
   if type(h) == 'table' then
     if nk == 1 then return h end
     -- Marker 2 in place of `allowed`, padded to the reply's usual length.
@@ -242,7 +259,8 @@ for i = 1, nk do
       if fe == 0 then allowed = 0 end
     end
 
-    -- Charge and write back (never for a read or a refusal).
+    -- Charge (never for a read or a refusal): the rings are written now,
+    -- the header block when the run of this key's calls ends.
     if allowed == 1 and cost > 0 then
       local deadline, len = unpack('>I6I2', h)
       local len0 = len
@@ -250,6 +268,7 @@ for i = 1, nk do
       if wa == 1 and EXT + RB * (id1 + 1) > need then need = EXT + RB * (id1 + 1) end
       if n == 2 and we == 1 and EXT + RB * (id2 + 1) > need then need = EXT + RB * (id2 + 1) end
       if len < need then
+        -- Redis's header block may be behind `h`: the flush overwrites it.
         local v = call('GET', key) or ''
         call('SET', key, v .. string.rep('\0', need - #v), 'KEEPTTL')
         len = need
@@ -272,12 +291,24 @@ for i = 1, nk do
       end
       local nd, until_ms = deadline, floor(until_us / 1000) + 1
       if deadline < until_ms then nd = until_ms + 1000 end
-      local body = s1
-      if p2 then body = s1 .. string.sub(h, p1 + H, p2 - 1) .. s2 end
-      if nd ~= deadline or len ~= len0 or p1 ~= G + 1 then
-        call('SETRANGE', key, '0', pack('>I6I2', nd, len) .. string.sub(h, G + 1, p1 - 1) .. body)
+      local sub = string.sub
+      if hdirty or KEYS[i + 1] == key then
+        -- Inside a run: the block is kept whole and written when the run ends.
+        if p2 then
+          h = sub(h, 1, p1 - 1) .. s1 .. sub(h, p1 + H, p2 - 1) .. s2 .. sub(h, p2 + H)
+        else
+          h = sub(h, 1, p1 - 1) .. s1 .. sub(h, p1 + H)
+        end
+        if nd ~= deadline or len ~= len0 then h = pack('>I6I2', nd, len) .. sub(h, G + 1) end
+        hdirty = true
       else
-        call('SETRANGE', key, '8', body)
+        local body = s1
+        if p2 then body = s1 .. sub(h, p1 + H, p2 - 1) .. s2 end
+        if nd ~= deadline or len ~= len0 or p1 ~= G + 1 then
+          call('SETRANGE', key, '0', pack('>I6I2', nd, len) .. sub(h, G + 1, p1 - 1) .. body)
+        else
+          call('SETRANGE', key, '8', body)
+        end
       end
       if nd ~= deadline then call('PEXPIRE', key, nd - floor(now / 1000)) end
     end
@@ -295,4 +326,5 @@ for i = 1, nk do
   if nk == 1 then return reply end
   out[i] = reply
 end
+if hdirty then call('SETRANGE', hkey, '0', h) end
 return table.concat(out)
