@@ -6,7 +6,7 @@
 //! header, so cardinality stays bounded by the config.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +70,21 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: &'static str,
+}
+
+/// One tenant's series of the metrics every call touches, fetched from their
+/// families at first use and then kept (with the config snapshot, one per
+/// tenant): `Family::get_or_create` hashes the labels under a lock, three
+/// times per call. Handles share their family's value, so the exposition is
+/// the same. A reload builds new, empty ones; a handle that outlives its
+/// tenant's removal only feeds a series no longer exposed.
+#[derive(Debug, Default)]
+pub struct TenantSeries {
+    /// `deskgate_budget_remaining`: the account, then each endpoint class.
+    remaining: [OnceLock<Gauge>; 1 + Endpoint::CLASSIFIED],
+    /// `deskgate_requests_total` with status 200 and 201, per endpoint class
+    /// (`other` last): nearly every answer. Other statuses take the family.
+    answered: [[OnceLock<Counter>; 2]; Endpoint::CLASSIFIED + 1],
 }
 
 fn latency_histogram() -> Histogram {
@@ -200,6 +215,37 @@ impl Metrics {
             config_reloads,
             runtime_tasks,
         }
+    }
+
+    /// Counts one answer of `status` to a call of `tenant` to `endpoint`.
+    pub fn count_answer(&self, series: Option<&TenantSeries>, tenant: &Name, endpoint: Endpoint, status: u16) {
+        let labels = || RequestLabels { tenant: tenant.clone(), endpoint: endpoint.as_str(), status };
+        let e = endpoint.index().unwrap_or(Endpoint::CLASSIFIED);
+        match (series, status) {
+            (Some(series), 200 | 201) => {
+                series.answered[e][usize::from(status - 200)]
+                    .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                    .inc();
+            }
+            _ => {
+                self.requests.get_or_create(&labels()).inc();
+            }
+        }
+    }
+
+    /// Sets what is left of `tenant`'s account budget (`endpoint` `None`) or
+    /// of its budget for `endpoint`.
+    pub fn set_remaining(&self, series: Option<&TenantSeries>, tenant: &Name, endpoint: Option<Endpoint>, left: u32) {
+        let policy = endpoint.map_or("account", Endpoint::as_str);
+        let labels = || TenantPolicy { tenant: tenant.clone(), policy };
+        let i = endpoint.and_then(Endpoint::index).map_or(0, |e| e + 1);
+        let left = i64::from(left);
+        match series {
+            Some(series) => {
+                series.remaining[i].get_or_init(|| self.budget_remaining.get_or_create(&labels()).clone()).set(left)
+            }
+            None => self.budget_remaining.get_or_create(&labels()).set(left),
+        };
     }
 
     /// Counts one failed upstream exchange (or stalled request body) of kind `e`.

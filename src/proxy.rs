@@ -18,7 +18,7 @@ use crate::endpoint::{self, Endpoint};
 use crate::forward::{self, Forwarding, UpstreamError, X_REQUEST_ID};
 use crate::headers::Fields;
 use crate::limiter::{Ask, Decision};
-use crate::metrics::{Name, RequestLabels, TenantEndpoint, TenantPolicy, TenantReason};
+use crate::metrics::{Name, TenantEndpoint, TenantReason, TenantSeries};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
 use crate::{checks, headers, tenant};
@@ -38,6 +38,8 @@ pub(crate) struct RequestCtx {
     /// `false` for portal (non-API) traffic, which is forwarded unpoliced.
     api: bool,
     tenant: Option<Arc<Tenant>>,
+    /// The tenant's metric series, with `tenant`.
+    series: Option<Arc<TenantSeries>>,
     endpoint: Endpoint,
     decision: Option<Decision>,
     /// Time spent waiting for the upstream's response headers.
@@ -52,6 +54,7 @@ impl RequestCtx {
             request_id,
             api: false,
             tenant: None,
+            series: None,
             endpoint: Endpoint::Other,
             decision: None,
             upstream: None,
@@ -150,9 +153,13 @@ pub(crate) async fn decide(
     cx.api = true;
 
     let host = tenant::requested_host(parts)?;
+    let entry = snap.hosts.get(&*host);
     // Label a vanity-host refusal with its tenant: the name comes from config.
-    cx.tenant = snap.hosts.get(&*host).map(|(t, _)| t.clone());
-    let tenant = tenant::resolve(snap, &host)?.clone(); // 1
+    if let Some(e) = entry {
+        cx.tenant = Some(e.tenant.clone());
+        cx.series = Some(e.series.clone());
+    }
+    let tenant = tenant::resolve(entry)?.clone(); // 1
     drop(host);
     if cfg.server.require_https && !https {
         return Err(Reject::SslRequired); // 2
@@ -265,19 +272,16 @@ pub(crate) fn finish(shared: &Shared, cx: &RequestCtx, status: u16, h: &mut impl
     let endpoint = cx.endpoint.as_str();
     let tenant = Name(cx.tenant.as_ref().map_or_else(|| Arc::from("unknown"), |t| t.name.clone()));
     let m = &shared.metrics;
-    m.requests.get_or_create(&RequestLabels { tenant: tenant.clone(), endpoint, status }).inc();
+    let series = cx.series.as_deref();
+    m.count_answer(series, &tenant, cx.endpoint, status);
     let total = cx.start.elapsed();
     let (duration, overhead) = m.call_histograms(cx.endpoint);
     duration.observe(total.as_secs_f64());
     overhead.observe(total.saturating_sub(cx.upstream.unwrap_or_default()).as_secs_f64());
     if let Some(d) = &cx.decision {
-        m.budget_remaining
-            .get_or_create(&TenantPolicy { tenant: tenant.clone(), policy: "account" })
-            .set(i64::from(d.account.remaining));
+        m.set_remaining(series, &tenant, None, d.account.remaining);
         if let Some(e) = &d.endpoint {
-            m.budget_remaining
-                .get_or_create(&TenantPolicy { tenant: tenant.clone(), policy: e.policy.name })
-                .set(i64::from(e.remaining));
+            m.set_remaining(series, &tenant, Some(cx.endpoint), e.remaining);
         }
     }
     match cx.reject {

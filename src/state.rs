@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, Tenant};
 use crate::forward::Upstream;
 use crate::limiter::Limiter;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TenantSeries};
 
 /// How a host relates to its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,16 +26,27 @@ pub enum HostKind {
 pub struct Snapshot {
     pub config: Arc<Config>,
     /// Lower-case host (no port, no trailing dot) → tenant.
-    pub hosts: HashMap<String, (Arc<Tenant>, HostKind)>,
+    pub hosts: HashMap<String, HostEntry>,
+}
+
+/// What a host leads to.
+#[derive(Debug, Clone)]
+pub struct HostEntry {
+    pub tenant: Arc<Tenant>,
+    pub kind: HostKind,
+    /// The tenant's metric series (one per tenant, shared by its hosts).
+    pub series: Arc<TenantSeries>,
 }
 
 impl Snapshot {
     pub fn new(config: Config) -> Snapshot {
         let mut hosts = HashMap::with_capacity(config.tenants.len() * 2);
         for t in &config.tenants {
-            hosts.insert(t.domain.clone(), (t.clone(), HostKind::Canonical));
+            let series = Arc::new(TenantSeries::default());
+            let entry = |kind| HostEntry { tenant: t.clone(), kind, series: series.clone() };
+            hosts.insert(t.domain.clone(), entry(HostKind::Canonical));
             for v in &t.vanity_hosts {
-                hosts.insert(v.clone(), (t.clone(), HostKind::Vanity));
+                hosts.insert(v.clone(), entry(HostKind::Vanity));
             }
         }
         Snapshot { config: Arc::new(config), hosts }

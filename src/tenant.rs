@@ -8,7 +8,7 @@ use http::request::Parts;
 
 use crate::config::Tenant;
 use crate::reject::Reject;
-use crate::state::{HostKind, Snapshot};
+use crate::state::{HostEntry, HostKind};
 
 /// The host the downstream asked for, normalised (lower-case, no port, no
 /// trailing dot). RFC 9112 §3.2.2: with an absolute-form target (and in h2's
@@ -69,11 +69,14 @@ pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, Reject> {
     }
 }
 
-/// Step 1: the tenant whose canonical domain the call used.
-pub fn resolve<'s>(snap: &'s Snapshot, host: &str) -> Result<&'s Arc<Tenant>, Reject> {
-    match snap.hosts.get(host) {
-        Some((t, HostKind::Canonical)) => Ok(t),
-        Some((t, HostKind::Vanity)) => Err(Reject::VanityHost { domain: t.domain.clone() }),
+/// Step 1: the tenant whose canonical domain the call used, given what the
+/// host led to in the snapshot (`Snapshot::hosts`).
+pub fn resolve(entry: Option<&HostEntry>) -> Result<&Arc<Tenant>, Reject> {
+    match entry {
+        Some(HostEntry { tenant, kind: HostKind::Canonical, .. }) => Ok(tenant),
+        Some(HostEntry { tenant, kind: HostKind::Vanity, .. }) => {
+            Err(Reject::VanityHost { domain: tenant.domain.clone() })
+        }
         None => Err(Reject::UnknownHost),
     }
 }

@@ -85,6 +85,16 @@ async fn a_changed_config_file_applies_its_new_budget_and_keeps_consumed_budget_
     let slow = in_flight.await.expect("in-flight call");
     assert_eq!(slow.status, StatusCode::OK, "{}", slow.body);
 
+    // The per-call series run on across the reload: one series per label
+    // set, whichever snapshot counted the call.
+    let m = parse_metrics(&admin_get(gw.admin_addr, "/metrics").await.body);
+    let answered = |status| {
+        value(&m, "deskgate_requests_total", &[("tenant", "acme"), ("endpoint", "ticket_list"), ("status", status)])
+    };
+    assert_eq!(answered("200"), Some(5.0));
+    assert_eq!(answered("429"), Some(1.0));
+    assert_eq!(value(&m, "deskgate_budget_remaining", &[("tenant", "acme"), ("policy", "ticket_list")]), Some(0.0));
+
     // The explicit path (what SIGHUP calls) works too.
     gw.reload().await.expect("reload");
     assert_eq!(reloads(&gw, "success").await, 2.0);
