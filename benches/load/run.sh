@@ -5,6 +5,7 @@
 #
 #   benches/load/run.sh                 # ROUNDS=3 DURATION=10 by default
 #   ROUNDS=5 DURATION=10 benches/load/run.sh
+#   BASE_BIN=/tmp/deskgate-old benches/load/run.sh   # + an older build's rows
 #
 # Installs nginx, haproxy, wrk and redis-server from Debian if missing. Sends
 # traffic only to 127.0.0.1 and stops by itself. Prints a table of req/s,
@@ -14,6 +15,9 @@
 # time and process CPU per call, against a naive sliding-log script).
 # `relay` is the ceiling: a byte relay that does no HTTP work
 # (benches/load/relay.rs), i.e. what a proxy reaches when its work is free.
+# BASE_BIN adds `base-memory` and `base-redis` rows (and a light-load row):
+# another deskgate binary, e.g. the build before a change, measured in the
+# same rounds as this one, so before/after is a ratio within one run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
@@ -40,6 +44,9 @@ RELAY=$PWD/target/release/examples/relay
 
 P_UP=18181; P_NGINX=18182; P_MEM=18183; P_REDIS=18184; P_HA=18185; P_FLOOD=18186; P_RELAY=18187; P_HYPER=18188; P_NOBATCH=18189; P_RS=16399
 A_MEM=19183; A_REDIS=19184; A_FLOOD=19186; A_HYPER=19188; A_NOBATCH=19189
+P_BMEM=18190; P_BREDIS=18191; A_BMEM=19190; A_BREDIS=19191
+BASE_BIN=${BASE_BIN:-}
+[ -z "$BASE_BIN" ] || [ -x "$BASE_BIN" ] || { echo "BASE_BIN=$BASE_BIN is not an executable" >&2; exit 2; }
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -122,13 +129,19 @@ sed -i "s/$P_REDIS/$P_FLOOD/; s/$A_REDIS/$A_FLOOD/" "$OUT/flood.toml"
 sed "s/$P_MEM/$P_HYPER/; s/$A_MEM/$A_HYPER/" "$OUT/mem.toml" > "$OUT/hyper.toml"
 # The same Redis-store gateway without batches: one EVALSHA per call.
 sed "s/$P_REDIS/$P_NOBATCH/; s/$A_REDIS/$A_NOBATCH/" "$OUT/redis.toml" > "$OUT/nobatch.toml"
+# The older build's two gateways (BASE_BIN), configured like mem and redis.
+sed "s/$P_MEM/$P_BMEM/; s/$A_MEM/$A_BMEM/" "$OUT/mem.toml" > "$OUT/bmem.toml"
+sed "s/$P_REDIS/$P_BREDIS/; s/$A_REDIS/$A_BREDIS/" "$OUT/redis.toml" > "$OUT/bredis.toml"
 sleep 0.5
 declare -A PID
-for g in mem redis flood hyper nobatch; do
-    fast=1 batch=1
+GATEWAYS=(mem redis flood hyper nobatch)
+[ -n "$BASE_BIN" ] && GATEWAYS+=(bmem bredis)
+for g in "${GATEWAYS[@]}"; do
+    fast=1 batch=1 bin=$BIN
     [ "$g" = hyper ] && fast=0
     [ "$g" = nobatch ] && batch=0
-    DESKGATE_FAST_PATH=$fast DESKGATE_REDIS_BATCH=$batch RUST_LOG=warn DESKGATE_WORKERS=1 taskset -c "$SERVE_CPU" "$BIN" --log-format json --config "$OUT/$g.toml" \
+    [ "$g" = bmem ] || [ "$g" = bredis ] && bin=$BASE_BIN
+    DESKGATE_FAST_PATH=$fast DESKGATE_REDIS_BATCH=$batch RUST_LOG=warn DESKGATE_WORKERS=1 taskset -c "$SERVE_CPU" "$bin" --log-format json --config "$OUT/$g.toml" \
         2>"$OUT/$g.log" &
     PIDS+=($!)
     PID[$g]=$!
@@ -195,11 +208,13 @@ for r in $(seq 1 "$ROUNDS"); do
     run_wrk haproxy "http://127.0.0.1:$P_HA$URL" bench.freshdesk.com "$PID_HA"
     run_wrk deskgate-memory "http://127.0.0.1:$P_MEM$URL" bench.freshdesk.com "${PID[mem]}"
     run_wrk deskgate-memory-hyper "http://127.0.0.1:$P_HYPER$URL" bench.freshdesk.com "${PID[hyper]}"
+    [ -z "$BASE_BIN" ] || run_wrk base-memory "http://127.0.0.1:$P_BMEM$URL" bench.freshdesk.com "${PID[bmem]}"
     run_wrk nginx-post "http://127.0.0.1:$P_NGINX$URL" bench.freshdesk.com "$PID_NGINX" -s "$OUT/post.lua"
     run_wrk deskgate-memory-post "http://127.0.0.1:$P_MEM$URL" bench.freshdesk.com "${PID[mem]}" -s "$OUT/post.lua"
     run_wrk deskgate-memory-hyper-post "http://127.0.0.1:$P_HYPER$URL" bench.freshdesk.com "${PID[hyper]}" -s "$OUT/post.lua"
     redis_row deskgate-redis $P_REDIS "${PID[redis]}"
     redis_row deskgate-redis-nobatch $P_NOBATCH "${PID[nobatch]}"
+    [ -z "$BASE_BIN" ] || redis_row base-redis $P_BREDIS "${PID[bredis]}"
     before=$(redis_stat); before_calls=${before%% *}; before_calls=${before_calls:-0}
     run_wrk deskgate-flood "http://127.0.0.1:$P_FLOOD$URL" flood.freshdesk.com "${PID[flood]}"
     after=$(redis_stat)
@@ -212,9 +227,11 @@ done
 cat > "$OUT/pace.lua" <<'LUA'
 function delay() return 10 end
 LUA
+LIGHT=("upstream $P_UP $PID_UP" "relay $P_RELAY $PID_RELAY" "nginx $P_NGINX $PID_NGINX"
+    "deskgate-memory $P_MEM ${PID[mem]}" "deskgate-redis $P_REDIS ${PID[redis]}")
+[ -z "$BASE_BIN" ] || LIGHT+=("base-memory $P_BMEM ${PID[bmem]}")
 for r in $(seq 1 "$ROUNDS"); do
-    for t in "upstream $P_UP $PID_UP" "relay $P_RELAY $PID_RELAY" "nginx $P_NGINX $PID_NGINX" \
-        "deskgate-memory $P_MEM ${PID[mem]}" "deskgate-redis $P_REDIS ${PID[redis]}"; do
+    for t in "${LIGHT[@]}"; do
         set -- $t
         CONNS=20 run_wrk "light-$1" "http://127.0.0.1:$2$URL" bench.freshdesk.com "$3" -s "$OUT/pace.lua"
     done
@@ -250,7 +267,7 @@ for line in open(sys.argv[1]):
 med = {k: tuple(st.median(r[i] for r in v) for i in range(5)) for k, v in rows.items()}
 ng = med.get('nginx', (float('nan'),))[0]
 print(f"\n{'target':<24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x nginx':>9}{'CPU us/req':>12}{'upstream us':>13}   (medians of {len(rows['nginx'])} rounds)")
-for k in ['upstream', 'relay', 'nginx', 'haproxy', 'deskgate-memory', 'deskgate-memory-hyper', 'deskgate-redis', 'deskgate-redis-nobatch', 'deskgate-flood']:
+for k in ['upstream', 'relay', 'nginx', 'haproxy', 'deskgate-memory', 'deskgate-memory-hyper', 'base-memory', 'deskgate-redis', 'deskgate-redis-nobatch', 'base-redis', 'deskgate-flood']:
     if k in med:
         r, p50, p99, cpu, ucpu = med[k]
         print(f"{k:<24}{r:>10.0f}{p50:>9.3f}{p99:>9.3f}{r / ng:>9.2f}{cpu:>12.0f}{ucpu:>13.0f}")
@@ -262,7 +279,7 @@ for k in ['nginx-post', 'deskgate-memory-post', 'deskgate-memory-hyper-post']:
         print(f"{k:<28}{r:>6.0f}{p50:>9.3f}{p99:>9.3f}{r / ngp:>9.2f}{cpu:>12.0f}{ucpu:>13.0f}")
 print("\nlight load (~2,000 req/s): median latency and what each proxy adds to the upstream alone")
 base = med.get('light-upstream', (0, 0, 0))[1]
-for k in ['light-upstream', 'light-relay', 'light-nginx', 'light-deskgate-memory', 'light-deskgate-redis']:
+for k in ['light-upstream', 'light-relay', 'light-nginx', 'light-deskgate-memory', 'light-deskgate-redis', 'light-base-memory']:
     if k in med:
         r, p50, p99, _, _ = med[k]
         print(f"{k:<24}{r:>10.0f} req/s  p50 {p50:.3f} ms  p99 {p99:.3f} ms  added p50 {p50 - base:+.3f} ms")
