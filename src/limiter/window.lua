@@ -217,20 +217,26 @@ local hkey, h, hdirty = false, false, false
 
 local out
 if nk > 1 then out = {} end
+-- The previous call's arguments, unpacked: a burst of one endpoint sends the
+-- same bytes call after call, and equal Lua strings are one object, so the
+-- comparison is a pointer's.
+local pargs, cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2 = false
 for i = 1, nk do
   local key, args = KEYS[i], ARGV[i]
   local reply
-  local cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2
-  if string.byte(args, 5) == 1 then
-    cost, n, id1, q1, win1, slot1 = unpack('>I4BBI4I4I4', args)
-  else
-    cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2 = unpack('>I4BBI4I4I4BI4I4I4', args)
+  if args ~= pargs then
+    pargs = args
+    if string.byte(args, 5) == 1 then
+      cost, n, id1, q1, win1, slot1 = unpack('>I4BBI4I4I4', args)
+    else
+      cost, n, id1, q1, win1, slot1, id2, q2, win2, slot2 = unpack('>I4BBI4I4I4BI4I4I4', args)
+    end
   end
 
   -- The header block up to the last section this call uses. pcall: a key
   -- that holds another type (WRONGTYPE) fails this call, not the whole batch.
   local maxid = id1
-  if id2 and id2 > maxid then maxid = id2 end
+  if n == 2 and id2 > maxid then maxid = id2 end
   local hend = G + H * (maxid + 1)
   if key ~= hkey then
     if hdirty then call('SETRANGE', hkey, '0', h) end
