@@ -46,7 +46,7 @@
 //! saves a quarter of its CPU per decision: BENCHMARKS.md), and the gateway
 //! builds, sends and parses one command. The batch goes grouped by tenant,
 //! and the script reads and writes a tenant's header block once per group
-//! (a bursting tenant's calls cost Redis ~15 % less each: BENCHMARKS.md).
+//! (a bursting tenant's calls cost Redis ~20 % less each: BENCHMARKS.md).
 //! Every call still costs at most one round trip, and a batch is atomic like
 //! a single call, so exactness across replicas is unchanged. A key of
 //! another type fails only its own call. A cluster gets no batches (each
