@@ -65,8 +65,8 @@ impl RawFields {
     }
 
     /// Whether one of the fields set is named `name` (any ASCII case).
-    pub fn has(&self, name: &str) -> bool {
-        self.names.iter().any(|n| n.as_str().eq_ignore_ascii_case(name))
+    pub fn has(&self, name: &[u8]) -> bool {
+        self.names.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
     }
 
     /// The names of the fields set, lower-case.

@@ -308,10 +308,8 @@ impl Exchange<'_> {
         }
         let mut dated = false;
         for (name, value) in fields {
-            let ours_too = name.first().is_some_and(|&c| {
-                initials[usize::from(c.to_ascii_lowercase())]
-                    && std::str::from_utf8(name).is_ok_and(|name| ours.has(name))
-            });
+            let ours_too =
+                name.first().is_some_and(|&c| initials[usize::from(c.to_ascii_lowercase())] && ours.has(name));
             if ours_too
                 || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
                 || name.eq_ignore_ascii_case(b"upgrade")
