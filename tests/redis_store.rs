@@ -236,6 +236,83 @@ async fn a_batch_decides_each_call_as_if_alone_step_by_step() {
     }
 }
 
+/// A burst of one tenant's one endpoint reaches the script as a run of the
+/// same call side by side, which it decides on numbers kept from the run's
+/// previous call. Runs of every shape, checked call by call against
+/// window.rs: account-only and endpoint calls, reads, runs that run out of
+/// budget half-way, wide (32-bit) counters, the same call again after a run
+/// of another one, runs of several tenants in one batch, a clock that stays
+/// put or moves between batches.
+#[tokio::test]
+async fn runs_of_the_same_call_in_a_batch_are_decided_as_if_alone() {
+    let Some(r) = RedisServer::start("runs_of_the_same_call_in_a_batch_are_decided_as_if_alone") else {
+        return;
+    };
+    let s = store(&r).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    // (tenant, window_s, account quota, endpoint quota, cost unit)
+    let tenants = [("p", 10u32, 300u32, 150u32, 1u32), ("q", 3, 60, 40, 1), ("w", 10, 6_000_000, 3_000_000, 20_000)];
+    let endpoints = [None, Some(Endpoint::TicketList), Some(Endpoint::ContactList)];
+    // The model: each tenant's account window and endpoint windows.
+    let mut models: Vec<(Window, Vec<Window>)> =
+        tenants.iter().map(|t| (Window::new(t.1), (0..3).map(|_| Window::new(t.1)).collect())).collect();
+    let mut now = T0 + rng.gen_range(0..S);
+    let (mut fast, mut refused) = (0, 0);
+    for step in 0..400 {
+        now += clock_step(&mut rng, 20 * S, S / 2);
+        let mut picks: Vec<(usize, usize, u32)> = Vec::new();
+        for _ in 0..rng.gen_range(1..5) {
+            let (t, e, cost) = (rng.gen_range(0..3), rng.gen_range(0..3), [0, 1, 1, 1, 2, 3][rng.gen_range(0..6)]);
+            let run = rng.gen_range(1..16);
+            picks.extend(std::iter::repeat_n((t, e, cost * tenants[t].4), run));
+        }
+        let asks: Vec<Ask<'_>> = picks
+            .iter()
+            .map(|&(t, e, cost)| {
+                let (name, w, qa, qe, _) = tenants[t];
+                ask(name, cost, account(qa, w), endpoints[e].and_then(|e| ep(e, qe, w)))
+            })
+            .collect();
+        let want: Vec<Decision> = picks
+            .iter()
+            .zip(&asks)
+            .map(|(&(t, e, _), a)| {
+                let (wa, eps) = &mut models[t];
+                let d = expected_any(wa, endpoints[e].map(|_| &mut eps[e]), a, now);
+                fast += usize::from(d.allowed && a.cost > 0);
+                refused += usize::from(!d.allowed);
+                d
+            })
+            .collect();
+        let got = s.acquire_batch_at(&asks, now).await.unwrap_or_else(|e| panic!("step {step}: {e}"));
+        for (i, (g, w)) in got.into_iter().zip(want).enumerate() {
+            let g = g.unwrap_or_else(|e| panic!("step {step}, call {i}: {e}"));
+            assert_eq!(g, w, "step {step}, call {i} of {:?}, now {now}", picks);
+        }
+    }
+    // Both outcomes were exercised many times over.
+    println!("{fast} calls charged, {refused} refused");
+    assert!(fast > 1000 && refused > 1000, "{fast} charged, {refused} refused");
+}
+
+/// `expected` for a call with or without an endpoint policy.
+fn expected_any(wa: &mut Window, we: Option<&mut Window>, a: &Ask<'_>, now: u64) -> Decision {
+    let Some(we) = we else {
+        let av = wa.judge(now, a.account.quota, a.cost);
+        if av.fits && a.cost > 0 {
+            wa.charge(now, a.cost);
+        }
+        return Decision {
+            allowed: av.fits,
+            cost: a.cost,
+            account: PolicyState::new(a.account, &av, av.fits, a.cost, wa.reset_us(now)),
+            endpoint: None,
+            degraded: false,
+        };
+    };
+    expected(wa, we, a, now)
+}
+
 /// Reloads on one tenant, each phase checked call by call against
 /// window.rs: counters past 16 bits (a quota above 65,535 widens them), a
 /// window length change (both stores start that window afresh), a quota
