@@ -45,8 +45,10 @@
 //! per script call and its socket calls once per batch (under load that
 //! saves a quarter of its CPU per decision: BENCHMARKS.md), and the gateway
 //! builds, sends and parses one command. The batch goes grouped by tenant,
-//! and the script reads and writes a tenant's header block once per group
-//! (a bursting tenant's calls cost Redis ~20 % less each: BENCHMARKS.md).
+//! and the script reads and writes a tenant's header block once per group;
+//! the same call again in a group is decided on the numbers the previous one
+//! left (a burst of one tenant's endpoint costs Redis about a third of what
+//! calls of different tenants cost each: BENCHMARKS.md).
 //! Every call still costs at most one round trip, and a batch is atomic like
 //! a single call, so exactness across replicas is unchanged. A key of
 //! another type fails only its own call. A cluster gets no batches (each
