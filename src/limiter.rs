@@ -225,10 +225,7 @@ impl Limiter {
         let Some(mut permit) = self.circuit.permit(start) else {
             return self.store_failed(ask, &StoreError::CircuitOpen);
         };
-        let result = match tokio::time::timeout(self.store_timeout, store.acquire(ask)).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout),
-        };
+        let result = store.acquire_by(ask, start + self.store_timeout).await;
         match result {
             Ok(d) => {
                 permit.succeeded();

@@ -75,6 +75,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::store::{Store, StoreError};
 use super::window::{self, Verdict};
@@ -125,6 +126,8 @@ struct Waiting {
     key: String,
     args: Vec<u8>,
     reply_len: usize,
+    /// When its caller's `store_timeout_ms` runs out.
+    deadline: Instant,
     tx: oneshot::Sender<Result<Bytes, StoreError>>,
 }
 
@@ -237,10 +240,26 @@ impl RedisStore {
         decide(ask, &reply)
     }
 
+    /// Like [`Store::acquire`], answered by `deadline` at the latest
+    /// ([`StoreError::Timeout`]). A call in a batch has no timer of its own:
+    /// its batch's one timer runs out at the earliest deadline among its
+    /// calls (registering and cancelling a timer per call cost ~5 % of a
+    /// Redis-store call, BENCHMARKS.md). So a call may time out early by the
+    /// time between its batch's first call and itself — they were decided in
+    /// the same turn of the event loop, so well under a millisecond.
+    pub async fn acquire_by(&self, ask: &Ask<'_>, deadline: Instant) -> Result<Decision, StoreError> {
+        if self.inner.batch && self.inner.conn.load().is_some() {
+            self.batched(ask, deadline).await
+        } else {
+            tokio::time::timeout_at(deadline, self.run(ask, None)).await.unwrap_or(Err(StoreError::Timeout))
+        }
+    }
+
     /// One call in the next batch (see the module's doc).
-    async fn batched(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
+    async fn batched(&self, ask: &Ask<'_>, deadline: Instant) -> Result<Decision, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let waiting = Waiting { key: self.key(ask.tenant), args: pack_args(ask)?, reply_len: reply_len(ask), tx };
+        let waiting =
+            Waiting { key: self.key(ask.tenant), args: pack_args(ask)?, reply_len: reply_len(ask), deadline, tx };
         let first = {
             let mut queue = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner);
             queue.push(waiting);
@@ -266,12 +285,10 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
+    /// Bounded by [`RESPONSE_TIMEOUT`] only: [`super::Limiter`] calls
+    /// [`RedisStore::acquire_by`] with the configured `store_timeout_ms`.
     async fn acquire(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
-        if self.inner.batch && self.inner.conn.load().is_some() {
-            self.batched(ask).await
-        } else {
-            self.run(ask, None).await
-        }
+        self.acquire_by(ask, Instant::now() + RESPONSE_TIMEOUT).await
     }
 }
 
@@ -304,37 +321,26 @@ async fn flush(inner: Arc<Inner>) {
     futures_util::future::join_all(batches.into_iter().map(|b| answer(&inner.script, conn.clone(), b))).await;
 }
 
-/// One script call for `batch`, and each call's share of its answer.
+/// One script call for `batch`, and each call's share of its answer, by the
+/// earliest deadline among its calls (else they all get
+/// [`StoreError::Timeout`]).
 ///
-/// A call whose caller has already given up (its `store_timeout_ms` ran out:
-/// it was answered per `on_store_error`) is left out, so it is not charged
+/// A call whose caller has already given up (gone, or its deadline passed:
+/// it is answered per `on_store_error`) is left out, so it is not charged
 /// behind its back — also when `NOSCRIPT` makes the batch go again. Once the
 /// script call is sent, every call in it is decided, as a lone call would be.
 async fn answer(script: &redis::Script, conn: Option<ConnectionManager>, mut batch: Vec<Waiting>) {
     let Some(mut conn) = conn else {
-        return fail(batch, "not connected to Redis");
+        return fail(batch, || StoreError::Backend("not connected to Redis".into()));
     };
-    batch.retain(|w| !w.tx.is_closed());
-    if batch.is_empty() {
+    let Some(deadline) = live(&mut batch) else {
         return;
-    }
-    let mut result = evalsha(script, &mut conn, &batch).await;
-    if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::NoScriptError) {
-        // A restarted or flushed Redis: nothing ran. Load and go again.
-        if let Err(e) = load_script(&mut conn).await {
-            return fail(batch, &e.to_string());
-        }
-        batch.retain(|w| !w.tx.is_closed());
-        if batch.is_empty() {
-            return;
-        }
-        result = evalsha(script, &mut conn, &batch).await;
-    }
-    let (n, expected) = (batch.len(), batch.iter().map(|w| w.reply_len).sum::<usize>());
-    let reply = match result {
-        Ok(r) if r.len() == expected => Bytes::from(r),
-        Ok(r) => return fail(batch, &format!("unexpected script reply of {} bytes for {n} calls", r.len())),
-        Err(e) => return fail(batch, &e.to_string()),
+    };
+    let sent = tokio::time::timeout_at(deadline, send(script, &mut conn, &mut batch)).await;
+    let reply = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return fail(batch, || StoreError::Backend(e.clone())),
+        Err(_) => return fail(batch, || StoreError::Timeout),
     };
     let mut at = 0;
     for w in batch {
@@ -344,9 +350,49 @@ async fn answer(script: &redis::Script, conn: Option<ConnectionManager>, mut bat
     }
 }
 
-fn fail(batch: Vec<Waiting>, why: &str) {
+/// Drops the calls whose callers are gone and answers the ones whose
+/// deadline has passed; the earliest deadline left, if any call is.
+fn live(batch: &mut Vec<Waiting>) -> Option<Instant> {
+    let now = Instant::now();
+    batch.retain(|w| !w.tx.is_closed());
+    if batch.iter().any(|w| w.deadline <= now) {
+        // Rare (the batch left a timeout after its first call came): rebuilt
+        // in order, since a tenant's calls must stay in their arrival order.
+        for w in std::mem::take(batch) {
+            if w.deadline <= now {
+                let _ = w.tx.send(Err(StoreError::Timeout));
+            } else {
+                batch.push(w);
+            }
+        }
+    }
+    batch.iter().map(|w| w.deadline).min()
+}
+
+/// The script call for `batch` (loading the script and going again after
+/// `NOSCRIPT`) and its reply, checked for length.
+async fn send(script: &redis::Script, conn: &mut ConnectionManager, batch: &mut Vec<Waiting>) -> Result<Bytes, String> {
+    let mut result = evalsha(script, conn, batch).await;
+    if matches!(&result, Err(e) if e.kind() == redis::ErrorKind::NoScriptError) {
+        // A restarted or flushed Redis: nothing ran. Load and go again.
+        load_script(conn).await.map_err(|e| e.to_string())?;
+        batch.retain(|w| !w.tx.is_closed());
+        if batch.is_empty() {
+            return Ok(Bytes::new());
+        }
+        result = evalsha(script, conn, batch).await;
+    }
+    let (n, expected) = (batch.len(), batch.iter().map(|w| w.reply_len).sum::<usize>());
+    match result {
+        Ok(r) if r.len() == expected => Ok(Bytes::from(r)),
+        Ok(r) => Err(format!("unexpected script reply of {} bytes for {n} calls", r.len())),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn fail(batch: Vec<Waiting>, error: impl Fn() -> StoreError) {
     for w in batch {
-        let _ = w.tx.send(Err(StoreError::Backend(why.to_owned())));
+        let _ = w.tx.send(Err(error()));
     }
 }
 
@@ -524,7 +570,36 @@ fn backend(e: redis::RedisError) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::{escape, key};
+    use super::{escape, key, live, StoreError, Waiting};
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+    use tokio::time::Instant;
+
+    /// A batch goes out only with the calls still waited for, and its timer
+    /// runs out at the earliest of their deadlines.
+    #[tokio::test]
+    async fn a_batch_leaves_out_calls_given_up_and_keeps_the_earliest_deadline() {
+        let now = Instant::now();
+        let call = |deadline| {
+            let (tx, rx) = oneshot::channel();
+            (Waiting { key: "k".into(), args: vec![], reply_len: 22, deadline, tx }, rx)
+        };
+        let (gone, rx_gone) = call(now + Duration::from_secs(9));
+        drop(rx_gone);
+        let (late, mut rx_late) = call(now - Duration::from_millis(1));
+        let (soon, mut rx_soon) = call(now + Duration::from_secs(2));
+        let (later, _rx_later) = call(now + Duration::from_secs(5));
+        let mut batch = vec![gone, soon, late, later];
+        assert_eq!(live(&mut batch), Some(now + Duration::from_secs(2)));
+        // Only the calls still waited for, in time, are sent, in their order.
+        let left: Vec<Instant> = batch.iter().map(|w| w.deadline).collect();
+        assert_eq!(left, [now + Duration::from_secs(2), now + Duration::from_secs(5)]);
+        assert!(matches!(rx_late.try_recv(), Ok(Err(StoreError::Timeout))));
+        assert!(rx_soon.try_recv().is_err(), "a call in time is not answered yet");
+        let (late, _rx) = call(now);
+        let mut batch = vec![late];
+        assert_eq!(live(&mut batch), None);
+    }
 
     #[test]
     fn tenant_names_cannot_break_the_hash_tag() {
