@@ -3,6 +3,11 @@ connections and prints the instructions the whole process executed.
 Used by instructions.sh, which subtracts a run with N = 0 (start-up, shutdown).
 
     python3 instructions.py BIN CONFIG N [REQUEST]
+    WAVE=16 python3 instructions.py BIN CONFIG N     # 16 calls at once
+
+With WAVE=k the calls go out k at a time, one on each of k connections, and
+all k answers are read before the next wave: the gateway finds them ready
+together, as under load, so the Redis store decides them in batches.
 """
 import os
 import re
@@ -16,6 +21,7 @@ binary, config, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 request = (sys.argv[4] if len(sys.argv) > 4 else
            'GET /api/v2/tickets HTTP/1.1\r\nHost: bench.freshdesk.com\r\nAuthorization: Basic YXBpa2V5Olg=\r\n\r\n')
 request = request.encode()
+wave = int(os.environ.get('WAVE', '1'))
 
 
 def free_port():
@@ -39,14 +45,15 @@ try:
     deadline = time.time() + 60
     while not conns:
         try:
-            conns = [socket.create_connection(('127.0.0.1', port)) for _ in range(4)]
+            conns = [socket.create_connection(('127.0.0.1', port)) for _ in range(max(4, wave))]
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
                 sys.exit('deskgate did not start under valgrind')
             time.sleep(0.1)
 
-    def call(s):
-        s.sendall(request)
+    def call(s, send=True):
+        if send:
+            s.sendall(request)
         buf = b''
         while b'\r\n\r\n' not in buf:
             buf += s.recv(65536)
@@ -58,8 +65,14 @@ try:
 
     # One call per connection first: lazy start-up work, pool connections.
     heads = [call(s) for s in conns]
-    for i in range(n):
-        heads.append(call(conns[i % 4]))
+    if wave == 1:
+        for i in range(n):
+            heads.append(call(conns[i % 4]))
+    else:
+        for _ in range(n // wave):
+            for s in conns[:wave]:
+                s.sendall(request)
+            heads.extend(call(s, send=False) for s in conns[:wave])
     bad = [h for h in heads if not h.startswith(b'HTTP/1.1 200')]
     if bad:
         sys.exit('not 200: %r' % bad[0][:200])

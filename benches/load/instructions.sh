@@ -11,7 +11,9 @@
 #   N=5000 benches/load/instructions.sh
 #
 # For each binary: a GET (ticket list) and a POST with a small JSON body
-# (ticket create), memory store; the GET again with the Redis store.
+# (ticket create), memory store; the GET again with the Redis store, sent one
+# at a time (every batch holds one call) and 16 at once on 16 connections
+# (`x16`: batches of up to 16, as under load).
 # Each figure is (run with N calls - run with 0 calls) / N, so start-up and
 # shutdown cancel out. Needs valgrind, nginx and redis-server (installed from
 # Debian if missing); talks to 127.0.0.1 only.
@@ -56,8 +58,10 @@ per_call() { # bin config request
     full=$(python3 benches/load/instructions.py "$1" "$2" "$N" "$3")
     echo $(( (full - base) / N ))
 }
-printf '%-50s %14s %14s %14s\n' "binary (instructions per call, N=$N)" "GET memory" "POST memory" "GET redis"
+printf '%-50s %14s %14s %14s %14s\n' "binary (instructions per call, N=$N)" "GET memory" "POST memory" "GET redis" \
+    "GET redis x16"
 for bin in "$@"; do
-    printf '%-50s %14s %14s %14s\n' "$bin" "$(per_call "$bin" "$OUT/memory.toml" "$GET")" \
-        "$(per_call "$bin" "$OUT/memory.toml" "$POST")" "$(per_call "$bin" "$OUT/redis.toml" "$GET")"
+    printf '%-50s %14s %14s %14s %14s\n' "$bin" "$(per_call "$bin" "$OUT/memory.toml" "$GET")" \
+        "$(per_call "$bin" "$OUT/memory.toml" "$POST")" "$(per_call "$bin" "$OUT/redis.toml" "$GET")" \
+        "$(WAVE=16 per_call "$bin" "$OUT/redis.toml" "$GET")"
 done
