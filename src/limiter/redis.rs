@@ -243,10 +243,11 @@ impl RedisStore {
     /// Like [`Store::acquire`], answered by `deadline` at the latest
     /// ([`StoreError::Timeout`]). A call in a batch has no timer of its own:
     /// its batch's one timer runs out at the earliest deadline among its
-    /// calls (registering and cancelling a timer per call cost ~5 % of a
-    /// Redis-store call, BENCHMARKS.md). So a call may time out early by the
-    /// time between its batch's first call and itself — they were decided in
-    /// the same turn of the event loop, so well under a millisecond.
+    /// calls (registering and cancelling a timer per call cost ~4 % of a
+    /// batched call's instructions: BENCHMARKS.md). So a call may time out
+    /// early by the time between its batch's first call and itself — they
+    /// were decided in the same turn of the event loop: well under a
+    /// millisecond.
     pub async fn acquire_by(&self, ask: &Ask<'_>, deadline: Instant) -> Result<Decision, StoreError> {
         if self.inner.batch && self.inner.conn.load().is_some() {
             self.batched(ask, deadline).await
