@@ -33,6 +33,31 @@ http {
 NGX
 }
 
+# nginx_proxy_conf DIR PORT UPSTREAM_PORT — nginx as the keep-alive reverse
+# proxy the gateways are compared with (pid and error log in DIR).
+nginx_proxy_conf() {
+    cat <<NGX
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream helpdesk { server 127.0.0.1:$3; keepalive 128; }
+    server {
+        listen 127.0.0.1:$2;
+        location / {
+            proxy_pass http://helpdesk;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+        }
+    }
+}
+NGX
+}
+
 # gateway_conf LISTEN_PORT ADMIN_PORT UPSTREAM_PORT STORE_LINES — a deskgate
 # config whose `bench` tenant never runs out of budget (GET ticket list and
 # POST ticket create); append more [[tenant]] tables after it.

@@ -35,26 +35,7 @@ cleanup() {
 trap cleanup EXIT
 
 upstream_conf "$OUT" $P_UP > "$OUT/upstream.conf"
-cat > "$OUT/nginx.conf" <<NGX
-worker_processes 1;
-pid $OUT/nginx.pid;
-error_log $OUT/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    upstream helpdesk { server 127.0.0.1:$P_UP; keepalive 128; }
-    server {
-        listen 127.0.0.1:$P_NGINX;
-        location / {
-            proxy_pass http://helpdesk;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-        }
-    }
-}
-NGX
+nginx_proxy_conf "$OUT" $P_NGINX $P_UP > "$OUT/nginx.conf"
 taskset -c 1 "$NGINX" -c "$OUT/upstream.conf" -p "$OUT"
 taskset -c 1 "$NGINX" -c "$OUT/nginx.conf" -p "$OUT"
 taskset -c 1 "$RELAY" 127.0.0.1:$P_RELAY 127.0.0.1:$P_UP &

@@ -59,26 +59,7 @@ trap cleanup EXIT
 # (In one nginx the proxy and the upstream would share an event loop and skip
 # the context switches every other proxy here pays.)
 upstream_conf "$OUT" $P_UP > "$OUT/upstream.conf"
-cat > "$OUT/nginx.conf" <<NGX
-worker_processes 1;
-pid $OUT/nginx.pid;
-error_log $OUT/nginx-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    upstream helpdesk { server 127.0.0.1:$P_UP; keepalive 128; }
-    server {
-        listen 127.0.0.1:$P_NGINX;
-        location / {
-            proxy_pass http://helpdesk;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-        }
-    }
-}
-NGX
+nginx_proxy_conf "$OUT" $P_NGINX $P_UP > "$OUT/nginx.conf"
 taskset -c "$SERVE_CPU" "$NGINX" -c "$OUT/upstream.conf" -p "$OUT"
 taskset -c "$SERVE_CPU" "$NGINX" -c "$OUT/nginx.conf" -p "$OUT"
 

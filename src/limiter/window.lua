@@ -215,11 +215,13 @@ end
 -- it did.
 local hkey, h, hdirty = false, false, false
 
--- Writes the numbers of a call's one or two sections into the header block.
-local function put(h, id1, s1, id2, s2)
-  local p1, sub = 9 + 24 * id1, string.sub
-  if not id2 then return sub(h, 1, p1 - 1) .. s1 .. sub(h, p1 + 24) end
-  local p2 = 9 + 24 * id2
+-- The header block `h` with the numbers of a call's one (n = 1) or two
+-- sections written in (as `HF`).
+local function put(h, n, id1, win1, hia, offa, tota, cura, heada, wa, id2, win2, hie, offe, tote, cure, heade, we)
+  local pack, sub, hf = struct.pack, string.sub, '>I4I6BI4I4I4B'
+  local p1, s1 = 9 + 24 * id1, pack(hf, win1, hia, offa, tota, cura, heada, wa)
+  if n == 1 then return sub(h, 1, p1 - 1) .. s1 .. sub(h, p1 + 24) end
+  local p2, s2 = 9 + 24 * id2, pack(hf, win2, hie, offe, tote, cure, heade, we)
   if p2 < p1 then p1, s1, p2, s2 = p2, s2, p1, s1 end
   return sub(h, 1, p1 - 1) .. s1 .. sub(h, p1 + 24, p2 - 1) .. s2 .. sub(h, p2 + 24)
 end
@@ -263,11 +265,7 @@ for i = 1, nk do
     out[i] = reply
   else
     if stale then
-      if n == 2 then
-        h = put(h, id1, pack(HF, win1, hia, offa, tota, cura, heada, wa), id2, pack(HF, win2, hie, offe, tote, cure, heade, we))
-      else
-        h = put(h, id1, pack(HF, win1, hia, offa, tota, cura, heada, wa))
-      end
+      h = put(h, n, id1, win1, hia, offa, tota, cura, heada, wa, id2, win2, hie, offe, tote, cure, heade, we)
       stale = false
     end
     rep = false
@@ -381,11 +379,7 @@ for i = 1, nk do
   end
 end
 if stale then
-  if n == 2 then
-    h = put(h, id1, pack(HF, win1, hia, offa, tota, cura, heada, wa), id2, pack(HF, win2, hie, offe, tote, cure, heade, we))
-  else
-    h = put(h, id1, pack(HF, win1, hia, offa, tota, cura, heada, wa))
-  end
+  h = put(h, n, id1, win1, hia, offa, tota, cura, heada, wa, id2, win2, hie, offe, tote, cure, heade, we)
 end
 if hdirty then call('SETRANGE', hkey, '0', h) end
 return table.concat(out)
