@@ -292,14 +292,16 @@ impl Exchange<'_> {
         let buf = &conn.buf;
         write_status_line(out, self.head.status);
         let fields = conn.fields.iter().map(|f| (&buf[f.name.clone()], &buf[f.value.clone()]));
-        // Fields named by `Connection` are hop-by-hop too.
-        let named: Vec<&[u8]> = fields
-            .clone()
-            .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
-            .flat_map(|(_, value)| value.split(|&b| b == b','))
-            .map(|n| n.trim_ascii())
-            .filter(|n| !n.is_empty())
-            .collect();
+        // Fields named by `Connection` are hop-by-hop too. Looked up per
+        // field rather than collected: most upstreams send `Connection:
+        // keep-alive`, and a list would cost an allocation per answer.
+        let named = |name: &[u8]| {
+            fields
+                .clone()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+                .flat_map(|(_, value)| value.split(|&b| b == b','))
+                .any(|o| o.trim_ascii().eq_ignore_ascii_case(name))
+        };
         // The first letters of our own fields' names: most of the upstream's
         // fields are told apart by that alone, without comparing names.
         let mut initials = [false; 256];
@@ -307,13 +309,13 @@ impl Exchange<'_> {
             initials[usize::from(name.as_bytes()[0])] = true;
         }
         let mut dated = false;
-        for (name, value) in fields {
+        for (name, value) in fields.clone() {
             let ours_too =
                 name.first().is_some_and(|&c| initials[usize::from(c.to_ascii_lowercase())] && ours.has(name));
             if ours_too
                 || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
                 || name.eq_ignore_ascii_case(b"upgrade")
-                || named.iter().any(|n| name.eq_ignore_ascii_case(n))
+                || named(name)
             {
                 continue;
             }
