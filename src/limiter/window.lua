@@ -216,7 +216,9 @@ end
 local hkey, h, hdirty = false, false, false
 
 -- The header block `h` with the numbers of a call's one (n = 1) or two
--- sections written in (as `HF`).
+-- sections written in. `HF`, `G` and `H` are spelled out (section id at byte
+-- 9 + 24 id): a function that reads outer locals takes them as upvalues on
+-- every run of the script.
 local function put(h, n, id1, win1, hia, offa, tota, cura, heada, wa, id2, win2, hie, offe, tote, cure, heade, we)
   local pack, sub, hf = struct.pack, string.sub, '>I4I6BI4I4I4B'
   local p1, s1 = 9 + 24 * id1, pack(hf, win1, hia, offa, tota, cura, heada, wa)
