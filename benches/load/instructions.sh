@@ -13,7 +13,9 @@
 # For each binary: a GET (ticket list) and a POST with a small JSON body
 # (ticket create), memory store; the GET again with the Redis store, sent one
 # at a time (every batch holds one call) and 16 at once on 16 connections
-# (`x16`: batches of up to 16, as under load).
+# (`x16`: batches of up to 16, as under load); and a call refused 429 by a
+# tenant whose budget the warm-up used up (Redis store and deny cache, as the
+# load benchmark's flood row).
 # Each figure is (run with N calls - run with 0 calls) / N, so start-up and
 # shutdown cancel out. Needs valgrind, nginx and redis-server (installed from
 # Debian if missing); talks to 127.0.0.1 only.
@@ -47,6 +49,10 @@ conf() { gateway_conf LISTEN_PORT ADMIN_PORT $P_UP "$1"; }
 conf 'store = "memory"' > "$OUT/memory.toml"
 conf "store = \"redis\"
 redis_url = \"redis://127.0.0.1:$P_RS/0\"" > "$OUT/redis.toml"
+# instructions.py warms up with one call on each of 4 connections: the
+# flood tenant's budget, so every call after them is refused.
+{ cat "$OUT/redis.toml"; printf '[[tenant]]\nname = "flood"\ndomain = "flood.freshdesk.com"\nplan = "trial"\nper_minute = 4\n'; } \
+    > "$OUT/flood.toml"
 
 GET=$'GET /api/v2/tickets HTTP/1.1\r\nHost: bench.freshdesk.com\r\nAuthorization: Basic YXBpa2V5Olg=\r\n\r\n'
 BODY='{"subject":"Printer on fire","description":"The printer on floor 3 is on fire","email":"a@example.com","priority":1,"status":2}'
@@ -54,14 +60,18 @@ POST=$'POST /api/v2/tickets HTTP/1.1\r\nHost: bench.freshdesk.com\r\nAuthorizati
 
 per_call() { # bin config request
     local base full
+    # Each run starts from empty budgets (the flood tenant's is only the warm-up).
+    redis-cli -p $P_RS flushall >/dev/null
     base=$(python3 benches/load/instructions.py "$1" "$2" 0 "$3")
+    redis-cli -p $P_RS flushall >/dev/null
     full=$(python3 benches/load/instructions.py "$1" "$2" "$N" "$3")
     echo $(( (full - base) / N ))
 }
-printf '%-50s %14s %14s %14s %14s\n' "binary (instructions per call, N=$N)" "GET memory" "POST memory" "GET redis" \
-    "GET redis x16"
+printf '%-50s %14s %14s %14s %14s %14s\n' "binary (instructions per call, N=$N)" "GET memory" "POST memory" "GET redis" \
+    "GET redis x16" "GET 429"
 for bin in "$@"; do
-    printf '%-50s %14s %14s %14s %14s\n' "$bin" "$(per_call "$bin" "$OUT/memory.toml" "$GET")" \
+    printf '%-50s %14s %14s %14s %14s %14s\n' "$bin" "$(per_call "$bin" "$OUT/memory.toml" "$GET")" \
         "$(per_call "$bin" "$OUT/memory.toml" "$POST")" "$(per_call "$bin" "$OUT/redis.toml" "$GET")" \
-        "$(WAVE=16 per_call "$bin" "$OUT/redis.toml" "$GET")"
+        "$(WAVE=16 per_call "$bin" "$OUT/redis.toml" "$GET")" \
+        "$(EXPECT=429 per_call "$bin" "$OUT/flood.toml" "${GET/bench.freshdesk.com/flood.freshdesk.com}")"
 done
