@@ -27,10 +27,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use std::fmt::Write as _;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -101,7 +101,13 @@ pub async fn serve(
     let read_timer = tokio::time::sleep(header_read_timeout);
     let upstream_timer = tokio::time::sleep(fp.pool.timeout());
     tokio::pin!(read_timer, upstream_timer);
-    let mut reused = Reused { out: Vec::with_capacity(1024), ours: RawFields::default(), upstream_timer };
+    let mut reused = Reused {
+        out: Vec::with_capacity(1024),
+        ours: RawFields::default(),
+        body: Vec::new(),
+        date: Date::default(),
+        upstream_timer,
+    };
     loop {
         let head = read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown, read_timer.as_mut()).await;
         let (len, body, parts) = match head {
@@ -113,7 +119,7 @@ pub async fn serve(
                 let idle_ms = header_read_timeout.as_millis() as u64;
                 let head_only = parts.method == Method::HEAD;
                 let timeout = Reject::RequestTimeout { idle_ms };
-                refuse(&fp.shared, &mut stream, &mut reused.out, &mut cx, timeout, head_only).await;
+                refuse(&fp.shared, &mut stream, &mut reused, &mut cx, timeout, head_only).await;
                 return Outcome::Closed;
             }
             Head::Closed => return Outcome::Closed,
@@ -138,6 +144,10 @@ struct Reused<'t> {
     out: Vec<u8>,
     /// The gateway's own response fields.
     ours: RawFields,
+    /// A refusal's body.
+    body: Vec<u8>,
+    /// A refusal's `Date`.
+    date: Date,
     /// The upstream's response-head deadline (see `serve`).
     upstream_timer: Pin<&'t mut Sleep>,
 }
@@ -278,15 +288,15 @@ async fn handle(
     parts: http::request::Parts,
     body: &[u8],
 ) -> bool {
-    let Reused { out, ours, upstream_timer } = reused;
     let shared = &*fp.shared;
     let snap = shared.snapshot.load_full();
     let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
     let head_only = parts.method == Method::HEAD;
     let plan = match proxy::decide(shared, &snap, conn, &mut cx, &parts, !body.is_empty()).await {
         Ok(plan) => plan,
-        Err(reject) => return refuse(shared, stream, out, &mut cx, reject, head_only).await,
+        Err(reject) => return refuse(shared, stream, reused, &mut cx, reject, head_only).await,
     };
+    let Reused { out, ours, upstream_timer, .. } = reused;
     let fwd = plan.forwarding(&snap.config, conn, cx.request_id.clone());
     let path = fwd.path.unwrap_or(parts.uri.path());
     upstream::write_request_head(out, &parts.method, path, parts.uri.query(), &parts.headers, &fwd, ip);
@@ -314,7 +324,7 @@ async fn handle(
                 snap.config.server.max_body_bytes,
                 snap.config.server.header_read_timeout,
             );
-            return refuse(shared, stream, out, &mut cx, reject, head_only).await;
+            return refuse(shared, stream, reused, &mut cx, reject, head_only).await;
         }
     };
     ours.clear();
@@ -324,39 +334,62 @@ async fn handle(
     exchange.relay_body(stream, out).await
 }
 
-/// Answers a refusal (or an upstream failure) as the hyper path would.
+/// Answers a refusal (or an upstream failure) with the fields and body the
+/// hyper path answers it with, rendered straight into the connection's
+/// buffers: under a flood most calls end here.
 async fn refuse(
     shared: &Shared,
     stream: &mut TcpStream,
-    out: &mut Vec<u8>,
+    reused: &mut Reused<'_>,
     cx: &mut RequestCtx,
     reject: Reject,
     head_only: bool,
 ) -> bool {
+    let Reused { out, ours, body, date, .. } = reused;
     cx.reject = Some(reject.code());
-    let mut rsp = reject.into_response();
-    let status = rsp.status();
-    proxy::finish(shared, cx, status.as_u16(), rsp.headers_mut());
-    let (parts, body) = rsp.into_parts();
-    // A refusal's body is a single in-memory chunk: this does not wait.
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_else(|_| Bytes::new());
+    let status = reject.status();
+    ours.clear();
+    reject.fields(ours);
+    proxy::finish(shared, cx, status.as_u16(), ours);
+    body.clear();
+    reject.write_body(body);
     out.clear();
     write_status_line(out, status);
-    for (name, value) in &parts.headers {
-        write_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+    out.extend_from_slice(ours.text());
     let mut n = itoa::Buffer::new();
     write_field(out, b"content-length", n.format(body.len()).as_bytes());
-    write_field(out, b"date", httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+    write_field(out, b"date", date.now());
     if status == StatusCode::REQUEST_TIMEOUT {
         // The rest of that request never came: the connection is out of step.
         write_field(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
     if !head_only {
-        out.extend_from_slice(&body);
+        out.extend_from_slice(body);
     }
     stream.write_all(out).await.is_ok()
+}
+
+/// The `Date` field's value, formatted once per second rather than per
+/// refusal.
+#[derive(Default)]
+struct Date {
+    second: u64,
+    text: String,
+}
+
+impl Date {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text.clear();
+            // Writing into a String cannot fail.
+            let _ = write!(self.text, "{}", httpdate::HttpDate::from(now));
+        }
+        self.text.as_bytes()
+    }
 }
 
 fn write_status_line(out: &mut Vec<u8>, status: StatusCode) {

@@ -12,7 +12,7 @@ pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rateli
 pub static X_RATELIMIT_USED: HeaderName = HeaderName::from_static("x-ratelimit-used-currentrequest");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-static RETRY_AFTER_: HeaderName = RETRY_AFTER;
+pub static RETRY_AFTER_: HeaderName = RETRY_AFTER;
 
 /// Where the gateway's own response fields go: a response's [`HeaderMap`]
 /// (the hyper path, refusals) or [`RawFields`], the text the fast path
@@ -21,6 +21,9 @@ static RETRY_AFTER_: HeaderName = RETRY_AFTER;
 pub trait Fields {
     /// Sets `name` to the value `write` appends to the buffer it is given.
     fn field(&mut self, name: &'static HeaderName, write: impl FnOnce(&mut Vec<u8>));
+
+    /// Whether `name` is set.
+    fn contains(&self, name: &HeaderName) -> bool;
 
     /// Sets `name` to a value that is already a header value.
     fn value(&mut self, name: &'static HeaderName, value: &HeaderValue) {
@@ -40,6 +43,10 @@ impl Fields for HeaderMap {
 
     fn value(&mut self, name: &'static HeaderName, value: &HeaderValue) {
         self.insert(name.clone(), value.clone());
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.contains_key(name)
     }
 }
 
@@ -85,6 +92,10 @@ impl Fields for RawFields {
         write(&mut self.text);
         self.text.extend_from_slice(b"\r\n");
     }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.names.contains(&name)
+    }
 }
 
 /// Adds the rate-limit headers of `d` to a response (any status).
@@ -109,7 +120,8 @@ pub fn render(d: &Decision, h: &mut impl Fields) {
         v.extend_from_slice(b";t=");
         push_number(v, until_room_s(tight));
     });
-    if !d.allowed {
+    // A refusal may have set it already (`Reject::fields`), to the same value.
+    if !d.allowed && !h.contains(&RETRY_AFTER_) {
         if let crate::reject::Reject::RateLimited { retry_after_s, .. } = d.reject() {
             h.field(&RETRY_AFTER_, |v| push_number(v, retry_after_s));
         }

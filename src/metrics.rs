@@ -82,9 +82,12 @@ pub struct VersionLabel {
 pub struct TenantSeries {
     /// `deskgate_budget_remaining`: the account, then each endpoint class.
     remaining: [OnceLock<Gauge>; 1 + Endpoint::CLASSIFIED],
-    /// `deskgate_requests_total` with status 200 and 201, per endpoint class
-    /// (`other` last): nearly every answer. Other statuses take the family.
-    answered: [[OnceLock<Counter>; 2]; Endpoint::CLASSIFIED + 1],
+    /// `deskgate_requests_total` with status 200, 201 and 429, per endpoint
+    /// class (`other` last): nearly every answer, also under a flood. Other
+    /// statuses take the family.
+    answered: [[OnceLock<Counter>; 3]; Endpoint::CLASSIFIED + 1],
+    /// `deskgate_rate_limited_total`, per endpoint class.
+    limited: [OnceLock<Counter>; Endpoint::CLASSIFIED + 1],
 }
 
 fn latency_histogram() -> Histogram {
@@ -221,16 +224,31 @@ impl Metrics {
     pub fn count_answer(&self, series: Option<&TenantSeries>, tenant: &Name, endpoint: Endpoint, status: u16) {
         let labels = || RequestLabels { tenant: tenant.clone(), endpoint: endpoint.as_str(), status };
         let e = endpoint.index().unwrap_or(Endpoint::CLASSIFIED);
-        match (series, status) {
-            (Some(series), 200 | 201) => {
-                series.answered[e][usize::from(status - 200)]
-                    .get_or_init(|| self.requests.get_or_create(&labels()).clone())
-                    .inc();
+        let kept = match status {
+            200 => Some(0),
+            201 => Some(1),
+            429 => Some(2),
+            _ => None,
+        };
+        match (series, kept) {
+            (Some(series), Some(i)) => {
+                series.answered[e][i].get_or_init(|| self.requests.get_or_create(&labels()).clone()).inc();
             }
             _ => {
                 self.requests.get_or_create(&labels()).inc();
             }
         }
+    }
+
+    /// Counts one 429 to a call of `tenant` to `endpoint`.
+    pub fn count_rate_limited(&self, series: Option<&TenantSeries>, tenant: &Name, endpoint: Endpoint) {
+        let labels = || TenantEndpoint { tenant: tenant.clone(), endpoint: endpoint.as_str() };
+        match series {
+            Some(series) => series.limited[endpoint.index().unwrap_or(Endpoint::CLASSIFIED)]
+                .get_or_init(|| self.rate_limited.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.rate_limited.get_or_create(&labels()).inc(),
+        };
     }
 
     /// Sets what is left of `tenant`'s account budget (`endpoint` `None`) or

@@ -18,7 +18,7 @@ use crate::endpoint::{self, Endpoint};
 use crate::forward::{self, Forwarding, UpstreamError, X_REQUEST_ID};
 use crate::headers::Fields;
 use crate::limiter::{Ask, Decision};
-use crate::metrics::{Name, TenantEndpoint, TenantReason, TenantSeries};
+use crate::metrics::{Name, TenantReason, TenantSeries};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
 use crate::{checks, headers, tenant};
@@ -286,7 +286,7 @@ pub(crate) fn finish(shared: &Shared, cx: &RequestCtx, status: u16, h: &mut impl
     }
     match cx.reject {
         Some("rate_limit_exceeded") => {
-            m.rate_limited.get_or_create(&TenantEndpoint { tenant: tenant.clone(), endpoint }).inc();
+            m.count_rate_limited(series, &tenant, cx.endpoint);
             tracing::info!(tenant = %tenant.0, endpoint, reason = "rate_limit_exceeded", status, request_id = cx.request_id.to_str().unwrap_or(""), "refused");
         }
         Some(reason) => {

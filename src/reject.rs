@@ -4,11 +4,19 @@
 //! [`Reject::into_response`]. Keeping the closed set here means the status
 //! codes, the helpdesk's error codes and their wording cannot drift apart.
 
+use std::fmt::{self, Write as _};
+
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, ALLOW, CONTENT_TYPE};
 use http::{Response, StatusCode};
+use serde::Serializer as _;
 
 use crate::body::{self, Body};
+use crate::headers::{Fields, RETRY_AFTER_};
+
+// Statics, not the `http` constants: `Fields` takes names that live forever.
+static CONTENT_TYPE_: HeaderName = CONTENT_TYPE;
+static ALLOW_: HeaderName = ALLOW;
 
 /// Content type of every error body the gateway writes.
 pub const JSON_UTF8: &str = "application/json; charset=utf-8";
@@ -113,51 +121,56 @@ impl Reject {
 
     /// What the caller should do, in words (the `message` of the body).
     pub fn message(&self) -> String {
+        Message(self).to_string()
+    }
+
+    /// The JSON body, appended to `out`: `{"code":…,"message":…}`, or the
+    /// helpdesk's validation shape for a 400. Written straight into the
+    /// buffer (keys in the order serde_json's map writes them), because a
+    /// flood of 429s renders this once per call and a `serde_json::Value`
+    /// costs a map and three strings each time.
+    pub fn write_body(&self, out: &mut Vec<u8>) {
         match self {
-            Reject::BadRequest { message, .. } => message.clone(),
-            Reject::UnknownHost => {
-                "No helpdesk account is served at this host. Use your account's domain, e.g. https://yourcompany.freshdesk.com/api/v2/.".to_owned()
+            Reject::BadRequest { field, message } => {
+                out.extend_from_slice(
+                    br#"{"description":"Validation failed","errors":[{"code":"invalid_value","field":"#,
+                );
+                push_json_str(out, field);
+                out.extend_from_slice(br#","message":"#);
+                push_json_str(out, message);
+                out.extend_from_slice(b"}]}");
             }
-            Reject::VanityHost { domain } => format!(
-                "The API is not available on custom (vanity) domains. Use https://{domain} in the API URL."
-            ),
-            Reject::SslRequired => "HTTPS is required in the API URL.".to_owned(),
-            Reject::RequireFeature { plan } => format!(
-                "The {plan} plan does not include API access; API access is available on plans above {plan}. Upgrade your plan to use the API."
-            ),
-            Reject::MethodNotAllowed { allow } => {
-                format!("This method is not allowed on this resource. Allowed methods: {allow}.")
-            }
-            Reject::InvalidCredentials => "You have to be logged in to perform this action.".to_owned(),
-            Reject::InvalidAccept => {
-                "Only application/json is served. Send Accept: application/json, or omit the Accept header.".to_owned()
-            }
-            Reject::InvalidContentType => {
-                "Content-Type must be application/json, or multipart/form-data with a boundary for attachments.".to_owned()
-            }
-            Reject::PayloadTooLarge { limit } => {
-                format!("The request body is larger than the {limit} bytes allowed.")
-            }
-            Reject::RequestTimeout { idle_ms } => format!(
-                "The request body stopped arriving: nothing came for {idle_ms} ms. Send the body without pauses that long."
-            ),
-            Reject::RateLimited { policy, quota, window_s, retry_after_s } => {
-                let what = if *policy == "account" {
-                    "account".to_owned()
+            other => {
+                // Codes are plain identifiers: nothing to escape.
+                out.extend_from_slice(br#"{"code":""#);
+                out.extend_from_slice(other.code().as_bytes());
+                out.extend_from_slice(br#"","message":"#);
+                if let Reject::RateLimited { .. } = other {
+                    // A 429's message is fixed text, numbers and a policy
+                    // name (`account` or an endpoint class): nothing needs
+                    // escaping, and a flood renders one per call.
+                    let _ = write!(Unescaped(out), "\"{}\"", Message(other));
                 } else {
-                    format!("{policy} endpoint")
-                };
-                format!(
-                    "You have exceeded the {what} limit of {quota} API credits per {window_s} seconds. Retry after {retry_after_s} seconds (see the Retry-After header); X-RateLimit-Remaining shows what is left."
-                )
+                    push_json_str(out, &Message(other));
+                }
+                out.push(b'}');
             }
-            Reject::BadGateway => "The helpdesk could not be reached. Retry shortly.".to_owned(),
-            Reject::GatewayTimeout { timeout_ms } => format!(
-                "The helpdesk did not answer within {timeout_ms} ms. Retry shortly."
-            ),
-            Reject::ServiceUnavailable { retry_after_s } => format!(
-                "Rate limits cannot be checked right now. Retry after {retry_after_s} seconds (see the Retry-After header)."
-            ),
+        }
+    }
+
+    /// The fields the refusal itself needs: `Content-Type`, `Allow` on a 405,
+    /// `Retry-After` on a 429 or 503 (unless already set: a 429's comes with
+    /// its decision's rate-limit fields, and is the same value).
+    pub fn fields(&self, h: &mut impl Fields) {
+        h.field(&CONTENT_TYPE_, |v| v.extend_from_slice(JSON_UTF8.as_bytes()));
+        match self {
+            Reject::MethodNotAllowed { allow } => h.field(&ALLOW_, |v| v.extend_from_slice(allow.as_bytes())),
+            Reject::RateLimited { retry_after_s, .. } | Reject::ServiceUnavailable { retry_after_s }
+                if !h.contains(&RETRY_AFTER_) =>
+            {
+                h.field(&RETRY_AFTER_, |v| v.extend_from_slice(itoa::Buffer::new().format(*retry_after_s).as_bytes()))
+            }
+            _ => {}
         }
     }
 
@@ -165,31 +178,160 @@ impl Reject {
     /// (`Allow` on 405, `Retry-After` on 429/503). Rate-limit headers are added
     /// later by the single exit in `proxy`, which knows the decision.
     pub fn into_response(self) -> Response<Body> {
-        let status = self.status();
-        let body = match &self {
+        let mut bytes = Vec::with_capacity(256);
+        self.write_body(&mut bytes);
+        let mut rsp = Response::new(body::full(Bytes::from(bytes)));
+        *rsp.status_mut() = self.status();
+        self.fields(rsp.headers_mut());
+        rsp
+    }
+}
+
+/// [`Reject::message`] as text written where it goes (the JSON body's
+/// string, escaped on the way), without a `String` of its own.
+struct Message<'a>(&'a Reject);
+
+impl fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Reject::BadRequest { message, .. } => f.write_str(message),
+            Reject::UnknownHost => f.write_str(
+                "No helpdesk account is served at this host. Use your account's domain, e.g. https://yourcompany.freshdesk.com/api/v2/.",
+            ),
+            Reject::VanityHost { domain } => write!(
+                f,
+                "The API is not available on custom (vanity) domains. Use https://{domain} in the API URL."
+            ),
+            Reject::SslRequired => f.write_str("HTTPS is required in the API URL."),
+            Reject::RequireFeature { plan } => write!(
+                f,
+                "The {plan} plan does not include API access; API access is available on plans above {plan}. Upgrade your plan to use the API."
+            ),
+            Reject::MethodNotAllowed { allow } => {
+                write!(f, "This method is not allowed on this resource. Allowed methods: {allow}.")
+            }
+            Reject::InvalidCredentials => f.write_str("You have to be logged in to perform this action."),
+            Reject::InvalidAccept => f.write_str(
+                "Only application/json is served. Send Accept: application/json, or omit the Accept header.",
+            ),
+            Reject::InvalidContentType => f.write_str(
+                "Content-Type must be application/json, or multipart/form-data with a boundary for attachments.",
+            ),
+            Reject::PayloadTooLarge { limit } => {
+                write!(f, "The request body is larger than the {limit} bytes allowed.")
+            }
+            Reject::RequestTimeout { idle_ms } => write!(
+                f,
+                "The request body stopped arriving: nothing came for {idle_ms} ms. Send the body without pauses that long."
+            ),
+            Reject::RateLimited { policy, quota, window_s, retry_after_s } => {
+                // "the account limit", "the ticket_create endpoint limit"
+                let endpoint = if *policy == "account" { "" } else { " endpoint" };
+                write!(
+                    f,
+                    "You have exceeded the {policy}{endpoint} limit of {quota} API credits per {window_s} seconds. Retry after {retry_after_s} seconds (see the Retry-After header); X-RateLimit-Remaining shows what is left."
+                )
+            }
+            Reject::BadGateway => f.write_str("The helpdesk could not be reached. Retry shortly."),
+            Reject::GatewayTimeout { timeout_ms } => {
+                write!(f, "The helpdesk did not answer within {timeout_ms} ms. Retry shortly.")
+            }
+            Reject::ServiceUnavailable { retry_after_s } => write!(
+                f,
+                "Rate limits cannot be checked right now. Retry after {retry_after_s} seconds (see the Retry-After header)."
+            ),
+        }
+    }
+}
+
+/// Appends text as it is (see [`Reject::write_body`] for when that is JSON).
+struct Unescaped<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Unescaped<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// `value` as a JSON string (quoted and escaped) appended to `out`.
+fn push_json_str(out: &mut Vec<u8>, value: &(impl fmt::Display + ?Sized)) {
+    // serde_json escapes as it goes; writing into a Vec cannot fail.
+    let _ = serde_json::Serializer::new(out).collect_str(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn every_refusal() -> Vec<Reject> {
+        vec![
+            Reject::BadRequest { field: "path", message: "a \"quoted\" \\ path\u{1}\n".to_owned() },
+            Reject::UnknownHost,
+            Reject::VanityHost { domain: "acme\".freshdesk.com".to_owned() },
+            Reject::SslRequired,
+            Reject::RequireFeature { plan: "sprout".to_owned() },
+            Reject::MethodNotAllowed { allow: "GET, POST" },
+            Reject::InvalidCredentials,
+            Reject::InvalidAccept,
+            Reject::InvalidContentType,
+            Reject::PayloadTooLarge { limit: 1_048_576 },
+            Reject::RequestTimeout { idle_ms: 30_000 },
+            Reject::RateLimited { policy: "account", quota: 700, window_s: 60, retry_after_s: 7 },
+            Reject::RateLimited { policy: "ticket_create", quota: 280, window_s: 60, retry_after_s: 60 },
+            Reject::BadGateway,
+            Reject::GatewayTimeout { timeout_ms: 30_000 },
+            Reject::ServiceUnavailable { retry_after_s: 1 },
+        ]
+    }
+
+    /// The body as the helpdesk shapes it, built the slow, obvious way.
+    fn expected_body(r: &Reject) -> serde_json::Value {
+        match r {
             Reject::BadRequest { field, message } => serde_json::json!({
                 "description": "Validation failed",
                 "errors": [{ "field": field, "message": message, "code": "invalid_value" }],
             }),
             other => serde_json::json!({ "code": other.code(), "message": other.message() }),
-        };
-        // serde_json::Value always serialises; fall back to a constant just in case.
-        let bytes = serde_json::to_vec(&body)
-            .map(Bytes::from)
-            .unwrap_or_else(|_| Bytes::from_static(b"{\"code\":\"internal_error\"}"));
-        let mut rsp = Response::new(body::full(bytes));
-        *rsp.status_mut() = status;
-        let h = rsp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
-        match &self {
-            Reject::MethodNotAllowed { allow } => {
-                h.insert(ALLOW, HeaderValue::from_static(allow));
-            }
-            Reject::RateLimited { retry_after_s, .. } | Reject::ServiceUnavailable { retry_after_s } => {
-                h.insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
-            }
-            _ => {}
         }
-        rsp
+    }
+
+    #[test]
+    fn every_body_is_the_json_the_helpdesk_sends_byte_for_byte() {
+        for r in every_refusal() {
+            let mut out = Vec::new();
+            r.write_body(&mut out);
+            let expected = serde_json::to_vec(&expected_body(&r)).unwrap();
+            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&expected), "{r:?}");
+        }
+        let limited = Reject::RateLimited { policy: "ticket_list", quota: 400, window_s: 60, retry_after_s: 3 };
+        assert_eq!(
+            limited.message(),
+            "You have exceeded the ticket_list endpoint limit of 400 API credits per 60 seconds. Retry after 3 \
+             seconds (see the Retry-After header); X-RateLimit-Remaining shows what is left."
+        );
+    }
+
+    #[test]
+    fn a_refusal_sets_its_own_fields_once() {
+        for r in every_refusal() {
+            let rsp = r.clone().into_response();
+            let h = rsp.headers();
+            assert_eq!(h.get(CONTENT_TYPE).unwrap(), JSON_UTF8);
+            assert_eq!(h.contains_key(ALLOW), matches!(r, Reject::MethodNotAllowed { .. }));
+            let retry = match r {
+                Reject::RateLimited { retry_after_s, .. } | Reject::ServiceUnavailable { retry_after_s } => {
+                    Some(retry_after_s.to_string())
+                }
+                _ => None,
+            };
+            assert_eq!(h.get(http::header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned()), retry);
+        }
+        // A Retry-After already set (by the decision's fields) is not set twice.
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("9"));
+        Reject::ServiceUnavailable { retry_after_s: 1 }.fields(&mut h);
+        assert_eq!(h.get_all(http::header::RETRY_AFTER).iter().collect::<Vec<_>>(), ["9"]);
     }
 }

@@ -458,3 +458,60 @@ async fn the_client_sees_the_same_answer_fields_from_both_paths() {
     }
     assert!(fast.iter().any(|(n, v)| n == "ratelimit-policy" && v.contains("\"account\";q=400;w=60")), "{fast:?}");
 }
+
+/// A refusal is rendered for the fast path straight into its buffers and for
+/// hyper as a response: status, fields and body must read the same.
+#[tokio::test]
+async fn the_client_sees_the_same_refusals_from_both_paths() {
+    let up = scripted(answers).await;
+    let gw = gateway(up.addr, "", TENANTS).await;
+    // `connection: keep-alive` hands the connection to hyper for good: the
+    // fast path's calls go on a connection of their own.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut hyper_s = TcpStream::connect(gw.addr).await.unwrap();
+    let both = |extra: &str, host: &str, auth: &str, method: &str| {
+        let head = |more: &str| format!("{method} /api/v2/tickets HTTP/1.1\r\nHost: {host}\r\n{auth}{extra}{more}\r\n");
+        (head(""), head("connection: keep-alive\r\n"))
+    };
+    // A refusal's answer with what differs from call to call masked: the
+    // request id, the date, and (a 429) the seconds to wait, which can
+    // differ by one between two calls a moment apart.
+    let masked = |head: &str, body: &[u8]| -> (Vec<String>, String) {
+        let retry = head.lines().find_map(|l| l.strip_prefix("retry-after: ")).map(str::to_owned);
+        let mask = |t: &str| match &retry {
+            Some(r) => t.replace(&format!("after {r} seconds"), "after N seconds").replace(&format!(";t={r}"), ";t=N"),
+            None => t.to_owned(),
+        };
+        let mut fields: Vec<String> = head
+            .lines()
+            .filter(|l| !l.starts_with("x-request-id:") && !l.starts_with("date:") && !l.starts_with("retry-after:"))
+            .map(mask)
+            .collect();
+        fields.sort();
+        fields.push(format!("retry-after present: {}", retry.is_some()));
+        (fields, mask(&String::from_utf8_lossy(body)))
+    };
+    let tiny = "tiny.freshdesk.com";
+    for _ in 0..3 {
+        let (head, _) = exchange(&mut s, &both("", tiny, AUTH, "GET").0).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+    }
+    let cases = [
+        ("accept: text/html\r\n", ACME, AUTH, "GET", "406"),
+        ("", ACME, "", "GET", "401"),
+        ("", ACME, AUTH, "PATCH", "405"),
+        ("", "nobody.freshdesk.com", AUTH, "GET", "404"),
+        ("", tiny, AUTH, "GET", "429"),
+    ];
+    for (extra, host, auth, method, status) in cases {
+        let (fast, slow) = both(extra, host, auth, method);
+        let (fast_head, fast_body) = exchange(&mut s, &fast).await;
+        let (slow_head, slow_body) = exchange(&mut hyper_s, &slow).await;
+        assert!(fast_head.starts_with(&format!("http/1.1 {status}")), "{fast_head}");
+        assert!(fast_head.contains("\r\ndate: "), "{fast_head}");
+        assert_eq!(fast_head.matches("\r\nretry-after: ").count(), usize::from(status == "429"), "{fast_head}");
+        assert_eq!(masked(&fast_head, &fast_body), masked(&slow_head, &slow_body), "{status}");
+    }
+    // Nothing refused reached the upstream.
+    assert_eq!(up.heads.lock().unwrap().len(), 3);
+}
