@@ -1,9 +1,10 @@
 //! Header checks of SPEC §3 steps 5-8: Authorization, Accept, Content-Type,
-//! Content-Length. Pure functions over [`HeaderMap`]; none allocates when the
+//! Content-Length. Pure functions over a request's fields (hyper's
+//! [`http::HeaderMap`] or the fast path's head); none allocates when the
 //! request passes, none panics on any header bytes.
 
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use http::HeaderMap;
+use crate::head::names::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use crate::head::RequestFields;
 
 use crate::reject::Reject;
 
@@ -12,12 +13,12 @@ use crate::reject::Reject;
 ///
 /// The credential itself is the upstream's to verify. Two `Authorization`
 /// headers are refused too: the upstream might honour the one we did not check.
-pub fn authorization(h: &HeaderMap) -> Result<(), Reject> {
-    let mut values = h.get_all(AUTHORIZATION).iter();
+pub fn authorization(h: &(impl RequestFields + ?Sized)) -> Result<(), Reject> {
+    let mut values = h.values(&AUTHORIZATION);
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err(Reject::InvalidCredentials);
     };
-    let v = trim(value.as_bytes());
+    let v = trim(value);
     let split = v.iter().position(|&b| b == b' ' || b == b'\t');
     let (scheme, credential) = match split {
         Some(i) => (&v[..i], trim(&v[i..])),
@@ -41,12 +42,12 @@ pub fn authorization(h: &HeaderMap) -> Result<(), Reject> {
 /// A malformed q (`q=abc`) counts as 1, as if absent: the client named the
 /// type, and refusing on a typo would help no one. A field with no media range
 /// at all (`Accept:` empty) is treated as absent.
-pub fn accept(h: &HeaderMap) -> Result<(), Reject> {
+pub fn accept(h: &(impl RequestFields + ?Sized)) -> Result<(), Reject> {
     // (specificity, q) of the best match so far; specificity 0 = none.
     let mut best: (u8, f64) = (0, 0.0);
     let mut any_range = false;
-    for value in h.get_all(ACCEPT) {
-        for range in value.as_bytes().split(|&b| b == b',') {
+    for value in h.values(&ACCEPT) {
+        for range in value.split(|&b| b == b',') {
             let mut parts = range.split(|&b| b == b';');
             let media = trim(parts.next().unwrap_or_default());
             if media.is_empty() {
@@ -82,35 +83,32 @@ pub fn accept(h: &HeaderMap) -> Result<(), Reject> {
 /// An HTTP/2 request may stream a body with neither header; the caller should
 /// also ask the body itself (`!body.is_end_stream()`) and use
 /// [`content_type_given`].
-pub fn has_body(h: &HeaderMap) -> bool {
-    if h.get_all(TRANSFER_ENCODING).iter().any(|v| !trim(v.as_bytes()).is_empty()) {
+pub fn has_body(h: &(impl RequestFields + ?Sized)) -> bool {
+    if h.values(&TRANSFER_ENCODING).any(|v| !trim(v).is_empty()) {
         return true;
     }
-    h.get_all(CONTENT_LENGTH)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|n| !matches!(parse_len(n), Some(0)))
+    h.values(&CONTENT_LENGTH).flat_map(|v| v.split(|&b| b == b',')).any(|n| !matches!(parse_len(n), Some(0)))
 }
 
 /// Step 7: a request with a body ([`has_body`]) must have `Content-Type`
 /// `application/json` (any parameters) or `multipart/form-data` with a
 /// non-empty `boundary`. A bodiless request may send any Content-Type.
-pub fn content_type(h: &HeaderMap) -> Result<(), Reject> {
+pub fn content_type(h: &(impl RequestFields + ?Sized)) -> Result<(), Reject> {
     content_type_given(h, has_body(h))
 }
 
 /// [`content_type`] with the body's presence decided by the caller (who may
 /// know better than the headers, e.g. an HTTP/2 body without Content-Length).
 /// Two `Content-Type` headers are refused: which one would the upstream read?
-pub fn content_type_given(h: &HeaderMap, has_body: bool) -> Result<(), Reject> {
+pub fn content_type_given(h: &(impl RequestFields + ?Sized), has_body: bool) -> Result<(), Reject> {
     if !has_body {
         return Ok(());
     }
-    let mut values = h.get_all(CONTENT_TYPE).iter();
+    let mut values = h.values(&CONTENT_TYPE);
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err(Reject::InvalidContentType);
     };
-    let mut parts = value.as_bytes().split(|&b| b == b';');
+    let mut parts = value.split(|&b| b == b';');
     let media = trim(parts.next().unwrap_or_default());
     if media.eq_ignore_ascii_case(b"application/json") {
         return Ok(());
@@ -130,10 +128,10 @@ pub fn content_type_given(h: &HeaderMap, has_body: bool) -> Result<(), Reject> {
 /// big for u64 is certainly above `max`: 413. Without Content-Length (chunked)
 /// there is nothing to check here: the streaming body must be capped by the
 /// caller.
-pub fn content_length(h: &HeaderMap, max: u64) -> Result<(), Reject> {
+pub fn content_length(h: &(impl RequestFields + ?Sized), max: u64) -> Result<(), Reject> {
     let mut declared: Option<u64> = None;
-    for v in h.get_all(CONTENT_LENGTH) {
-        for item in v.as_bytes().split(|&b| b == b',') {
+    for v in h.values(&CONTENT_LENGTH) {
+        for item in v.split(|&b| b == b',') {
             let item = trim(item);
             if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
                 return Err(bad_length("Content-Length must be a non-negative whole number of bytes."));
@@ -208,7 +206,7 @@ fn parse_len(v: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use http::header::HeaderName;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
     fn headers(pairs: &[(&HeaderName, &[u8])]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -10,7 +10,9 @@
 //! decides with the very same `proxy::decide` the hyper service uses, writes
 //! the request to a pooled upstream socket, and copies the answer back with
 //! the gateway's headers spliced into its head: usually one read and one
-//! write on each socket.
+//! write on each socket. The request's fields are read where they lie in the
+//! read buffer ([`FastHead`], through `head::RequestHead`, as hyper's `Parts`
+//! are): no `HeaderMap` is built per call.
 //!
 //! A small body (`Content-Length` up to [`MAX_BODY`]) is read whole before
 //! the call is decided — bounded, and it lets a refused call's body be
@@ -29,14 +31,15 @@ use std::time::{Duration, SystemTime};
 
 use std::fmt::Write as _;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Uri, Version};
+use http::header::HeaderName;
+use http::{Method, StatusCode, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::forward;
+use crate::head::{self, RequestFields, RequestHead};
 use crate::headers::RawFields;
 use crate::proxy::{self, ConnInfo, RequestCtx};
 use crate::reject::Reject;
@@ -71,15 +74,68 @@ pub enum Outcome {
     HandOver(Vec<u8>, TcpStream),
 }
 
-// Moved once per request; a box would cost an allocation each time.
-#[allow(clippy::large_enum_variant)]
 enum Head {
-    /// Head length, body length (both in the buffer), the head parsed.
-    Complete(usize, usize, http::request::Parts),
+    /// Head length, body length (both in the buffer), the method and target
+    /// parsed (the fields are in the connection's [`FieldsAt`]).
+    Complete(usize, usize, Method, Uri),
     /// The head came but its body stopped arriving: answered 408.
-    Stalled(http::request::Parts),
+    Stalled(Method, Uri),
     Closed,
     NotMine,
+}
+
+/// Where each field of the head being served lies in the read buffer: name
+/// and value as byte ranges. Kept per connection, so a call allocates
+/// nothing for its fields.
+type FieldsAt = Vec<[u32; 4]>;
+
+/// A request head the fast path took: method and target parsed, fields read
+/// where they lie in the read buffer.
+struct FastHead<'b> {
+    method: Method,
+    uri: Uri,
+    buf: &'b [u8],
+    fields: &'b [[u32; 4]],
+}
+
+impl FastHead<'_> {
+    fn slice(&self, from: u32, to: u32) -> &[u8] {
+        // The ranges were taken from this buffer: always in bounds.
+        self.buf.get(from as usize..to as usize).unwrap_or_default()
+    }
+}
+
+impl RequestFields for FastHead<'_> {
+    fn values<'a>(&'a self, name: &'static HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let name = name.as_str().as_bytes();
+        self.fields
+            .iter()
+            .filter(move |f| self.slice(f[0], f[1]).eq_ignore_ascii_case(name))
+            .map(move |f| self.slice(f[2], f[3]))
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.fields.iter().map(move |f| (self.slice(f[0], f[1]), self.slice(f[2], f[3])))
+    }
+}
+
+impl RequestHead for FastHead<'_> {
+    fn method(&self) -> &Method {
+        &self.method
+    }
+
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+
+    fn authority(&self) -> Option<&str> {
+        // The fast path takes origin-form targets only (`/…`).
+        None
+    }
 }
 
 /// Serves requests on `stream` for as long as they are fast-path requests.
@@ -91,6 +147,7 @@ pub async fn serve(
     header_read_timeout: Duration,
 ) -> Outcome {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut fields: FieldsAt = Vec::with_capacity(16);
     // X-Forwarded-For's value, the same for every call on this connection.
     let ip = peer.ip().to_string();
     // One timer per connection for the head reads and one for the upstream,
@@ -109,15 +166,18 @@ pub async fn serve(
         upstream_timer,
     };
     loop {
-        let head = read_head(&mut stream, &mut buf, header_read_timeout, &mut shutdown, read_timer.as_mut()).await;
-        let (len, body, parts) = match head {
-            Head::Complete(len, body, parts) => (len, body, parts),
-            Head::Stalled(parts) => {
+        let head =
+            read_head(&mut stream, &mut buf, &mut fields, header_read_timeout, &mut shutdown, read_timer.as_mut())
+                .await;
+        let (len, body, method, uri) = match head {
+            Head::Complete(len, body, method, uri) => (len, body, method, uri),
+            Head::Stalled(method, uri) => {
                 // Counted where the hyper path counts its stalled uploads.
                 fp.shared.metrics.count_upstream_error(forward::UpstreamError::DownstreamStalled);
-                let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
+                let req = FastHead { method, uri, buf: &buf, fields: &fields };
+                let mut cx = RequestCtx::new(proxy::request_id(&req));
                 let idle_ms = header_read_timeout.as_millis() as u64;
-                let head_only = parts.method == Method::HEAD;
+                let head_only = req.method == Method::HEAD;
                 let timeout = Reject::RequestTimeout { idle_ms };
                 refuse(&fp.shared, &mut stream, &mut reused, &mut cx, timeout, head_only).await;
                 return Outcome::Closed;
@@ -126,8 +186,9 @@ pub async fn serve(
             Head::NotMine => return Outcome::HandOver(buf, stream),
         };
         let conn = ConnInfo { peer, tls: false };
+        let req = FastHead { method, uri, buf: &buf[..len], fields: &fields };
         let body = &buf[len..len + body];
-        let keep = handle(fp, &mut stream, &mut reused, conn, &ip, parts, body).await;
+        let keep = handle(fp, &mut stream, &mut reused, conn, &ip, req, body).await;
         // The body goes with its call, forwarded or refused: the next request starts after it.
         let used = len + body.len();
         buf.drain(..used);
@@ -158,6 +219,7 @@ struct Reused<'t> {
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    fields: &mut FieldsAt,
     timeout: Duration,
     shutdown: &mut watch::Receiver<bool>,
     mut timer: Pin<&mut Sleep>,
@@ -165,9 +227,9 @@ async fn read_head(
     timer.as_mut().reset(Instant::now() + timeout);
     loop {
         if !buf.is_empty() {
-            match parse_request(buf) {
-                Parse::Complete(len, body, parts) if buf.len() >= len + body => {
-                    return Head::Complete(len, body, parts)
+            match parse_request(buf, fields) {
+                Parse::Complete(len, body, method, uri) if buf.len() >= len + body => {
+                    return Head::Complete(len, body, method, uri)
                 }
                 // The body is still on its way.
                 Parse::Complete(..) => {}
@@ -189,8 +251,8 @@ async fn read_head(
             r = stream.read_buf(buf) => r,
             () = timer.as_mut() => {
                 // Out of time with the head read: it is the body that stalled.
-                return match parse_request(buf) {
-                    Parse::Complete(_, _, parts) => Head::Stalled(parts),
+                return match parse_request(buf, fields) {
+                    Parse::Complete(_, _, method, uri) => Head::Stalled(method, uri),
                     _ => Head::Closed,
                 };
             }
@@ -202,10 +264,10 @@ async fn read_head(
     }
 }
 
-#[allow(clippy::large_enum_variant)]
 enum Parse {
-    /// Head length, declared body length, the head parsed.
-    Complete(usize, usize, http::request::Parts),
+    /// Head length, declared body length, method and target (the fields'
+    /// places are in the [`FieldsAt`] given).
+    Complete(usize, usize, Method, Uri),
     Partial,
     NotMine,
 }
@@ -213,18 +275,23 @@ enum Parse {
 /// Header fields that make a request hyper's: streamed bodies, upgrades,
 /// interim answers and connection options. (`Content-Length` is looked at on
 /// its own: see [`body_length`].)
-fn not_mine(name: &HeaderName) -> bool {
-    name == header::TRANSFER_ENCODING
-        || name == header::CONNECTION
-        || name == header::UPGRADE
-        || name == header::EXPECT
-        || name == header::TE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-        || name.as_str() == "http2-settings"
+fn not_mine(name: &[u8]) -> bool {
+    const HYPERS: [&[u8]; 8] = [
+        b"transfer-encoding",
+        b"connection",
+        b"upgrade",
+        b"expect",
+        b"te",
+        b"keep-alive",
+        b"proxy-connection",
+        b"http2-settings",
+    ];
+    HYPERS.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
-fn parse_request(buf: &[u8]) -> Parse {
+/// Parses the head at the start of `buf`, and records where its fields lie
+/// in `at` (for the fields a head that is taken has: see [`FastHead`]).
+fn parse_request(buf: &[u8], at: &mut FieldsAt) -> Parse {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let len = match req.parse(buf) {
@@ -240,31 +307,35 @@ fn parse_request(buf: &[u8]) -> Parse {
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::NotMine };
     let Ok(uri) = path.parse::<Uri>() else { return Parse::NotMine };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // A head this large is hyper's anyway (MAX_HEAD), so offsets fit in u32.
+    let start = buf.as_ptr() as usize;
+    let place = |s: &[u8]| {
+        let from = (s.as_ptr() as usize).wrapping_sub(start);
+        [from as u32, (from + s.len()) as u32]
+    };
+    at.clear();
     let mut body = None;
     for f in req.headers.iter() {
-        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value))
-        else {
+        let name = f.name.as_bytes();
+        // What hyper's `HeaderName`/`HeaderValue` would refuse goes to hyper,
+        // which answers it (httparse has checked the name's characters).
+        if name.is_empty() || !head::valid_value(f.value) {
             return Parse::NotMine;
-        };
-        if name == header::CONTENT_LENGTH {
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
             // One plain length the fast path can hold; a second field, a list
             // or anything odd is hyper's to judge.
             match (body, body_length(f.value)) {
                 (None, Some(n)) => body = Some(n),
                 _ => return Parse::NotMine,
             }
-        } else if not_mine(&name) {
+        } else if not_mine(name) {
             return Parse::NotMine;
         }
-        headers.append(name, value);
+        let ([n0, n1], [v0, v1]) = (place(name), place(f.value));
+        at.push([n0, n1, v0, v1]);
     }
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    parts.headers = headers;
-    Parse::Complete(len, body.unwrap_or(0), parts)
+    Parse::Complete(len, body.unwrap_or(0), method, uri)
 }
 
 /// A `Content-Length` value the fast path carries: ASCII digits only, at
@@ -285,25 +356,25 @@ async fn handle(
     reused: &mut Reused<'_>,
     conn: ConnInfo,
     ip: &str,
-    parts: http::request::Parts,
+    req: FastHead<'_>,
     body: &[u8],
 ) -> bool {
     let shared = &*fp.shared;
     let snap = shared.snapshot.load_full();
-    let mut cx = RequestCtx::new(proxy::request_id(&parts.headers));
-    let head_only = parts.method == Method::HEAD;
-    let plan = match proxy::decide(shared, &snap, conn, &mut cx, &parts, !body.is_empty()).await {
+    let mut cx = RequestCtx::new(proxy::request_id(&req));
+    let head_only = req.method == Method::HEAD;
+    let plan = match proxy::decide(shared, &snap, conn, &mut cx, &req, !body.is_empty()).await {
         Ok(plan) => plan,
         Err(reject) => return refuse(shared, stream, reused, &mut cx, reject, head_only).await,
     };
     let Reused { out, ours, upstream_timer, .. } = reused;
     let fwd = plan.forwarding(&snap.config, conn, cx.request_id.clone());
-    let path = fwd.path.unwrap_or(parts.uri.path());
-    upstream::write_request_head(out, &parts.method, path, parts.uri.query(), &parts.headers, &fwd, ip);
+    let path = fwd.path.unwrap_or(req.uri.path());
+    upstream::write_request_head(out, &req.method, path, req.uri.query(), &req, &fwd, ip);
     out.extend_from_slice(body);
 
     let idempotent = matches!(
-        parts.method,
+        req.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     );
     // Let the other connections with a request ready get this far first:
@@ -410,24 +481,34 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{HeaderMap, HeaderValue};
     use rand::{Rng, SeedableRng};
+
+    /// `parse_request` with a fresh list of field places.
+    fn parse(buf: &[u8]) -> (Parse, FieldsAt) {
+        let mut at = Vec::new();
+        (parse_request(buf, &mut at), at)
+    }
 
     const HEAD: &[u8] = b"GET /api/v2/tickets?page=2 HTTP/1.1\r\nHost: acme.freshdesk.com\r\nAuthorization: Basic eDp4\r\nAccept: application/json\r\n\r\n";
 
     #[test]
     fn a_plain_head_is_taken_and_anything_with_a_body_or_options_is_not() {
-        match parse_request(HEAD) {
-            Parse::Complete(len, 0, parts) => {
+        match parse(HEAD) {
+            (Parse::Complete(len, 0, method, uri), at) => {
                 assert_eq!(len, HEAD.len());
-                assert_eq!(parts.uri.path(), "/api/v2/tickets");
-                assert_eq!(parts.headers.len(), 3);
+                assert_eq!(uri.path(), "/api/v2/tickets");
+                let req = FastHead { method, uri, buf: HEAD, fields: &at };
+                assert_eq!(req.all().count(), 3);
+                assert_eq!(req.first(&head::names::HOST), Some(&b"acme.freshdesk.com"[..]));
+                assert_eq!(req.first(&head::names::AUTHORIZATION), Some(&b"Basic eDp4"[..]));
             }
             _ => panic!("a plain GET is the fast path's"),
         }
-        assert!(matches!(parse_request(&HEAD[..HEAD.len() - 1]), Parse::Partial));
+        assert!(matches!(parse(&HEAD[..HEAD.len() - 1]).0, Parse::Partial));
         // A small body of plain declared length is taken, its length reported.
         let post = b"POST /api/v2/tickets HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}";
-        assert!(matches!(parse_request(post), Parse::Complete(len, 2, _) if len == post.len() - 2));
+        assert!(matches!(parse(post).0, Parse::Complete(len, 2, ..) if len == post.len() - 2));
         let big = format!("PUT /api/v2/tickets/1 HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
         for hyper_s in [
             big.as_bytes(),
@@ -447,7 +528,7 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
         ] {
-            assert!(matches!(parse_request(hyper_s), Parse::NotMine), "{:?}", String::from_utf8_lossy(hyper_s));
+            assert!(matches!(parse(hyper_s).0, Parse::NotMine), "{:?}", String::from_utf8_lossy(hyper_s));
         }
     }
 
@@ -466,12 +547,79 @@ mod tests {
                     _ => bytes.insert(i, *b"\r\n: \t/?%\0".get(rng.gen_range(0..9)).unwrap_or(&b'x')),
                 }
             }
-            if let Parse::Complete(len, body, parts) = parse_request(&bytes) {
+            if let (Parse::Complete(len, body, method, uri), at) = parse(&bytes) {
                 assert!(len <= bytes.len());
                 assert!(body <= MAX_BODY);
-                assert!(parts.uri.path().starts_with('/'));
-                assert!(parts.headers.keys().all(|k| !not_mine(k)));
-                assert!(parts.headers.get_all(header::CONTENT_LENGTH).iter().count() <= 1);
+                assert!(uri.path().starts_with('/'));
+                let req = FastHead { method, uri, buf: &bytes[..len], fields: &at };
+                assert!(req.all().all(|(n, _)| !not_mine(n)));
+                assert!(req.values(&head::names::CONTENT_LENGTH).count() <= 1);
+                // Every field is where hyper's map would have it.
+                let map = as_map(&req);
+                assert_eq!(map.len(), at.len());
+                for (name, value) in req.all() {
+                    assert!(map.get_all(HeaderName::from_bytes(name).unwrap()).iter().any(|v| v == value));
+                }
+            }
+        }
+    }
+
+    /// The map hyper would build of `req`'s fields (what the fast path
+    /// built before it read fields in place).
+    fn as_map(req: &FastHead<'_>) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in req.all() {
+            map.append(HeaderName::from_bytes(n).unwrap(), HeaderValue::from_bytes(v).unwrap());
+        }
+        map
+    }
+
+    /// Lookups by name, in any case, with repeated fields: the fast path's
+    /// head answers exactly as hyper's map does, so both judge a call alike.
+    #[test]
+    fn fields_read_in_place_answer_lookups_as_a_header_map_does() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let names: [&'static HeaderName; 8] = [
+            &head::names::HOST,
+            &head::names::ACCEPT,
+            &head::names::AUTHORIZATION,
+            &head::names::CONTENT_TYPE,
+            &head::names::CONTENT_LENGTH,
+            &forward::X_REQUEST_ID,
+            &forward::X_FORWARDED_FOR,
+            &forward::X_FORWARDED_PROTO,
+        ];
+        for _ in 0..2_000 {
+            let mut text = "GET /api/v2/tickets HTTP/1.1\r\n".to_owned();
+            for _ in 0..rng.gen_range(0..8) {
+                let name = names[rng.gen_range(0..names.len())].as_str();
+                // Any case, as clients send them.
+                let name: String =
+                    name.chars().map(|c| if rng.gen_bool(0.5) { c.to_ascii_uppercase() } else { c }).collect();
+                let value = if name.eq_ignore_ascii_case("content-length") {
+                    "0".to_owned()
+                } else {
+                    format!("v{} {}", rng.gen_range(0..3), "x".repeat(rng.gen_range(0..3)))
+                };
+                text.push_str(&format!("{name}: {value}\r\n"));
+            }
+            text.push_str("\r\n");
+            let (parsed, at) = parse(text.as_bytes());
+            let Parse::Complete(len, _, method, uri) = parsed else {
+                // Two Content-Length fields: hyper's to judge.
+                assert!(text.to_ascii_lowercase().matches("content-length").count() > 1, "{text}");
+                continue;
+            };
+            let req = FastHead { method, uri, buf: &text.as_bytes()[..len], fields: &at };
+            let map = as_map(&req);
+            for name in names {
+                let from_map: Vec<&[u8]> = map.get_all(name).iter().map(HeaderValue::as_bytes).collect();
+                assert_eq!(req.values(name).collect::<Vec<_>>(), from_map, "{text}");
+                assert_eq!(req.has(name), map.contains_key(name));
+            }
+            // The request id the client sent is the one kept.
+            if let Some(sent) = map.get(&forward::X_REQUEST_ID) {
+                assert_eq!(&proxy::request_id(&req), sent);
             }
         }
     }

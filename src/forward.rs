@@ -422,8 +422,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Whether `name` is removed by [`strip_hop_by_hop`] whatever `Connection` says.
-pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| crate::head::is(name, h)) || crate::head::is(name, &header::UPGRADE)
 }
 
 pub(crate) fn set_forwarded(h: &mut HeaderMap, f: &Forwarding<'_>) {

@@ -39,6 +39,7 @@ pub mod demo;
 pub mod endpoint;
 pub mod fast;
 pub mod forward;
+pub mod head;
 pub mod headers;
 pub mod limiter;
 pub mod metrics;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
@@ -16,6 +16,7 @@ use crate::body::Body;
 use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
 use crate::forward::{self, Forwarding, UpstreamError, X_REQUEST_ID};
+use crate::head::{self, RequestFields, RequestHead};
 use crate::headers::Fields;
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{Name, TenantReason, TenantSeries};
@@ -123,36 +124,36 @@ pub(crate) async fn decide(
     snap: &Snapshot,
     conn: ConnInfo,
     cx: &mut RequestCtx,
-    parts: &http::request::Parts,
+    req: &impl RequestHead,
     body_present: bool,
 ) -> Result<Plan, Reject> {
     let cfg = &*snap.config;
-    let https = is_https(cfg, conn, &parts.headers);
+    let https = is_https(cfg, conn, req);
     // `Some` only when normalisation changed the spelling (the common case allocates nothing).
-    let normalized = endpoint::normalize_path(parts.uri.path()).map(|p| match p {
+    let normalized = endpoint::normalize_path(req.path()).map(|p| match p {
         Cow::Owned(s) => Some(s),
         Cow::Borrowed(_) => None,
     });
     let is_api = match &normalized {
         Ok(Some(p)) => endpoint::is_api(p),
-        Ok(None) => endpoint::is_api(parts.uri.path()),
+        Ok(None) => endpoint::is_api(req.path()),
         // A path that cannot be normalised safely is refused only if it could
         // be an API call; the portal gets it untouched.
-        Err(_) => parts.uri.path().to_ascii_lowercase().contains("/api"),
+        Err(_) => req.path().to_ascii_lowercase().contains("/api"),
     };
     if !is_api {
         // The portal is forwarded untouched, except a spelling that mentions
         // the API but normalises outside it (`/api/v2/../../x`): the upstream
         // gets the normalised path, so it cannot read an API call into it.
         let path = match normalized {
-            Ok(Some(p)) if parts.uri.path().to_ascii_lowercase().contains("api") => Some(p),
+            Ok(Some(p)) if req.path().to_ascii_lowercase().contains("api") => Some(p),
             _ => None,
         };
         return Ok(Plan { https, tenant: None, path });
     }
     cx.api = true;
 
-    let host = tenant::requested_host(parts)?;
+    let host = tenant::requested_host(req)?;
     let entry = snap.hosts.get(&*host);
     // Label a vanity-host refusal with its tenant: the name comes from config.
     if let Some(e) = entry {
@@ -168,16 +169,16 @@ pub(crate) async fn decide(
         return Err(Reject::RequireFeature { plan: tenant.plan.clone() }); // 3
     }
     let normalized = normalized?;
-    let path = normalized.as_deref().unwrap_or(parts.uri.path());
-    let route = endpoint::classify(&parts.method, path, parts.uri.query()).map(|r| (r.endpoint, r.cost)); // 4
+    let path = normalized.as_deref().unwrap_or(req.path());
+    let route = endpoint::classify(req.method(), path, req.query()).map(|r| (r.endpoint, r.cost)); // 4
     if let Ok((endpoint, _)) = route {
         cx.endpoint = endpoint;
     }
     let valid = route.clone().and_then(|_| {
-        checks::authorization(&parts.headers)?; // 5
-        checks::accept(&parts.headers)?; // 6
-        checks::content_type_given(&parts.headers, body_present)?; // 7
-        checks::content_length(&parts.headers, cfg.server.max_body_bytes) // 8
+        checks::authorization(req)?; // 5
+        checks::accept(req)?; // 6
+        checks::content_type_given(req, body_present)?; // 7
+        checks::content_length(req, cfg.server.max_body_bytes) // 8
     });
     if let Err(reject) = valid {
         if cfg.limiter.charge_invalid && reject.chargeable_as_invalid() {
@@ -226,23 +227,25 @@ fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {
 
 /// Step 2's notion of HTTPS: TLS on this connection, or a trusted proxy's
 /// `X-Forwarded-Proto: https`.
-fn is_https(cfg: &Config, conn: ConnInfo, headers: &HeaderMap) -> bool {
+fn is_https(cfg: &Config, conn: ConnInfo, fields: &impl RequestFields) -> bool {
     if conn.tls {
         return true;
     }
     is_trusted(cfg, conn.peer)
-        && headers
-            .get(&forward::X_FORWARDED_PROTO)
-            .and_then(|v| v.to_str().ok())
+        && fields
+            .first(&forward::X_FORWARDED_PROTO)
+            .and_then(head::text)
             .and_then(|v| v.split(',').next())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
 /// The downstream's `X-Request-Id` if it sent a sane one, else a fresh one.
-pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
+pub(crate) fn request_id(fields: &(impl RequestFields + ?Sized)) -> HeaderValue {
+    if let Some(v) = fields.first(&X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 200 {
-            return v.clone();
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                return v;
+            }
         }
     }
     let id: u128 = rand::random();

@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::header::HOST;
-use http::request::Parts;
+use crate::head::names::HOST;
+use crate::head::{self, RequestHead};
 
 use crate::config::Tenant;
 use crate::reject::Reject;
@@ -14,16 +14,16 @@ use crate::state::{HostEntry, HostKind};
 /// trailing dot). RFC 9112 §3.2.2: with an absolute-form target (and in h2's
 /// `:authority`) the URI's authority wins over any `Host` header, so a proxy
 /// must not let the two disagree its way into another tenant.
-pub fn requested_host(parts: &Parts) -> Result<Cow<'_, str>, Reject> {
-    let mut hosts = parts.headers.get_all(HOST).iter();
+pub fn requested_host(req: &impl RequestHead) -> Result<Cow<'_, str>, Reject> {
+    let mut hosts = req.values(&HOST);
     let header = hosts.next();
     if hosts.next().is_some() {
         return Err(bad_host("Send exactly one Host header."));
     }
-    let raw = match parts.uri.authority() {
-        Some(a) => a.as_str(),
+    let raw = match req.authority() {
+        Some(a) => a,
         None => match header {
-            Some(h) => h.to_str().map_err(|_| bad_host("The Host header is not valid ASCII."))?,
+            Some(h) => head::text(h).ok_or_else(|| bad_host("The Host header is not valid ASCII."))?,
             None => return Err(bad_host("A Host header is required.")),
         },
     };

@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use http::header;
 #[cfg(test)]
 use http::header::HeaderName;
-use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,6 +19,7 @@ use super::{write_field, write_status_line};
 use crate::forward::{
     self, Forwarding, UpstreamError, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
+use crate::head::{self, names, RequestFields};
 use crate::headers::RawFields;
 
 /// An upstream head larger than this is refused (502), as hyper's client would.
@@ -416,11 +417,10 @@ pub fn write_request_head(
     method: &Method,
     path: &str,
     query: Option<&str>,
-    headers: &HeaderMap,
+    fields: &impl RequestFields,
     f: &Forwarding<'_>,
     ip: &str,
 ) {
-    debug_assert!(!headers.contains_key(header::CONNECTION));
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -430,20 +430,26 @@ pub fn write_request_head(
         out.extend_from_slice(q.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let keep_xfh = f.peer_trusted && headers.contains_key(&X_FORWARDED_HOST);
-    for (name, value) in headers {
-        let replaced = name == X_FORWARDED_FOR
-            || name == X_FORWARDED_PROTO
-            || name == header::HOST
-            || name == X_REQUEST_ID
-            || (name == X_FORWARDED_HOST && !keep_xfh);
+    let keep_xfh = f.peer_trusted && fields.has(&X_FORWARDED_HOST);
+    for (name, value) in fields.all() {
+        let replaced = head::is(name, &X_FORWARDED_FOR)
+            || head::is(name, &X_FORWARDED_PROTO)
+            || head::is(name, &header::HOST)
+            || head::is(name, &X_REQUEST_ID)
+            || (head::is(name, &X_FORWARDED_HOST) && !keep_xfh);
+        // The fast path never takes a head with `Connection` options, so
+        // the fixed list is all there is to drop.
         if !replaced && !forward::is_hop_by_hop(name) {
-            write_field(out, name.as_str().as_bytes(), value.as_bytes());
+            // Names go out lower-case, as hyper's client writes them.
+            out.extend(name.iter().map(u8::to_ascii_lowercase));
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
         }
     }
     // Only a trusted proxy's chain is kept; anyone else's is replaced.
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).filter(|_| f.peer_trusted) {
+    if let Some(prev) = fields.first(&X_FORWARDED_FOR).and_then(head::text).filter(|_| f.peer_trusted) {
         out.extend_from_slice(prev.as_bytes());
         out.extend_from_slice(b", ");
     }
@@ -453,7 +459,7 @@ pub fn write_request_head(
     // The resolved host is the tenant the budget was charged to.
     let host = match f.host {
         Some(host) => Some(host.as_bytes()),
-        None => headers.get(header::HOST).map(HeaderValue::as_bytes),
+        None => fields.first(&names::HOST),
     };
     if let Some(host) = host {
         if !keep_xfh {
@@ -468,6 +474,7 @@ pub fn write_request_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{HeaderMap, HeaderValue};
 
     /// The fields of a head, one `name: value` per line, names lower-cased, sorted.
     fn fields(head: &[u8]) -> Vec<String> {
