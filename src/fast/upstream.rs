@@ -295,13 +295,22 @@ impl Exchange<'_> {
         let fields = conn.fields.iter().map(|f| (&buf[f.name.clone()], &buf[f.value.clone()]));
         // Fields named by `Connection` are hop-by-hop too. Looked up per
         // field rather than collected: most upstreams send `Connection:
-        // keep-alive`, and a list would cost an allocation per answer.
+        // keep-alive`, and a list would cost an allocation per answer. The
+        // `Connection` fields are found once, not once per field.
+        let mut connection = fields.clone().filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"));
+        let options = connection.next().map(|(_, value)| value);
+        let more_options = connection.next().is_some();
         let named = |name: &[u8]| {
-            fields
-                .clone()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-                .flat_map(|(_, value)| value.split(|&b| b == b','))
-                .any(|o| o.trim_ascii().eq_ignore_ascii_case(name))
+            let listed = |value: &[u8]| value.split(|&b| b == b',').any(|o| o.trim_ascii().eq_ignore_ascii_case(name));
+            match options {
+                None => false,
+                Some(value) if !more_options => listed(value),
+                // Several `Connection` fields: rare, so read them all again.
+                Some(_) => fields
+                    .clone()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+                    .any(|(_, value)| listed(value)),
+            }
         };
         // The first letters of our own fields' names: most of the upstream's
         // fields are told apart by that alone, without comparing names.
