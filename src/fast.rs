@@ -619,7 +619,7 @@ mod tests {
             }
             // The request id the client sent is the one kept.
             if let Some(sent) = map.get(&forward::X_REQUEST_ID) {
-                assert_eq!(&proxy::request_id(&req), sent);
+                assert_eq!(proxy::request_id(&req).as_bytes(), sent.as_bytes());
             }
         }
     }

@@ -131,7 +131,7 @@ pub struct Forwarding<'a> {
     pub host: Option<&'a str>,
     /// The normalised path, when it differs from the one received (no query).
     pub path: Option<&'a str>,
-    pub request_id: HeaderValue,
+    pub request_id: crate::proxy::RequestId,
     pub max_body_bytes: u64,
     /// Longest pause allowed between two pieces of the request body.
     pub body_idle: Duration,
@@ -449,7 +449,7 @@ pub(crate) fn set_forwarded(h: &mut HeaderMap, f: &Forwarding<'_>) {
         }
         h.insert(header::HOST, v);
     }
-    h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
+    h.insert(X_REQUEST_ID.clone(), f.request_id.to_value());
 }
 
 /// A body-less response for tests and the demo.

@@ -35,7 +35,7 @@ pub struct ConnInfo {
 /// What the single exit needs to know about one call.
 pub(crate) struct RequestCtx {
     start: Instant,
-    pub(crate) request_id: HeaderValue,
+    pub(crate) request_id: RequestId,
     /// `false` for portal (non-API) traffic, which is forwarded unpoliced.
     api: bool,
     tenant: Option<Arc<Tenant>>,
@@ -49,7 +49,7 @@ pub(crate) struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub(crate) fn new(request_id: HeaderValue) -> RequestCtx {
+    pub(crate) fn new(request_id: RequestId) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
             request_id,
@@ -102,7 +102,7 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn forwarding(&self, cfg: &Config, conn: ConnInfo, request_id: HeaderValue) -> Forwarding<'_> {
+    pub(crate) fn forwarding(&self, cfg: &Config, conn: ConnInfo, request_id: RequestId) -> Forwarding<'_> {
         Forwarding {
             peer: conn.peer,
             https: self.https,
@@ -206,7 +206,7 @@ pub(crate) async fn decide(
         if !tenant.shadow {
             return Err(decision.reject());
         }
-        tracing::info!(tenant = %tenant.name, endpoint = endpoint.as_str(), request_id = cx.request_id.to_str().unwrap_or(""), "shadow: would answer 429");
+        tracing::info!(tenant = %tenant.name, endpoint = endpoint.as_str(), request_id = cx.request_id.as_str(), "shadow: would answer 429");
     }
     Ok(Plan { https, tenant: Some(tenant), path: normalized })
 }
@@ -239,19 +239,50 @@ fn is_https(cfg: &Config, conn: ConnInfo, fields: &impl RequestFields) -> bool {
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
+/// A call's request id: the downstream's `X-Request-Id` when it sent a sane
+/// one, else one made here (32 hex digits), kept inline: a call that brings
+/// none allocates nothing for its id.
+#[derive(Clone, Debug)]
+pub enum RequestId {
+    Made([u8; 32]),
+    Given(HeaderValue),
+}
+
+impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Made(id) => id,
+            RequestId::Given(v) => v.as_bytes(),
+        }
+    }
+
+    /// For logs: as `HeaderValue::to_str` reads it ("" when not visible ASCII).
+    pub fn as_str(&self) -> &str {
+        head::text(self.as_bytes()).unwrap_or("")
+    }
+
+    pub fn to_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Given(v) => v.clone(),
+            // Hex digits: always a valid value.
+            RequestId::Made(id) => HeaderValue::from_bytes(id).unwrap_or_else(|_| HeaderValue::from_static("0")),
+        }
+    }
+}
+
 /// The downstream's `X-Request-Id` if it sent a sane one, else a fresh one.
-pub(crate) fn request_id(fields: &(impl RequestFields + ?Sized)) -> HeaderValue {
+pub(crate) fn request_id(fields: &(impl RequestFields + ?Sized)) -> RequestId {
     if let Some(v) = fields.first(&X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 200 {
             if let Ok(v) = HeaderValue::from_bytes(v) {
-                return v;
+                return RequestId::Given(v);
             }
         }
     }
     let id: u128 = rand::random();
     let mut buf = [0u8; 32];
     hex(id, &mut buf);
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    RequestId::Made(buf)
 }
 
 fn hex(mut n: u128, out: &mut [u8; 32]) {
@@ -268,7 +299,7 @@ pub(crate) fn finish(shared: &Shared, cx: &RequestCtx, status: u16, h: &mut impl
     if let Some(d) = &cx.decision {
         headers::render(d, h);
     }
-    h.value(&X_REQUEST_ID, &cx.request_id);
+    h.field(&X_REQUEST_ID, |v| v.extend_from_slice(cx.request_id.as_bytes()));
     if !cx.api {
         return;
     }
@@ -290,14 +321,14 @@ pub(crate) fn finish(shared: &Shared, cx: &RequestCtx, status: u16, h: &mut impl
     match cx.reject {
         Some("rate_limit_exceeded") => {
             m.count_rate_limited(series, &tenant, cx.endpoint);
-            tracing::info!(tenant = %tenant.0, endpoint, reason = "rate_limit_exceeded", status, request_id = cx.request_id.to_str().unwrap_or(""), "refused");
+            tracing::info!(tenant = %tenant.0, endpoint, reason = "rate_limit_exceeded", status, request_id = cx.request_id.as_str(), "refused");
         }
         Some(reason) => {
             m.rejected.get_or_create(&TenantReason { tenant: tenant.clone(), reason }).inc();
-            tracing::info!(tenant = %tenant.0, endpoint, reason, status, request_id = cx.request_id.to_str().unwrap_or(""), "refused");
+            tracing::info!(tenant = %tenant.0, endpoint, reason, status, request_id = cx.request_id.as_str(), "refused");
         }
         None => {
-            tracing::debug!(tenant = %tenant.0, endpoint, status, request_id = cx.request_id.to_str().unwrap_or(""), elapsed_us = total.as_micros() as u64, "served");
+            tracing::debug!(tenant = %tenant.0, endpoint, status, request_id = cx.request_id.as_str(), elapsed_us = total.as_micros() as u64, "served");
         }
     }
 }

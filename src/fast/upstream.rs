@@ -528,7 +528,7 @@ mod tests {
                             peer_trusted: trusted,
                             host,
                             path: None,
-                            request_id: HeaderValue::from_static("req-1"),
+                            request_id: crate::proxy::RequestId::Given(HeaderValue::from_static("req-1")),
                             max_body_bytes: 1 << 20,
                             body_idle: Duration::from_secs(1),
                         };
