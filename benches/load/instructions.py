@@ -1,5 +1,6 @@
 """Runs one deskgate under callgrind, sends N calls over 4 keep-alive
 connections and prints the instructions the whole process executed.
+Prints the instructions and the heap allocations the whole process made.
 Used by instructions.sh, which subtracts a run with N = 0 (start-up, shutdown).
 
     python3 instructions.py BIN CONFIG N [REQUEST]
@@ -91,6 +92,26 @@ try:
 finally:
     if proc.poll() is None:
         proc.kill()
-for line in open(out):
+# The instructions, and the heap allocations: calls made to the allocator's
+# entry points (jemalloc's, and libc's for C code), read from the call
+# records (`cfn=` then `calls=`) of the callgrind output.
+ALLOC = re.compile(r'^(_rjem_)?(malloc|calloc|realloc|mallocx|rallocx)$')
+names, callee, total, allocs = {}, None, 0, 0
+for line in open(out, errors='replace'):
     if line.startswith('summary:'):
-        print(int(line.split()[1]))
+        total = int(line.split()[1])
+    elif line.startswith('cfn='):
+        m = re.match(r'cfn=\((\d+)\)(?: (.*))?', line.strip())
+        if m:
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+            callee = names.get(m.group(1), '')
+    elif line.startswith('fn='):
+        m = re.match(r'fn=\((\d+)\) (.*)', line.strip())
+        if m:
+            names[m.group(1)] = m.group(2)
+    elif line.startswith('calls=') and callee is not None:
+        if ALLOC.match(callee):
+            allocs += int(line.split()[0][len('calls='):])
+        callee = None
+print(total, allocs)

@@ -17,7 +17,8 @@
 # tenant whose budget the warm-up used up (Redis store and deny cache, as the
 # load benchmark's flood row).
 # Each figure is (run with N calls - run with 0 calls) / N, so start-up and
-# shutdown cancel out. Needs valgrind, nginx and redis-server (installed from
+# shutdown cancel out: instructions, then heap allocations (calls to the
+# allocator), per call. Needs valgrind, nginx and redis-server (installed from
 # Debian if missing); talks to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,17 +59,17 @@ GET=$'GET /api/v2/tickets HTTP/1.1\r\nHost: bench.freshdesk.com\r\nAuthorization
 BODY='{"subject":"Printer on fire","description":"The printer on floor 3 is on fire","email":"a@example.com","priority":1,"status":2}'
 POST=$'POST /api/v2/tickets HTTP/1.1\r\nHost: bench.freshdesk.com\r\nAuthorization: Basic YXBpa2V5Olg=\r\nContent-Type: application/json\r\nContent-Length: '"${#BODY}"$'\r\n\r\n'"$BODY"
 
-per_call() { # bin config request
+per_call() { # bin config request — "instructions/allocations" per call
     local base full
     # Each run starts from empty budgets (the flood tenant's is only the warm-up).
     redis-cli -p $P_RS flushall >/dev/null
-    base=$(python3 benches/load/instructions.py "$1" "$2" 0 "$3")
+    read -r base base_allocs < <(python3 benches/load/instructions.py "$1" "$2" 0 "$3")
     redis-cli -p $P_RS flushall >/dev/null
-    full=$(python3 benches/load/instructions.py "$1" "$2" "$N" "$3")
-    echo $(( (full - base) / N ))
+    read -r full full_allocs < <(python3 benches/load/instructions.py "$1" "$2" "$N" "$3")
+    printf '%d/%s' $(( (full - base) / N )) "$(awk -v a="$full_allocs" -v b="$base_allocs" -v n="$N" 'BEGIN { printf "%.1f", (a - b) / n }')"
 }
-printf '%-50s %14s %14s %14s %14s %14s\n' "binary (instructions per call, N=$N)" "GET memory" "POST memory" "GET redis" \
-    "GET redis x16" "GET 429"
+printf '%-50s %14s %14s %14s %14s %14s\n' "binary (instructions/allocations per call, N=$N)" "GET memory" \
+    "POST memory" "GET redis" "GET redis x16" "GET 429"
 for bin in "$@"; do
     printf '%-50s %14s %14s %14s %14s %14s\n' "$bin" "$(per_call "$bin" "$OUT/memory.toml" "$GET")" \
         "$(per_call "$bin" "$OUT/memory.toml" "$POST")" "$(per_call "$bin" "$OUT/redis.toml" "$GET")" \
