@@ -24,11 +24,6 @@ pub trait Fields {
 
     /// Whether `name` is set.
     fn contains(&self, name: &HeaderName) -> bool;
-
-    /// Sets `name` to a value that is already a header value.
-    fn value(&mut self, name: &'static HeaderName, value: &HeaderValue) {
-        self.field(name, |out| out.extend_from_slice(value.as_bytes()));
-    }
 }
 
 impl Fields for HeaderMap {
@@ -39,10 +34,6 @@ impl Fields for HeaderMap {
         if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
             self.insert(name.clone(), v);
         }
-    }
-
-    fn value(&mut self, name: &'static HeaderName, value: &HeaderValue) {
-        self.insert(name.clone(), value.clone());
     }
 
     fn contains(&self, name: &HeaderName) -> bool {
