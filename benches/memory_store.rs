@@ -1,27 +1,15 @@
 //! The memory store under contention: 1 and 2 threads; 1, 100 and 10,000
 //! tenants (each thread walks the tenants round-robin).
 
+mod support;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use deskgate::endpoint::Endpoint;
-use deskgate::limiter::{Ask, MemoryStore, Policy};
-
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("tenant-{i}")).collect()
-}
-
-fn ask(tenant: &str) -> Ask<'_> {
-    Ask {
-        tenant,
-        cost: 1,
-        // A budget nobody exhausts, so every call takes the charging path.
-        account: Policy { name: "account", quota: u32::MAX / 2, window_s: 60 },
-        endpoint: Some((Endpoint::TicketList, Policy { name: "ticket_list", quota: u32::MAX / 2, window_s: 60 })),
-    }
-}
+use deskgate::limiter::MemoryStore;
+use support::{ask, names};
 
 fn run(store: &MemoryStore, names: &[String], iters: u64, offset: usize) {
     for i in 0..iters as usize {

@@ -10,30 +10,17 @@
 
 #[path = "../tests/support/redis.rs"]
 mod redis_server;
+mod support;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use deskgate::config::StoreKind;
-use deskgate::endpoint::Endpoint;
-use deskgate::limiter::{Ask, Policy, RedisStore, Store};
+use deskgate::limiter::{Ask, RedisStore, Store};
 use futures_util::future::join_all;
 use redis_server::RedisServer;
-
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("tenant-{i}")).collect()
-}
-
-fn ask(tenant: &str) -> Ask<'_> {
-    Ask {
-        tenant,
-        cost: 1,
-        // A budget nobody exhausts, so every call takes the charging path.
-        account: Policy { name: "account", quota: 2_000_000_000, window_s: 60 },
-        endpoint: Some((Endpoint::TicketList, Policy { name: "ticket_list", quota: 2_000_000_000, window_s: 60 })),
-    }
-}
+use support::{ask, names};
 
 async fn store(server: &RedisServer, batches: bool) -> RedisStore {
     // Read once, when the store connects (edition 2021: no unsafe needed).
