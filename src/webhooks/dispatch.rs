@@ -168,7 +168,10 @@ pub(crate) async fn settle(core: &Core, job: Claimed, step: Step) {
                     let gap = core.cfg.retry_schedule.get(state.failures as usize - 1);
                     match gap {
                         Some(gap) => {
-                            let due = now.saturating_add(gap.as_millis() as u64);
+                            // The queue clock counts whole milliseconds, so
+                            // `now` may lag the failure by up to one: the gap
+                            // starts at the next millisecond, never short.
+                            let due = now.saturating_add(gap.as_millis() as u64).saturating_add(1);
                             state.status = Status::Retrying;
                             state.due_ms = Some(due);
                             if write(core, &job, &state, Next::Due(due)).await {
