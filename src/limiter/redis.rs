@@ -8,10 +8,7 @@
 //! offsets: five 24-byte section headers, then one ring of 121 two-byte
 //! per-slot counters per section — the ring of [`super::window`] — and, only
 //! for a quota above 65,535, the counters' high halves (layout and reasons in
-//! `window.lua`). The `2` is the layout's version: a gateway running the
-//! previous layout (`:rl`) never misreads these keys; during a rolling upgrade
-//! the two versions count apart, for at most one window after the last old
-//! replica stops. The tenant in braces is the Redis Cluster hash tag, so the
+//! `window.lua`). The tenant in braces is the Redis Cluster hash tag, so the
 //! script's one key always has a slot (braces and `%` in tenant names are
 //! percent-escaped). Memory per tenant is bounded whatever the budget: at
 //! most 2,548 bytes of value; an Enterprise tenant with the account and all
