@@ -9,16 +9,20 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::Method;
 
-/// Field names as statics: a lookup borrows its name for as long as the
-/// values it returns, and the `http` constants are consts, not statics.
+/// Field names as statics, for what takes a name that lives forever (a
+/// lookup here borrows its name for as long as the values it returns;
+/// `headers::Fields` keeps the names it sets): the `http` constants are
+/// consts, not statics.
 pub mod names {
     use http::header::{self, HeaderName};
 
     pub static ACCEPT: HeaderName = header::ACCEPT;
+    pub static ALLOW: HeaderName = header::ALLOW;
     pub static AUTHORIZATION: HeaderName = header::AUTHORIZATION;
     pub static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
     pub static CONTENT_TYPE: HeaderName = header::CONTENT_TYPE;
     pub static HOST: HeaderName = header::HOST;
+    pub static RETRY_AFTER: HeaderName = header::RETRY_AFTER;
     pub static TRANSFER_ENCODING: HeaderName = header::TRANSFER_ENCODING;
 }
 

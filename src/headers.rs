@@ -2,9 +2,10 @@
 //! `RateLimit-Policy` / `RateLimit` pair, and `Retry-After` on a 429.
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
+use crate::head::names;
 use crate::limiter::{Decision, PolicyState};
 
 pub static X_RATELIMIT_TOTAL: HeaderName = HeaderName::from_static("x-ratelimit-total");
@@ -12,7 +13,6 @@ pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rateli
 pub static X_RATELIMIT_USED: HeaderName = HeaderName::from_static("x-ratelimit-used-currentrequest");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-pub static RETRY_AFTER_: HeaderName = RETRY_AFTER;
 
 /// Where the gateway's own response fields go: a response's [`HeaderMap`]
 /// (the hyper path, refusals) or [`RawFields`], the text the fast path
@@ -112,9 +112,9 @@ pub fn render(d: &Decision, h: &mut impl Fields) {
         push_number(v, until_room_s(tight));
     });
     // A refusal may have set it already (`Reject::fields`), to the same value.
-    if !d.allowed && !h.contains(&RETRY_AFTER_) {
+    if !d.allowed && !h.contains(&names::RETRY_AFTER) {
         if let crate::reject::Reject::RateLimited { retry_after_s, .. } = d.reject() {
-            h.field(&RETRY_AFTER_, |v| push_number(v, retry_after_s));
+            h.field(&names::RETRY_AFTER, |v| push_number(v, retry_after_s));
         }
     }
 }

@@ -7,16 +7,12 @@
 use std::fmt::{self, Write as _};
 
 use bytes::Bytes;
-use http::header::{HeaderName, ALLOW, CONTENT_TYPE};
 use http::{Response, StatusCode};
 use serde::Serializer as _;
 
 use crate::body::{self, Body};
-use crate::headers::{Fields, RETRY_AFTER_};
-
-// Statics, not the `http` constants: `Fields` takes names that live forever.
-static CONTENT_TYPE_: HeaderName = CONTENT_TYPE;
-static ALLOW_: HeaderName = ALLOW;
+use crate::head::names::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use crate::headers::Fields;
 
 /// Content type of every error body the gateway writes.
 pub const JSON_UTF8: &str = "application/json; charset=utf-8";
@@ -162,13 +158,13 @@ impl Reject {
     /// `Retry-After` on a 429 or 503 (unless already set: a 429's comes with
     /// its decision's rate-limit fields, and is the same value).
     pub fn fields(&self, h: &mut impl Fields) {
-        h.field(&CONTENT_TYPE_, |v| v.extend_from_slice(JSON_UTF8.as_bytes()));
+        h.field(&CONTENT_TYPE, |v| v.extend_from_slice(JSON_UTF8.as_bytes()));
         match self {
-            Reject::MethodNotAllowed { allow } => h.field(&ALLOW_, |v| v.extend_from_slice(allow.as_bytes())),
+            Reject::MethodNotAllowed { allow } => h.field(&ALLOW, |v| v.extend_from_slice(allow.as_bytes())),
             Reject::RateLimited { retry_after_s, .. } | Reject::ServiceUnavailable { retry_after_s }
-                if !h.contains(&RETRY_AFTER_) =>
+                if !h.contains(&RETRY_AFTER) =>
             {
-                h.field(&RETRY_AFTER_, |v| v.extend_from_slice(itoa::Buffer::new().format(*retry_after_s).as_bytes()))
+                h.field(&RETRY_AFTER, |v| v.extend_from_slice(itoa::Buffer::new().format(*retry_after_s).as_bytes()))
             }
             _ => {}
         }
@@ -318,8 +314,8 @@ mod tests {
         for r in every_refusal() {
             let rsp = r.clone().into_response();
             let h = rsp.headers();
-            assert_eq!(h.get(CONTENT_TYPE).unwrap(), JSON_UTF8);
-            assert_eq!(h.contains_key(ALLOW), matches!(r, Reject::MethodNotAllowed { .. }));
+            assert_eq!(h.get(&CONTENT_TYPE).unwrap(), JSON_UTF8);
+            assert_eq!(h.contains_key(&ALLOW), matches!(r, Reject::MethodNotAllowed { .. }));
             let retry = match r {
                 Reject::RateLimited { retry_after_s, .. } | Reject::ServiceUnavailable { retry_after_s } => {
                     Some(retry_after_s.to_string())
