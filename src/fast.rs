@@ -206,7 +206,7 @@ struct Reused<'t> {
     ours: RawFields,
     /// A refusal's body.
     body: Vec<u8>,
-    /// A refusal's `Date`.
+    /// `Date` of a refusal, or of an upstream answer that has none.
     date: Date,
     /// The upstream's response-head deadline (see `serve`).
     upstream_timer: Pin<&'t mut Sleep>,
@@ -367,7 +367,7 @@ async fn handle(
         Ok(plan) => plan,
         Err(reject) => return refuse(shared, stream, reused, &mut cx, reject, head_only).await,
     };
-    let Reused { out, ours, upstream_timer, .. } = reused;
+    let Reused { out, ours, date, upstream_timer, .. } = reused;
     let fwd = plan.forwarding(&snap.config, conn, cx.request_id.clone());
     let path = fwd.path.unwrap_or(req.uri.path());
     upstream::write_request_head(out, &req.method, path, req.uri.query(), &req, &fwd, ip);
@@ -401,7 +401,7 @@ async fn handle(
     ours.clear();
     proxy::finish(shared, &cx, exchange.status(), ours);
     out.clear();
-    exchange.write_response_head(out, ours);
+    exchange.write_response_head(out, ours, date);
     exchange.relay_body(stream, out).await
 }
 
@@ -442,7 +442,7 @@ async fn refuse(
 }
 
 /// The `Date` field's value, formatted once per second rather than per
-/// refusal.
+/// answer.
 #[derive(Default)]
 struct Date {
     second: u64,

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::header;
 #[cfg(test)]
@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::chunked::Chunked;
-use super::{write_field, write_status_line};
+use super::{write_field, write_status_line, Date};
 use crate::forward::{
     self, Forwarding, UpstreamError, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
@@ -288,7 +288,7 @@ impl Exchange<'_> {
 
     /// The downstream head: the upstream's status and fields, minus
     /// hop-by-hop ones and the ones the gateway sets (`ours`, which follow).
-    pub fn write_response_head(&self, out: &mut Vec<u8>, ours: &RawFields) {
+    pub(super) fn write_response_head(&self, out: &mut Vec<u8>, ours: &RawFields, date: &mut Date) {
         let Some(conn) = &self.conn else { return };
         let buf = &conn.buf;
         write_status_line(out, self.head.status);
@@ -342,7 +342,7 @@ impl Exchange<'_> {
         }
         out.extend_from_slice(ours.text());
         if !dated {
-            write_field(out, b"date", httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+            write_field(out, b"date", date.now());
         }
         if matches!(self.head.framing, Framing::Close) {
             write_field(out, b"connection", b"close");
