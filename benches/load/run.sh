@@ -6,6 +6,7 @@
 #   benches/load/run.sh                 # ROUNDS=3 DURATION=10 by default
 #   ROUNDS=5 DURATION=10 benches/load/run.sh
 #   BASE_BIN=/tmp/deskgate-old benches/load/run.sh   # + an older build's rows
+#   PACE='math.random(5, 15)' benches/load/run.sh   # light load with calls spread out
 #
 # Installs nginx, haproxy, wrk and redis-server from Debian if missing. Sends
 # traffic only to 127.0.0.1 and stops by itself. Prints a table of req/s,
@@ -205,8 +206,12 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # --- light load: ~2,000 req/s (20 connections, one call per 10 ms each) -------
-cat > "$OUT/pace.lua" <<'LUA'
-function delay() return 10 end
+# A fixed 10 ms keeps the 20 connections in step: they send in bursts of 20,
+# and the median then includes waiting behind the rest of the burst.
+# PACE='math.random(5, 15)' spreads the calls out at the same mean rate, so
+# the median is one lone call's way through (BENCHMARKS.md, "Light load").
+cat > "$OUT/pace.lua" <<LUA
+function delay() return ${PACE:-10} end
 LUA
 LIGHT=("upstream $P_UP $PID_UP" "relay $P_RELAY $PID_RELAY" "nginx $P_NGINX $PID_NGINX"
     "deskgate-memory $P_MEM ${PID[mem]}" "deskgate-redis $P_REDIS ${PID[redis]}")
