@@ -70,10 +70,20 @@ fn run(listen: &str, upstream: &str) -> io::Result<()> {
             let idx = (data >> 1) as usize;
             let dir = &mut dirs[idx];
             if res <= 0 {
-                // End of stream or an error: pass the end on, and stop this direction.
+                // End of stream or an error: pass the end on, and stop this
+                // direction. Once both directions have stopped, nothing of
+                // the pair is in flight, so both descriptors can go.
                 dir.closed = true;
-                // SAFETY: a plain system call on a descriptor this relay owns.
-                unsafe { libc::shutdown(dir.dst, libc::SHUT_WR) };
+                let (src, dst) = (dir.src, dir.dst);
+                // SAFETY: plain system calls on descriptors this relay owns;
+                // the pair's directions are never used again once closed.
+                unsafe {
+                    libc::shutdown(dst, libc::SHUT_WR);
+                    if dirs[idx ^ 1].closed {
+                        libc::close(src);
+                        libc::close(dst);
+                    }
+                }
                 continue;
             }
             if data & 1 == 0 {
