@@ -1,28 +1,32 @@
 //! Accept loops: TCP (optionally rustls) → hyper-util's auto builder
 //! (HTTP/1.1, h2 by ALPN or prior knowledge) → a service; every connection is
-//! watched so shutdown can drain it.
+//! watched so shutdown can drain it, and a hyper connection with no call in
+//! flight for `header_read_timeout` is closed, as the fast path closes one
+//! whose next request head does not come in time.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::fast::FastPath;
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -40,16 +44,14 @@ pub struct ListenerOptions {
 
 /// What `serve` leaves behind: the connections still open, to drain.
 pub struct Drain {
-    graceful: GracefulShutdown,
     live: Arc<Live>,
 }
 
 impl Drain {
-    /// Asks every connection to finish its request in flight and close, and
-    /// waits until all have. (The caller bounds the wait.)
+    /// Waits until every connection has finished its request in flight and
+    /// closed: each saw the shutdown signal itself. (The caller bounds the
+    /// wait.)
     pub async fn shutdown(self) {
-        self.graceful.shutdown().await;
-        // Connections on the fast path saw the shutdown signal themselves.
         loop {
             let zero = self.live.zero.notified();
             if self.live.count.load(Ordering::Acquire) == 0 {
@@ -84,8 +86,8 @@ impl Drop for LiveGuard {
     }
 }
 
-/// Serves `listener` until `shutdown` turns true, then returns the graceful
-/// handle of the connections still open so the caller can drain them.
+/// Serves `listener` until `shutdown` turns true, then returns what the
+/// caller needs to wait for the connections still open to drain.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     opts: ListenerOptions,
@@ -96,7 +98,6 @@ where
     F: Fn(SocketAddr, bool, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
     let live = Arc::new(Live::default());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout).keep_alive(true);
@@ -120,10 +121,10 @@ where
         let handler = handler.clone();
         let builder = builder.clone();
         let tls = opts.tls.as_ref().and_then(|t| t.load_full());
-        let watcher = graceful.watcher();
         let first_byte_timeout = opts.header_read_timeout;
         let fast = opts.fast.clone();
         let conn_shutdown = shutdown.clone();
+        let hyper_shutdown = shutdown.clone();
         let guard = LiveGuard::new(&live);
         tokio::spawn(async move {
             let _guard = guard;
@@ -157,12 +158,8 @@ where
             };
             match tls {
                 None => {
-                    let svc = service_fn(move |req| handler(peer, false, req));
                     let io = TokioIo::new(Prefixed { prefix, at: 0, inner: stream });
-                    let conn = builder.serve_connection_with_upgrades(io, svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    serve_hyper(&builder, io, peer, false, handler, hyper_shutdown, first_byte_timeout).await;
                 }
                 Some(cfg) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -174,16 +171,144 @@ where
                         }
                         Err(_) => return,
                     };
-                    let svc = service_fn(move |req| handler(peer, true, req));
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    let io = TokioIo::new(stream);
+                    serve_hyper(&builder, io, peer, true, handler, hyper_shutdown, first_byte_timeout).await;
                 }
             }
         });
     }
-    Drain { graceful, live }
+    Drain { live }
+}
+
+/// Serves one connection through hyper until it ends. It is asked to finish
+/// its calls in flight and close (h2: GOAWAY) at shutdown, and when it has
+/// had no call in flight for `idle`: hyper bounds an HTTP/1.1 head's wait,
+/// but nothing of hyper's bounds an h2 connection that opens no stream, or
+/// trickles PINGs or header fragments that never make one.
+async fn serve_hyper<I, F, Fut>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    tls: bool,
+    handler: F,
+    mut shutdown: watch::Receiver<bool>,
+    idle: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(SocketAddr, bool, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
+{
+    let calls = Arc::new(Calls::new());
+    let counted = calls.clone();
+    let svc = service_fn(move |req| {
+        let call = CallGuard::new(&counted);
+        let answer = handler(peer, tls, req);
+        async move {
+            let rsp = answer.await?;
+            Ok::<_, std::convert::Infallible>(rsp.map(|inner| Counted { inner, _call: call }))
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let ended = loop {
+        tokio::select! {
+            ended = conn.as_mut() => break ended,
+            _ = shutdown.wait_for(|s| *s), if !closing => {}
+            _ = calls.idle_for(idle) => {
+                // Asked to close, and still no call in flight a whole
+                // `idle` later: h2's graceful close waits for the client to
+                // answer a PING, which a client that went silent never does.
+                if closing {
+                    break Ok(());
+                }
+            }
+        }
+        conn.as_mut().graceful_shutdown();
+        calls.restart_idle();
+        closing = true;
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Calls in flight on one hyper connection, and since when it has had none.
+struct Calls {
+    in_flight: AtomicUsize,
+    start: Instant,
+    /// Milliseconds after `start` when the last call in flight ended.
+    idle_since_ms: AtomicU64,
+}
+
+impl Calls {
+    fn new() -> Calls {
+        Calls { in_flight: AtomicUsize::new(0), start: Instant::now(), idle_since_ms: AtomicU64::new(0) }
+    }
+
+    /// Starts the idle clock again now (a call in flight restarts it anyway
+    /// when it ends).
+    fn restart_idle(&self) {
+        self.idle_since_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    /// Returns once the connection has had no call in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(idle).await;
+                continue;
+            }
+            // Read after `in_flight`: the call that ended stored its time first.
+            let since = self.start + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            if Instant::now() >= since + idle {
+                return;
+            }
+            tokio::time::sleep_until(since + idle).await;
+        }
+    }
+}
+
+/// A call's place in `Calls::in_flight`, from the moment hyper hands the
+/// request over until its answer's body has been sent or dropped.
+struct CallGuard(Arc<Calls>);
+
+impl CallGuard {
+    fn new(calls: &Arc<Calls>) -> CallGuard {
+        calls.in_flight.fetch_add(1, Ordering::AcqRel);
+        CallGuard(calls.clone())
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        // The time first: `idle_for` reads it after seeing no call in flight.
+        self.0.restart_idle();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body that keeps its call counted while hyper sends it.
+struct Counted {
+    inner: Body,
+    _call: CallGuard,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A stream that first replays bytes already read from it: how a connection

@@ -94,6 +94,25 @@ async fn an_idle_keep_alive_connection_is_closed_by_the_header_timeout() {
     assert!(start.elapsed() < Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(2));
 }
 
+#[tokio::test]
+async fn an_idle_keep_alive_connection_served_by_hyper_is_closed_by_the_header_timeout() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let gw = slow_gateway(up.addr).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // A `Connection` field is hyper's to judge: the fast path hands the
+    // connection over for good.
+    let req = format!("{}Connection: keep-alive\r\n\r\n", head("GET", HOST, "/api/v2/tickets"));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let closed = read_until_close(&mut s, &mut out, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(closed, "an idle keep-alive connection served by hyper was still open after 5 s");
+    assert!(start.elapsed() < Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_slow_lorises_hold_no_worker_and_leave_nothing_behind() {
     let _serial = serial().await;
@@ -263,4 +282,110 @@ async fn a_long_upload_that_keeps_moving_is_not_timed_out() {
     let answer = String::from_utf8_lossy(&out);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(up.last().body_len, chunks * size);
+}
+
+// ---------------------------------------------------------------- h2
+
+/// The client preface and an empty SETTINGS frame: an h2 connection by prior
+/// knowledge, with no stream opened.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+/// A PING frame (8 bytes of opaque data on stream 0): h2 traffic that opens
+/// no stream, which the gateway answers with a PING ACK.
+const H2_PING: &[u8] = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingpong";
+
+#[tokio::test]
+async fn an_h2_connection_that_opens_no_stream_is_closed_by_the_header_timeout() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let gw = slow_gateway(up.addr).await;
+    let bound = Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(2);
+
+    // Silent after the preface.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(H2_PREFACE).await.unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let closed = read_until_close(&mut s, &mut out, Duration::from_secs(5)).await;
+    assert!(closed, "a silent h2 connection was still open after 5 s");
+    assert!(start.elapsed() < bound, "a silent h2 connection lived {:?}", start.elapsed());
+
+    // Busy, but never asking for anything: a PING every 100 ms keeps bytes
+    // moving both ways without a stream, as a slow loris on h2 would.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(H2_PREFACE).await.unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut closed = false;
+    while !closed && start.elapsed() < Duration::from_secs(5) {
+        if s.write_all(H2_PING).await.is_err() {
+            break;
+        }
+        closed = read_until_close(&mut s, &mut out, Duration::from_millis(100)).await;
+    }
+    assert!(start.elapsed() < bound, "an h2 connection sending only PINGs lived {:?}", start.elapsed());
+    assert_eq!(up.count(), 0);
+}
+
+/// An h2 connection by prior knowledge, its driver running in a task whose
+/// handle says when the connection has ended.
+async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> (hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>, tokio::task::JoinHandle<()>) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, driver)
+}
+
+async fn h2_call(send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>) -> u16 {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(format!("http://{HOST}/api/v2/tickets"))
+        .header("authorization", "Basic eDp4")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let rsp = send.send_request(req).await.unwrap();
+    let status = rsp.status().as_u16();
+    let _ = rsp.into_body().collect().await;
+    status
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_by_the_header_timeout_after_its_last_call() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let gw = slow_gateway(up.addr).await;
+    let (mut send, driver) = h2_connect(gw.addr).await;
+    // Calls closer together than the timeout keep the connection.
+    for _ in 0..3 {
+        assert_eq!(h2_call(&mut send).await, 200);
+        tokio::time::sleep(Duration::from_millis(HEADER_TIMEOUT_MS / 2)).await;
+    }
+    assert!(!driver.is_finished(), "an h2 connection in use was closed");
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(ended.is_ok(), "an idle h2 connection was still open after 5 s");
+    assert!(start.elapsed() < Duration::from_millis(HEADER_TIMEOUT_MS) + Duration::from_secs(2));
+    assert_eq!(up.count(), 3);
+}
+
+#[tokio::test]
+async fn an_h2_call_slower_than_the_header_timeout_is_answered() {
+    let _serial = serial().await;
+    let up = RecordingUpstream::start().await;
+    let slow = FaultProxy::start(up.addr).await;
+    // Longer than the header timeout, within the upstream timeout (1 s).
+    slow.set_delay(Duration::from_millis(HEADER_TIMEOUT_MS * 8 / 5));
+    let gw = slow_gateway(slow.addr).await;
+    let (mut send, driver) = h2_connect(gw.addr).await;
+    // The connection has a call in flight the whole time: not idle.
+    assert_eq!(h2_call(&mut send).await, 200);
+    assert!(!driver.is_finished(), "the connection was closed under a call in flight");
+    assert_eq!(up.count(), 1);
 }
