@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::header::HeaderName;
-use http::{Method, StatusCode, Uri};
+use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -76,9 +76,9 @@ pub enum Outcome {
 enum Head {
     /// Head length, body length (both in the buffer), the method and target
     /// parsed (the fields are in the connection's [`FieldsAt`]).
-    Complete(usize, usize, Method, Uri),
+    Complete(usize, usize, Method, Target),
     /// The head came but its body stopped arriving: answered 408.
-    Stalled(Method, Uri),
+    Stalled(Method, Target),
     Closed,
     NotMine,
 }
@@ -88,16 +88,33 @@ enum Head {
 /// nothing for its fields.
 type FieldsAt = Vec<[u32; 4]>;
 
-/// A request head the fast path took: method and target parsed, fields read
-/// where they lie in the read buffer.
+/// Where an origin-form request target lies in the read buffer: the path is
+/// `[0]..[1]`; with `[1] < [2]` a `?` is at `[1]` and the query is
+/// `[1] + 1..[2]`. Checked by `parse_request` to be what `http::Uri` takes
+/// from it, ASCII only, so reading it takes no copy (an `http::Uri` is one).
+#[derive(Clone, Copy)]
+struct Target([u32; 3]);
+
+/// A request head the fast path took: method and target parsed, target and
+/// fields read where they lie in the read buffer.
 struct FastHead<'b> {
     method: Method,
-    uri: Uri,
+    path: &'b str,
+    query: Option<&'b str>,
     buf: &'b [u8],
     fields: &'b [[u32; 4]],
 }
 
-impl FastHead<'_> {
+impl<'b> FastHead<'b> {
+    fn new(method: Method, target: Target, buf: &'b [u8], fields: &'b [[u32; 4]]) -> FastHead<'b> {
+        let [p0, q0, q1] = target.0.map(|i| i as usize);
+        // `parse_request` let only ASCII through: never the fallbacks.
+        let text = |r: std::ops::Range<usize>| buf.get(r).and_then(|b| std::str::from_utf8(b).ok());
+        let path = text(p0..q0).unwrap_or("/");
+        let query = if q0 < q1 { Some(text(q0 + 1..q1).unwrap_or_default()) } else { None };
+        FastHead { method, path, query, buf, fields }
+    }
+
     fn slice(&self, from: u32, to: u32) -> &[u8] {
         // The ranges were taken from this buffer: always in bounds.
         self.buf.get(from as usize..to as usize).unwrap_or_default()
@@ -124,11 +141,11 @@ impl RequestHead for FastHead<'_> {
     }
 
     fn path(&self) -> &str {
-        self.uri.path()
+        self.path
     }
 
     fn query(&self) -> Option<&str> {
-        self.uri.query()
+        self.query
     }
 
     fn authority(&self) -> Option<&str> {
@@ -168,12 +185,12 @@ pub async fn serve(
         let head =
             read_head(&mut stream, &mut buf, &mut fields, header_read_timeout, &mut shutdown, read_timer.as_mut())
                 .await;
-        let (len, body, method, uri) = match head {
-            Head::Complete(len, body, method, uri) => (len, body, method, uri),
-            Head::Stalled(method, uri) => {
+        let (len, body, method, target) = match head {
+            Head::Complete(len, body, method, target) => (len, body, method, target),
+            Head::Stalled(method, target) => {
                 // Counted where the hyper path counts its stalled uploads.
                 fp.shared.metrics.count_upstream_error(forward::UpstreamError::DownstreamStalled);
-                let req = FastHead { method, uri, buf: &buf, fields: &fields };
+                let req = FastHead::new(method, target, &buf, &fields);
                 let mut cx = RequestCtx::new(proxy::request_id(&req));
                 let idle_ms = header_read_timeout.as_millis() as u64;
                 let head_only = req.method == Method::HEAD;
@@ -185,7 +202,7 @@ pub async fn serve(
             Head::NotMine => return Outcome::HandOver(buf, stream),
         };
         let conn = ConnInfo { peer, tls: false };
-        let req = FastHead { method, uri, buf: &buf[..len], fields: &fields };
+        let req = FastHead::new(method, target, &buf[..len], &fields);
         let body = &buf[len..len + body];
         let keep = handle(fp, &mut stream, &mut reused, conn, &ip, req, body).await;
         // The body goes with its call, forwarded or refused: the next request starts after it.
@@ -227,8 +244,8 @@ async fn read_head(
     loop {
         if !buf.is_empty() {
             match parse_request(buf, fields) {
-                Parse::Complete(len, body, method, uri) if buf.len() >= len + body => {
-                    return Head::Complete(len, body, method, uri)
+                Parse::Complete(len, body, method, target) if buf.len() >= len + body => {
+                    return Head::Complete(len, body, method, target)
                 }
                 // The body is still on its way.
                 Parse::Complete(..) => {}
@@ -251,7 +268,7 @@ async fn read_head(
             () = timer.as_mut() => {
                 // Out of time with the head read: it is the body that stalled.
                 return match parse_request(buf, fields) {
-                    Parse::Complete(_, _, method, uri) => Head::Stalled(method, uri),
+                    Parse::Complete(_, _, method, target) => Head::Stalled(method, target),
                     _ => Head::Closed,
                 };
             }
@@ -266,7 +283,7 @@ async fn read_head(
 enum Parse {
     /// Head length, declared body length, method and target (the fields'
     /// places are in the [`FieldsAt`] given).
-    Complete(usize, usize, Method, Uri),
+    Complete(usize, usize, Method, Target),
     Partial,
     NotMine,
 }
@@ -301,11 +318,8 @@ fn parse_request(buf: &[u8], at: &mut FieldsAt) -> Parse {
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Parse::NotMine;
     };
-    if !path.starts_with('/') {
-        return Parse::NotMine;
-    }
+    let Some(query_at) = origin_form(path.as_bytes()) else { return Parse::NotMine };
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parse::NotMine };
-    let Ok(uri) = path.parse::<Uri>() else { return Parse::NotMine };
     // Offsets into the read buffer, which holds at most a head of about
     // MAX_HEAD, a small body and what was read with them: u32 is plenty.
     let start = buf.as_ptr() as usize;
@@ -313,6 +327,8 @@ fn parse_request(buf: &[u8], at: &mut FieldsAt) -> Parse {
         let from = (s.as_ptr() as usize).wrapping_sub(start);
         [from as u32, (from + s.len()) as u32]
     };
+    let [t0, t1] = place(path.as_bytes());
+    let target = Target([t0, t0 + query_at as u32, t1]);
     at.clear();
     let mut body = None;
     for f in req.headers.iter() {
@@ -335,7 +351,25 @@ fn parse_request(buf: &[u8], at: &mut FieldsAt) -> Parse {
         let ([n0, n1], [v0, v1]) = (place(name), place(f.value));
         at.push([n0, n1, v0, v1]);
     }
-    Parse::Complete(len, body.unwrap_or(0), method, uri)
+    Parse::Complete(len, body.unwrap_or(0), method, target)
+}
+
+/// An origin-form target (`/path?query`) the fast path reads in place: the
+/// bytes `http::Uri` takes as they are, except a fragment (`#`, which `Uri`
+/// cuts off) and bytes above ASCII (which `Uri` takes if they are UTF-8);
+/// those, an absolute-form target and anything `Uri` refuses are hyper's.
+/// Returns where the `?` is, or the length if there is none.
+fn origin_form(target: &[u8]) -> Option<usize> {
+    // The byte classes of http's path and query scanners (`http::uri::path`).
+    let in_path =
+        |b: u8| matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E | b'"' | b'{' | b'}');
+    let in_query = |b: u8| matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E);
+    if target.first() != Some(&b'/') || target.len() > MAX_HEAD {
+        return None;
+    }
+    let query_at = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
+    let (path, query) = target.split_at(query_at);
+    (path.iter().all(|&b| in_path(b)) && query.iter().skip(1).all(|&b| in_query(b))).then_some(query_at)
 }
 
 /// A `Content-Length` value the fast path carries: ASCII digits only, at
@@ -369,8 +403,8 @@ async fn handle(
     };
     let Reused { out, ours, date, upstream_timer, .. } = reused;
     let fwd = plan.forwarding(&snap.config, conn, cx.request_id.clone());
-    let path = fwd.path.unwrap_or(req.uri.path());
-    upstream::write_request_head(out, &req.method, path, req.uri.query(), &req, &fwd, ip);
+    let path = fwd.path.unwrap_or(req.path);
+    upstream::write_request_head(out, &req.method, path, req.query, &req, &fwd, ip);
     out.extend_from_slice(body);
 
     let idempotent = matches!(
@@ -482,6 +516,7 @@ fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 mod tests {
     use super::*;
     use http::header::{HeaderMap, HeaderValue};
+    use http::Uri;
     use rand::{Rng, SeedableRng};
 
     /// `parse_request` with a fresh list of field places.
@@ -495,10 +530,10 @@ mod tests {
     #[test]
     fn a_plain_head_is_taken_and_anything_with_a_body_or_options_is_not() {
         match parse(HEAD) {
-            (Parse::Complete(len, 0, method, uri), at) => {
+            (Parse::Complete(len, 0, method, target), at) => {
                 assert_eq!(len, HEAD.len());
-                assert_eq!(uri.path(), "/api/v2/tickets");
-                let req = FastHead { method, uri, buf: HEAD, fields: &at };
+                let req = FastHead::new(method, target, HEAD, &at);
+                assert_eq!((req.path(), req.query()), ("/api/v2/tickets", Some("page=2")));
                 assert_eq!(req.all().count(), 3);
                 assert_eq!(req.first(&head::names::HOST), Some(&b"acme.freshdesk.com"[..]));
                 assert_eq!(req.first(&head::names::AUTHORIZATION), Some(&b"Basic eDp4"[..]));
@@ -547,11 +582,11 @@ mod tests {
                     _ => bytes.insert(i, *b"\r\n: \t/?%\0".get(rng.gen_range(0..9)).unwrap_or(&b'x')),
                 }
             }
-            if let (Parse::Complete(len, body, method, uri), at) = parse(&bytes) {
+            if let (Parse::Complete(len, body, method, target), at) = parse(&bytes) {
                 assert!(len <= bytes.len());
                 assert!(body <= MAX_BODY);
-                assert!(uri.path().starts_with('/'));
-                let req = FastHead { method, uri, buf: &bytes[..len], fields: &at };
+                let req = FastHead::new(method, target, &bytes[..len], &at);
+                assert!(req.path().starts_with('/'));
                 assert!(req.all().all(|(n, _)| !not_mine(n)));
                 assert!(req.values(&head::names::CONTENT_LENGTH).count() <= 1);
                 // Every field read in place is the field httparse finds there.
@@ -599,12 +634,12 @@ mod tests {
             }
             text.push_str("\r\n");
             let (parsed, at) = parse(text.as_bytes());
-            let Parse::Complete(len, _, method, uri) = parsed else {
+            let Parse::Complete(len, _, method, target) = parsed else {
                 // Two Content-Length fields: hyper's to judge.
                 assert!(text.to_ascii_lowercase().matches("content-length").count() > 1, "{text}");
                 continue;
             };
-            let req = FastHead { method, uri, buf: &text.as_bytes()[..len], fields: &at };
+            let req = FastHead::new(method, target, &text.as_bytes()[..len], &at);
             for name in names {
                 let from_map: Vec<&[u8]> = map.get_all(name).iter().map(HeaderValue::as_bytes).collect();
                 assert_eq!(req.values(name).collect::<Vec<_>>(), from_map, "{text}");
@@ -614,6 +649,44 @@ mod tests {
             if let Some(sent) = map.get(&forward::X_REQUEST_ID) {
                 assert_eq!(proxy::request_id(&req).as_bytes(), sent.as_bytes());
             }
+        }
+    }
+
+    #[test]
+    fn a_target_read_in_place_is_what_http_uri_makes_of_it() {
+        // Bytes from every class http's scanners know, and some they refuse.
+        const ALPHABET: &[u8] = b"/?#azAZ09-._~%!$&'()*+,;=:@\"{}|^`[]<> \t\x7f\x00\x80\xc3\xa9";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let (mut taken, mut hypers) = (0, 0);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..24);
+            let mut target = vec![b'/'];
+            target.extend((0..len).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())]));
+            let uri = Uri::try_from(target.as_slice());
+            match origin_form(&target) {
+                Some(query_at) => {
+                    taken += 1;
+                    let t = Target([0, query_at as u32, target.len() as u32]);
+                    let req = FastHead::new(Method::GET, t, &target, &[]);
+                    let uri = uri.unwrap_or_else(|e| panic!("{:?}: taken here, refused by Uri: {e}", target));
+                    assert_eq!((req.path(), req.query()), (uri.path(), uri.query()), "{:?}", target);
+                }
+                None => {
+                    hypers += 1;
+                    // Left to hyper: refused by Uri too, or a fragment or a
+                    // byte above ASCII, which Uri reads differently.
+                    assert!(
+                        uri.is_err() || target.iter().any(|&b| b == b'#' || b >= 0x80),
+                        "{:?}: Uri takes it as it is, the fast path does not",
+                        target
+                    );
+                }
+            }
+        }
+        assert!(taken > 1_000 && hypers > 1_000, "taken {taken}, left to hyper {hypers}");
+        // Absolute-form and asterisk-form targets are hyper's.
+        for other in [&b"http://a/x"[..], b"*", b""] {
+            assert_eq!(origin_form(other), None);
         }
     }
 }
