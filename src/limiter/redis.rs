@@ -473,8 +473,6 @@ async fn open(target: &Target) -> redis::RedisResult<Conn> {
     }
 }
 
-/// The script's arguments in one blob (one `struct.unpack` in Lua instead
-/// of a `tonumber` per number).
 /// A call's packed arguments, kept inline (at most 31 bytes): a call
 /// allocates nothing for them.
 #[derive(Clone, Copy)]
@@ -503,8 +501,10 @@ impl Args {
     }
 }
 
+/// The script's arguments in one blob (one `struct.unpack` in Lua instead
+/// of a `tonumber` per number): cost, policy count, then per policy its id,
+/// quota, window and slot length.
 fn pack_args(ask: &Ask<'_>) -> Result<Args, StoreError> {
-    // cost, policy count, then per policy: id, quota, window, slot.
     let mut b = Args { len: 0, bytes: [0; 31] };
     b.extend_from_slice(&ask.cost.to_be_bytes());
     b.push(if ask.endpoint.is_some() { 2 } else { 1 });
