@@ -16,15 +16,15 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::fast::FastPath;
-use crate::forward::Upstream;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy::ConnInfo;
 use crate::reload::{self, TlsSlot};
 use crate::server::{self, ListenerOptions};
 use crate::state::{Shared, Snapshot};
+use crate::upstream::Upstream;
 use crate::webhooks::{WebhookMetrics, Webhooks};
-use crate::{admin, tls};
+use crate::{admin, hyper_wire, tls};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +99,7 @@ impl Gateway {
             Arc::new(Shared { snapshot: ArcSwap::from_pointee(Snapshot::new(config)), limiter, upstream, metrics });
         // DESKGATE_FAST_PATH=0 sends every call through hyper (for A/B measurements).
         let fast_enabled = std::env::var("DESKGATE_FAST_PATH").map_or(true, |v| v != "0");
-        let fast = match shared.upstream.plain_pool() {
-            Some(pool) if fast_enabled => Some(Arc::new(FastPath { shared: shared.clone(), pool: pool.clone() })),
-            _ => None,
-        };
+        let fast = FastPath::new(shared.clone(), fast_enabled);
         let opts = ListenerOptions { header_read_timeout, tls: tls.clone(), fast };
         let (shutdown, rx) = watch::channel(false);
         let (admin_shutdown, admin_rx) = watch::channel(false);
@@ -116,7 +113,7 @@ impl Gateway {
         let api_rx = rx.clone();
         let api_task = tokio::spawn(async move {
             let handler_shared = api_shared.clone();
-            let handler = move |peer, tls, req| proxy::handle(handler_shared.clone(), ConnInfo { peer, tls }, req);
+            let handler = move |peer, tls, req| hyper_wire::handle(handler_shared.clone(), ConnInfo { peer, tls }, req);
             let graceful = server::serve(api, opts, api_rx, handler).await;
             // Accepting has stopped (the listener is closed); let in-flight calls
             // finish within the grace of the config in force now.

@@ -1,5 +1,5 @@
 //! Read access to a request head for the steps that judge and forward it
-//! (`proxy::decide`, `checks`, `tenant`, the fast path's upstream head):
+//! (`proxy`'s steps, `checks`, `tenant`, `upstream::fields`):
 //! hyper's parsed [`Parts`], or the fast path's head as it lies in the
 //! connection's read buffer. One set of steps reads both, so the two paths
 //! cannot judge a call differently; the fast path builds no `HeaderMap` (an
@@ -9,21 +9,26 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::Method;
 
-/// Field names as statics, for what takes a name that lives forever (a
-/// lookup here borrows its name for as long as the values it returns;
-/// `headers::Fields` keeps the names it sets): the `http` constants are
-/// consts, not statics.
+/// Every field name the gateway reads or sets, as statics, in one place: what
+/// takes a name that lives forever (a lookup here borrows its name for as
+/// long as the values it returns; `headers::Fields` keeps the names it sets)
+/// cannot take the `http` constants, which are consts, not statics.
 pub mod names {
     use http::header::{self, HeaderName};
 
     pub static ACCEPT: HeaderName = header::ACCEPT;
     pub static ALLOW: HeaderName = header::ALLOW;
     pub static AUTHORIZATION: HeaderName = header::AUTHORIZATION;
+    pub static CONNECTION: HeaderName = header::CONNECTION;
     pub static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
     pub static CONTENT_TYPE: HeaderName = header::CONTENT_TYPE;
     pub static HOST: HeaderName = header::HOST;
     pub static RETRY_AFTER: HeaderName = header::RETRY_AFTER;
     pub static TRANSFER_ENCODING: HeaderName = header::TRANSFER_ENCODING;
+    pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+    pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 }
 
 /// A request's header fields, looked up by name in any case.
@@ -112,4 +117,54 @@ pub fn is(name: &[u8], known: &HeaderName) -> bool {
 /// control characters but tab.
 pub fn valid_value(value: &[u8]) -> bool {
     value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// A call's request id: the downstream's `X-Request-Id` when it sent a sane
+/// one, else one made here (32 hex digits), kept inline: a call that brings
+/// none allocates nothing for its id.
+#[derive(Clone, Debug)]
+pub enum RequestId {
+    Made([u8; 32]),
+    Given(HeaderValue),
+}
+
+impl RequestId {
+    /// The downstream's `X-Request-Id` if it sent a sane one, else a fresh one.
+    pub fn of(fields: &(impl RequestFields + ?Sized)) -> RequestId {
+        if let Some(v) = fields.first(&names::X_REQUEST_ID) {
+            if !v.is_empty() && v.len() <= 200 {
+                if let Ok(v) = HeaderValue::from_bytes(v) {
+                    return RequestId::Given(v);
+                }
+            }
+        }
+        let mut id: u128 = rand::random();
+        let mut buf = [0u8; 32];
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for b in buf.iter_mut().rev() {
+            *b = DIGITS[(id & 0xf) as usize];
+            id >>= 4;
+        }
+        RequestId::Made(buf)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Made(id) => id,
+            RequestId::Given(v) => v.as_bytes(),
+        }
+    }
+
+    /// For logs: as `HeaderValue::to_str` reads it ("" when not visible ASCII).
+    pub fn as_str(&self) -> &str {
+        text(self.as_bytes()).unwrap_or("")
+    }
+
+    pub fn to_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Given(v) => v.clone(),
+            // Hex digits: always a valid value.
+            RequestId::Made(id) => HeaderValue::from_bytes(id).unwrap_or_else(|_| HeaderValue::from_static("0")),
+        }
+    }
 }

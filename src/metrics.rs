@@ -145,7 +145,7 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = config_reloads.get_or_create(&ResultLabel { result });
         }
-        for kind in crate::forward::UpstreamError::ALL {
+        for kind in crate::upstream::UpstreamError::ALL {
             let _ = upstream_errors.get_or_create(&KindLabel { kind: kind.kind() });
         }
         build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
@@ -267,7 +267,7 @@ impl Metrics {
     }
 
     /// Counts one failed upstream exchange (or stalled request body) of kind `e`.
-    pub fn count_upstream_error(&self, e: crate::forward::UpstreamError) {
+    pub fn count_upstream_error(&self, e: crate::upstream::UpstreamError) {
         self.upstream_errors.get_or_create(&KindLabel { kind: e.kind() }).inc();
     }
 

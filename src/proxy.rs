@@ -1,27 +1,31 @@
-//! One request, one straight line (SPEC §3): the ten steps in order, then a
-//! single exit that adds headers, counts and logs every outcome once.
+//! One call, one straight line (SPEC §3). Every call, whichever transport
+//! carries it, is served by [`serve_call`]: request id → [`decide`] (steps
+//! 1–9) → forwarding → the timed exchange with the upstream → an upstream
+//! error becomes a refusal → the answer or the refusal is written, with
+//! [`finish`] adding the gateway's fields, counting and logging, once.
+//!
+//! How a call's bytes move is the transport's business, behind [`Wire`]:
+//! the fast path's raw HTTP/1.1 (`fast`) and hyper's server and client
+//! (`hyper_wire`). The lifecycle never asks which one it runs on.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderValue;
-use http::{Request, Response};
-use hyper::body::{Body as _, Incoming};
+use http::header::HeaderName;
 use tokio::time::Instant;
 
-use crate::body::Body;
 use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
-use crate::forward::{self, Forwarding, UpstreamError, X_REQUEST_ID};
-use crate::head::{self, RequestFields, RequestHead};
+use crate::head::names::{X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::head::{self, RequestFields, RequestHead, RequestId};
 use crate::headers::Fields;
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{Name, TenantReason, TenantSeries};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
+use crate::upstream::{Forwarding, UpstreamError};
 use crate::{checks, headers, tenant};
 
 /// What the server knows about the downstream connection.
@@ -32,10 +36,83 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+/// How one call's bytes move, for a transport: read the head, exchange the
+/// call with the upstream, write the answer or a refusal downstream.
+pub(crate) trait Wire {
+    /// The request head, as the transport read it.
+    type Head: RequestHead;
+    /// An upstream answer whose head has arrived (its body not yet relayed).
+    type Answer;
+    /// What serving the call gives back to the transport.
+    type Output;
+    /// Where the gateway's own answer fields are written.
+    type Fields: Fields;
+
+    fn head(&self) -> &Self::Head;
+
+    /// Whether the request carries a body (declared, or h2 data frames).
+    fn body_present(&self) -> bool;
+
+    /// Sends the judged call upstream as `fwd` says and waits for the
+    /// answer's head, within the upstream timeout.
+    async fn exchange(&mut self, fwd: &Forwarding<'_>) -> Result<Self::Answer, UpstreamError>;
+
+    fn status(answer: &Self::Answer) -> u16;
+
+    /// Whether the upstream's answer carries a field named `name`.
+    fn answer_has(answer: &Self::Answer, name: &HeaderName) -> bool;
+
+    /// Writes the upstream's answer downstream, with the fields `ours` sets.
+    async fn answer(&mut self, answer: Self::Answer, ours: impl FnOnce(&mut Self::Fields)) -> Self::Output;
+
+    /// Writes a refusal downstream, with the fields `ours` sets.
+    async fn refuse(&mut self, reject: Reject, ours: impl FnOnce(&mut Self::Fields)) -> Self::Output;
+}
+
+/// Serves one call, whatever carries it. Never fails: every refusal becomes
+/// an answer.
+pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &mut W) -> W::Output {
+    let snap = shared.snapshot.load_full();
+    let mut cx = Call::new(RequestId::of(wire.head()));
+    let answer = match decide(shared, &snap, conn, &mut cx, wire.head(), wire.body_present()).await {
+        Ok(plan) => {
+            let cfg = &snap.config;
+            let start = Instant::now();
+            let answer = wire.exchange(&plan.forwarding(cfg, conn, &cx.request_id)).await;
+            let waited = start.elapsed();
+            cx.upstream = Some(waited);
+            shared.metrics.upstream_duration.observe(waited.as_secs_f64());
+            answer.map_err(|e| {
+                shared.metrics.count_upstream_error(e);
+                Reject::for_upstream(
+                    e,
+                    shared.upstream.timeout(),
+                    cfg.server.max_body_bytes,
+                    cfg.server.header_read_timeout,
+                )
+            })
+        }
+        Err(reject) => Err(reject),
+    };
+    match answer {
+        Ok(answer) => {
+            let status = W::status(&answer);
+            // The upstream's own id reaches the client; ours only where it sent none.
+            let own_id = !W::answer_has(&answer, &X_REQUEST_ID);
+            wire.answer(answer, |h| finish(shared, &cx, status, own_id, h)).await
+        }
+        Err(reject) => {
+            cx.reject = Some(reject.code());
+            let status = reject.status().as_u16();
+            wire.refuse(reject, |h| finish(shared, &cx, status, true, h)).await
+        }
+    }
+}
+
 /// What the single exit needs to know about one call.
-pub(crate) struct RequestCtx {
+struct Call {
     start: Instant,
-    pub(crate) request_id: RequestId,
+    request_id: RequestId,
     /// `false` for portal (non-API) traffic, which is forwarded unpoliced.
     api: bool,
     tenant: Option<Arc<Tenant>>,
@@ -45,12 +122,12 @@ pub(crate) struct RequestCtx {
     decision: Option<Decision>,
     /// Time spent waiting for the upstream's response headers.
     upstream: Option<Duration>,
-    pub(crate) reject: Option<&'static str>,
+    reject: Option<&'static str>,
 }
 
-impl RequestCtx {
-    pub(crate) fn new(request_id: RequestId) -> RequestCtx {
-        RequestCtx {
+impl Call {
+    fn new(request_id: RequestId) -> Call {
+        Call {
             start: Instant::now(),
             request_id,
             api: false,
@@ -64,36 +141,8 @@ impl RequestCtx {
     }
 }
 
-/// Serves one downstream request. Never fails: every refusal becomes a response.
-pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let snap = shared.snapshot.load_full();
-    let mut cx = RequestCtx::new(request_id(req.headers()));
-    let (parts, body) = req.into_parts();
-    let body_present = checks::has_body(&parts.headers) || !body.is_end_stream();
-    let rsp = match decide(&shared, &snap, conn, &mut cx, &parts, body_present).await {
-        Ok(plan) => {
-            let fwd = plan.forwarding(&snap.config, conn, cx.request_id.clone());
-            let start = Instant::now();
-            let result = shared.upstream.send(&fwd, Request::from_parts(parts, body)).await;
-            upstream_done(&shared, &mut cx, start.elapsed(), result.as_ref().err().copied());
-            result.map_err(|e| forward::reject_for(e, shared.upstream.timeout(), fwd.max_body_bytes, fwd.body_idle))
-        }
-        Err(reject) => Err(reject),
-    };
-    let mut rsp = match rsp {
-        Ok(rsp) => rsp,
-        Err(reject) => {
-            cx.reject = Some(reject.code());
-            reject.into_response()
-        }
-    };
-    let status = rsp.status().as_u16();
-    finish(&shared, &cx, status, rsp.headers_mut());
-    Ok(rsp)
-}
-
 /// Where a call that passed every check goes (step 10).
-pub(crate) struct Plan {
+struct Plan {
     https: bool,
     /// The tenant it was charged to; `None` for portal traffic.
     tenant: Option<Arc<Tenant>>,
@@ -102,7 +151,7 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn forwarding(&self, cfg: &Config, conn: ConnInfo, request_id: RequestId) -> Forwarding<'_> {
+    fn forwarding<'a>(&'a self, cfg: &Config, conn: ConnInfo, request_id: &'a RequestId) -> Forwarding<'a> {
         Forwarding {
             peer: conn.peer,
             https: self.https,
@@ -117,13 +166,12 @@ impl Plan {
 }
 
 /// Steps 1–9 on the request head. Every `?` is a refusal that consumes
-/// nothing (but see `charge_invalid`). Both the hyper service above and the
-/// HTTP/1.1 fast path (`fast`) decide here, so they cannot drift apart.
-pub(crate) async fn decide(
+/// nothing (but see `charge_invalid`).
+async fn decide(
     shared: &Shared,
     snap: &Snapshot,
     conn: ConnInfo,
-    cx: &mut RequestCtx,
+    cx: &mut Call,
     req: &impl RequestHead,
     body_present: bool,
 ) -> Result<Plan, Reject> {
@@ -211,15 +259,6 @@ pub(crate) async fn decide(
     Ok(Plan { https, tenant: Some(tenant), path: normalized })
 }
 
-/// Records the upstream exchange (step 10) for the single exit and the metrics.
-pub(crate) fn upstream_done(shared: &Shared, cx: &mut RequestCtx, waited: Duration, error: Option<UpstreamError>) {
-    cx.upstream = Some(waited);
-    shared.metrics.upstream_duration.observe(waited.as_secs_f64());
-    if let Some(e) = error {
-        shared.metrics.count_upstream_error(e);
-    }
-}
-
 fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {
     let ip = peer.ip().to_canonical();
     cfg.server.trusted_proxies.iter().any(|net| net.contains(&ip))
@@ -233,73 +272,21 @@ fn is_https(cfg: &Config, conn: ConnInfo, fields: &impl RequestFields) -> bool {
     }
     is_trusted(cfg, conn.peer)
         && fields
-            .first(&forward::X_FORWARDED_PROTO)
+            .first(&X_FORWARDED_PROTO)
             .and_then(head::text)
             .and_then(|v| v.split(',').next())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
 }
 
-/// A call's request id: the downstream's `X-Request-Id` when it sent a sane
-/// one, else one made here (32 hex digits), kept inline: a call that brings
-/// none allocates nothing for its id.
-#[derive(Clone, Debug)]
-pub enum RequestId {
-    Made([u8; 32]),
-    Given(HeaderValue),
-}
-
-impl RequestId {
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            RequestId::Made(id) => id,
-            RequestId::Given(v) => v.as_bytes(),
-        }
-    }
-
-    /// For logs: as `HeaderValue::to_str` reads it ("" when not visible ASCII).
-    pub fn as_str(&self) -> &str {
-        head::text(self.as_bytes()).unwrap_or("")
-    }
-
-    pub fn to_value(&self) -> HeaderValue {
-        match self {
-            RequestId::Given(v) => v.clone(),
-            // Hex digits: always a valid value.
-            RequestId::Made(id) => HeaderValue::from_bytes(id).unwrap_or_else(|_| HeaderValue::from_static("0")),
-        }
-    }
-}
-
-/// The downstream's `X-Request-Id` if it sent a sane one, else a fresh one.
-pub(crate) fn request_id(fields: &(impl RequestFields + ?Sized)) -> RequestId {
-    if let Some(v) = fields.first(&X_REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 200 {
-            if let Ok(v) = HeaderValue::from_bytes(v) {
-                return RequestId::Given(v);
-            }
-        }
-    }
-    let id: u128 = rand::random();
-    let mut buf = [0u8; 32];
-    hex(id, &mut buf);
-    RequestId::Made(buf)
-}
-
-fn hex(mut n: u128, out: &mut [u8; 32]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
-    }
-}
-
-/// The single exit: rate-limit headers and the request id into `h` (the
-/// response's headers), metrics and one log line.
-pub(crate) fn finish(shared: &Shared, cx: &RequestCtx, status: u16, h: &mut impl Fields) {
+/// The single exit: rate-limit headers and (with `own_id`) the request id
+/// into `h` (the answer's fields), metrics and one log line.
+fn finish(shared: &Shared, cx: &Call, status: u16, own_id: bool, h: &mut impl Fields) {
     if let Some(d) = &cx.decision {
         headers::render(d, h);
     }
-    h.field(&X_REQUEST_ID, |v| v.extend_from_slice(cx.request_id.as_bytes()));
+    if own_id {
+        h.field(&X_REQUEST_ID, |v| v.extend_from_slice(cx.request_id.as_bytes()));
+    }
     if !cx.api {
         return;
     }

@@ -5,6 +5,7 @@
 //! codes, the helpdesk's error codes and their wording cannot drift apart.
 
 use std::fmt::{self, Write as _};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -13,6 +14,7 @@ use serde::Serializer as _;
 use crate::body::{self, Body};
 use crate::head::names::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use crate::headers::Fields;
+use crate::upstream::UpstreamError;
 
 /// Content type of every error body the gateway writes.
 pub const JSON_UTF8: &str = "application/json; charset=utf-8";
@@ -180,6 +182,23 @@ impl Reject {
         *rsp.status_mut() = self.status();
         self.fields(rsp.headers_mut());
         rsp
+    }
+}
+
+/// The refusal for an upstream exchange that failed (step 10).
+impl Reject {
+    pub fn for_upstream(e: UpstreamError, timeout: Duration, max_body_bytes: u64, body_idle: Duration) -> Reject {
+        match e {
+            UpstreamError::DownstreamStalled => Reject::RequestTimeout { idle_ms: body_idle.as_millis() as u64 },
+            UpstreamError::Timeout => Reject::GatewayTimeout { timeout_ms: timeout.as_millis() as u64 },
+            UpstreamError::BodyTooLarge => Reject::PayloadTooLarge { limit: max_body_bytes },
+            UpstreamError::DownstreamBody => Reject::BadRequest {
+                field: "body",
+                message: "The request body could not be read: its chunked framing is invalid or it was cut short."
+                    .to_owned(),
+            },
+            UpstreamError::Connect | UpstreamError::Protocol => Reject::BadGateway,
+        }
     }
 }
 

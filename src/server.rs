@@ -130,14 +130,12 @@ where
             let _guard = guard;
             // A plain connection starts on the fast path, which bounds the
             // wait for every request head itself.
-            let (prefix, stream) = match (&tls, fast) {
-                (None, Some(fast)) => {
-                    match crate::fast::serve(&fast, stream, peer, conn_shutdown, first_byte_timeout).await {
-                        crate::fast::Outcome::Closed => return,
-                        crate::fast::Outcome::HandOver(prefix, stream) => (prefix, stream),
-                    }
-                }
-                _ => {
+            let (prefix, stream) = match FastPath::for_connection(fast.as_ref(), tls.is_some()) {
+                Some(fast) => match crate::fast::serve(fast, stream, peer, conn_shutdown, first_byte_timeout).await {
+                    crate::fast::Outcome::Closed => return,
+                    crate::fast::Outcome::HandOver(prefix, stream) => (prefix, stream),
+                },
+                None => {
                     // hyper's header_read_timeout starts with a request's first
                     // byte: a client that connects and sends nothing would hold
                     // its connection and this task forever. Wait for that byte

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Tenant};
-use crate::forward::Upstream;
 use crate::limiter::Limiter;
 use crate::metrics::{Metrics, TenantSeries};
+use crate::upstream::Upstream;
 
 /// How a host relates to its tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

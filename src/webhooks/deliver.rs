@@ -37,7 +37,7 @@ pub enum Failure {
     Invalid(String),
 }
 
-use crate::forward::Connector;
+use crate::upstream::Connector;
 
 /// The pooled client for deliveries and alerts.
 pub struct Outbound {
@@ -49,7 +49,7 @@ impl Outbound {
     /// `timeout` bounds a whole attempt: connect, response headers and the
     /// (bounded) response body.
     pub fn new(timeout: Duration) -> Result<Outbound, String> {
-        let client = crate::forward::pooled_client(timeout, None, Duration::from_secs(30), 32)?;
+        let client = crate::upstream::pooled_client(timeout, None, Duration::from_secs(30), 32)?;
         Ok(Outbound { client, timeout })
     }
 

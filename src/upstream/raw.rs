@@ -1,35 +1,27 @@
-//! The fast path's side of the upstream: a stack of idle keep-alive sockets,
-//! one request written per exchange, and the answer's head re-written with
-//! the gateway's fields while its body is copied through unchanged.
+//! The raw pool, the fast path's client: a stack of idle keep-alive
+//! sockets, one request written per exchange, and the answer's head
+//! re-written with the gateway's fields while its body is copied through
+//! unchanged.
 
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::header;
-#[cfg(test)]
 use http::header::HeaderName;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::chunked::Chunked;
-use super::{write_field, write_status_line, Date};
-use crate::forward::{
-    self, Forwarding, UpstreamError, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
-};
-use crate::head::{self, names, RequestFields};
+use super::{fields, UpstreamError, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE};
+use crate::h1::{self, Date};
+use crate::head;
 use crate::headers::RawFields;
 
 /// An upstream head larger than this is refused (502), as hyper's client would.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const MAX_RESPONSE_HEADERS: usize = 100;
-/// Idle sockets kept at most.
-const MAX_IDLE: usize = 1024;
-/// Idle sockets are closed after 50 s, before common upstream keep-alive
-/// timeouts (nginx: 75 s) close them under a request.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 struct Conn {
     stream: TcpStream,
@@ -66,7 +58,7 @@ impl Pool {
     fn checkout(&self) -> Option<Conn> {
         loop {
             let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if conn.idle_since.elapsed() >= IDLE_TIMEOUT {
+            if conn.idle_since.elapsed() >= POOL_IDLE_TIMEOUT {
                 // Everything below is older still.
                 self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 return None;
@@ -84,7 +76,7 @@ impl Pool {
         conn.idle_since = Instant::now();
         conn.buf.clear();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE {
+        if idle.len() < POOL_MAX_IDLE {
             idle.push(conn);
         }
     }
@@ -277,21 +269,23 @@ pub struct Exchange<'p> {
     head: ResponseHead,
 }
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1), dropped from the answer.
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer"];
-
 impl Exchange<'_> {
     pub fn status(&self) -> u16 {
         self.head.status.as_u16()
     }
 
+    /// Whether the answer carries a field named `name`.
+    pub fn has(&self, name: &HeaderName) -> bool {
+        let Some(conn) = &self.conn else { return false };
+        conn.fields.iter().any(|f| head::is(&conn.buf[f.name.clone()], name))
+    }
+
     /// The downstream head: the upstream's status and fields, minus
     /// hop-by-hop ones and the ones the gateway sets (`ours`, which follow).
-    pub(super) fn write_response_head(&self, out: &mut Vec<u8>, ours: &RawFields, date: &mut Date) {
+    pub fn write_response_head(&self, out: &mut Vec<u8>, ours: &RawFields, date: &mut Date) {
         let Some(conn) = &self.conn else { return };
         let buf = &conn.buf;
-        write_status_line(out, self.head.status);
+        h1::write_status_line(out, self.head.status);
         let fields = conn.fields.iter().map(|f| (&buf[f.name.clone()], &buf[f.value.clone()]));
         // Fields named by `Connection` are hop-by-hop too. Looked up per
         // field rather than collected: most upstreams send `Connection:
@@ -301,7 +295,7 @@ impl Exchange<'_> {
         let options = connection.next().map(|(_, value)| value);
         let more_options = connection.next().is_some();
         let named = |name: &[u8]| {
-            let listed = |value: &[u8]| value.split(|&b| b == b',').any(|o| o.trim_ascii().eq_ignore_ascii_case(name));
+            let listed = |value: &[u8]| fields::lists(value, name);
             match options {
                 None => false,
                 Some(value) if !more_options => listed(value),
@@ -322,14 +316,11 @@ impl Exchange<'_> {
         for (name, value) in fields.clone() {
             let ours_too =
                 name.first().is_some_and(|&c| initials[usize::from(c.to_ascii_lowercase())] && ours.has(name));
-            if ours_too
-                || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-                || name.eq_ignore_ascii_case(b"upgrade")
-                || named(name)
-            {
-                continue;
-            }
-            if name.eq_ignore_ascii_case(b"transfer-encoding") && !matches!(self.head.framing, Framing::Chunked) {
+            // The upstream's chunked framing is relayed as it is, so its
+            // `Transfer-Encoding` goes with it; every other hop-by-hop field stays.
+            let relayed_framing =
+                name.eq_ignore_ascii_case(b"transfer-encoding") && matches!(self.head.framing, Framing::Chunked);
+            if ours_too || (fields::is_hop_by_hop(name) && !relayed_framing) || named(name) {
                 continue;
             }
             // With Transfer-Encoding the length is not the framing (RFC 9112
@@ -338,14 +329,14 @@ impl Exchange<'_> {
                 continue;
             }
             dated |= name.eq_ignore_ascii_case(b"date");
-            write_field(out, name, value);
+            h1::write_field(out, name, value);
         }
         out.extend_from_slice(ours.text());
         if !dated {
-            write_field(out, b"date", date.now());
+            h1::write_field(out, b"date", date.now());
         }
         if matches!(self.head.framing, Framing::Close) {
-            write_field(out, b"connection", b"close");
+            h1::write_field(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -374,7 +365,7 @@ impl Exchange<'_> {
                 }
                 Framing::Chunked => match chunked.feed(avail) {
                     Ok(n) => (n, chunked.done()),
-                    Err(()) => {
+                    Err(_) => {
                         // Broken framing: what was sent cannot be completed.
                         let _ = down.write_all(out).await;
                         return false;
@@ -411,148 +402,5 @@ impl Exchange<'_> {
                 _ => return false,
             }
         }
-    }
-}
-
-/// The request head as it goes upstream (origin-form, HTTP/1.1): the
-/// downstream's fields less the hop-by-hop ones, then the forwarding fields.
-/// It writes what `forward::strip_hop_by_hop` and `forward::set_forwarded`
-/// make of the hyper path's header map, in one pass and without touching the
-/// map (no insertions, no allocation: this runs for every call). The fast path
-/// takes no head with a `Connection` field, so no other field is hop-by-hop
-/// by being named there. `ip` is the peer's address as text.
-pub fn write_request_head(
-    out: &mut Vec<u8>,
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-    fields: &impl RequestFields,
-    f: &Forwarding<'_>,
-    ip: &str,
-) {
-    out.clear();
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(path.as_bytes());
-    if let Some(q) = query {
-        out.push(b'?');
-        out.extend_from_slice(q.as_bytes());
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    let keep_xfh = f.peer_trusted && fields.has(&X_FORWARDED_HOST);
-    for (name, value) in fields.all() {
-        let replaced = head::is(name, &X_FORWARDED_FOR)
-            || head::is(name, &X_FORWARDED_PROTO)
-            || head::is(name, &header::HOST)
-            || head::is(name, &X_REQUEST_ID)
-            || (head::is(name, &X_FORWARDED_HOST) && !keep_xfh);
-        // The fast path never takes a head with `Connection` options, so
-        // the fixed list is all there is to drop.
-        if !replaced && !forward::is_hop_by_hop(name) {
-            // Names go out lower-case, as hyper's client writes them.
-            out.extend(name.iter().map(u8::to_ascii_lowercase));
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    // Only a trusted proxy's chain is kept; anyone else's is replaced.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = fields.first(&X_FORWARDED_FOR).and_then(head::text).filter(|_| f.peer_trusted) {
-        out.extend_from_slice(prev.as_bytes());
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(ip.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    write_field(out, b"x-forwarded-proto", if f.https { b"https" } else { b"http" });
-    // The resolved host is the tenant the budget was charged to.
-    let host = match f.host {
-        Some(host) => Some(host.as_bytes()),
-        None => fields.first(&names::HOST),
-    };
-    if let Some(host) = host {
-        if !keep_xfh {
-            write_field(out, b"x-forwarded-host", host);
-        }
-        write_field(out, b"host", host);
-    }
-    write_field(out, b"x-request-id", f.request_id.as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::header::{HeaderMap, HeaderValue};
-
-    /// The fields of a head, one `name: value` per line, names lower-cased, sorted.
-    fn fields(head: &[u8]) -> Vec<String> {
-        let text = String::from_utf8(head.to_vec()).unwrap();
-        let mut lines: Vec<String> = text
-            .split("\r\n")
-            .skip(1)
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (n, v) = l.split_once(": ").unwrap();
-                format!("{}: {v}", n.to_ascii_lowercase())
-            })
-            .collect();
-        lines.sort();
-        lines
-    }
-
-    #[test]
-    fn the_head_written_in_one_pass_equals_the_hyper_paths_map_edits() {
-        let extra: [&[(&str, &str)]; 5] = [
-            &[],
-            &[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-host", "edge.example"), ("x-forwarded-proto", "https")],
-            &[("x-forwarded-for", "203.0.113.7, 198.51.100.2"), ("x-request-id", "abc")],
-            &[("proxy-authorization", "Basic eDp4"), ("trailer", "x-sum"), ("upgrade", "h2c"), ("x-kept", "1")],
-            &[("x-forwarded-for", "bad\u{ff}value"), ("x-forwarded-host", "a"), ("x-forwarded-host", "b")],
-        ];
-        let mut cases = 0;
-        for extra in extra {
-            for trusted in [false, true] {
-                for https in [false, true] {
-                    for host in [Some("acme.freshdesk.com"), None] {
-                        let mut h = HeaderMap::new();
-                        h.insert(header::HOST, HeaderValue::from_static("Support.Acme.com:8080"));
-                        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic eDp4"));
-                        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-                        for (n, v) in extra {
-                            h.append(HeaderName::from_static(n), HeaderValue::from_bytes(v.as_bytes()).unwrap());
-                        }
-                        let f = Forwarding {
-                            peer: "192.0.2.1:5555".parse().unwrap(),
-                            https,
-                            peer_trusted: trusted,
-                            host,
-                            path: None,
-                            request_id: crate::proxy::RequestId::Given(HeaderValue::from_static("req-1")),
-                            max_body_bytes: 1 << 20,
-                            body_idle: Duration::from_secs(1),
-                        };
-                        let mut fast = Vec::new();
-                        write_request_head(&mut fast, &Method::GET, "/api/v2/tickets", None, &h, &f, "192.0.2.1");
-                        // What the hyper path does to its map, then written out.
-                        let mut map = h.clone();
-                        forward::strip_hop_by_hop(&mut map);
-                        forward::set_forwarded(&mut map, &f);
-                        let mut slow = b"GET /api/v2/tickets HTTP/1.1\r\n".to_vec();
-                        for (n, v) in &map {
-                            write_field(&mut slow, n.as_str().as_bytes(), v.as_bytes());
-                        }
-                        assert_eq!(
-                            fields(&fast),
-                            fields(&slow),
-                            "extra {extra:?} trusted {trusted} https {https} host {host:?}"
-                        );
-                        assert!(fast.ends_with(b"\r\n\r\n"));
-                        cases += 1;
-                    }
-                }
-            }
-        }
-        assert_eq!(cases, 40);
     }
 }

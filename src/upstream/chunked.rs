@@ -1,6 +1,11 @@
 //! Finds where a chunked body ends (RFC 9112 §7.1) without changing it: the
-//! fast path copies the upstream's chunks through as they are and only needs
+//! raw pool copies the upstream's chunks through as they are and only needs
 //! to know when the answer is over, so the socket can serve the next one.
+
+/// Framing that is not chunked coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("broken chunked framing")]
+pub struct BadChunk;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -49,7 +54,7 @@ impl Chunked {
 
     /// Consumes the framing in `bytes` up to the end of the body and returns
     /// how many bytes belong to it. `Err` on framing that is not chunked.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, ()> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, BadChunk> {
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -64,35 +69,35 @@ impl Chunked {
                 }
                 State::Size { size, digits } => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' if digits < 15 => {
-                        let d = (b as char).to_digit(16).ok_or(())?;
+                        let d = (b as char).to_digit(16).ok_or(BadChunk)?;
                         State::Size { size: size * 16 + u64::from(d), digits: digits + 1 }
                     }
                     b';' | b' ' | b'\t' if digits > 0 => State::Extension { size },
                     b'\r' if digits > 0 => State::SizeLf { size },
-                    _ => return Err(()),
+                    _ => return Err(BadChunk),
                 },
                 State::Extension { size } => match b {
                     b'\r' => State::SizeLf { size },
-                    b'\n' => return Err(()),
+                    b'\n' => return Err(BadChunk),
                     _ => State::Extension { size },
                 },
                 State::SizeLf { size } => match b {
                     b'\n' if size == 0 => State::TrailerStart,
                     b'\n' => State::Data { left: size },
-                    _ => return Err(()),
+                    _ => return Err(BadChunk),
                 },
                 State::DataCr => {
                     if b == b'\r' {
                         State::DataLf
                     } else {
-                        return Err(());
+                        return Err(BadChunk);
                     }
                 }
                 State::DataLf => {
                     if b == b'\n' {
                         State::Size { size: 0, digits: 0 }
                     } else {
-                        return Err(());
+                        return Err(BadChunk);
                     }
                 }
                 State::TrailerStart => {
@@ -113,14 +118,14 @@ impl Chunked {
                     if b == b'\n' {
                         State::TrailerStart
                     } else {
-                        return Err(());
+                        return Err(BadChunk);
                     }
                 }
                 State::EndLf => {
                     if b == b'\n' {
                         State::Done
                     } else {
-                        return Err(());
+                        return Err(BadChunk);
                     }
                 }
             };
@@ -134,7 +139,7 @@ impl Chunked {
 mod tests {
     use super::*;
 
-    fn whole(body: &[u8]) -> Result<usize, ()> {
+    fn whole(body: &[u8]) -> Result<usize, BadChunk> {
         let mut c = Chunked::default();
         let n = c.feed(body)?;
         assert!(c.done(), "not done after {:?}", String::from_utf8_lossy(body));
@@ -167,7 +172,7 @@ mod tests {
     #[test]
     fn broken_framing_is_an_error() {
         for bad in [&b"x\r\n"[..], b"\r\n", b"5\nhello", b"2\r\nabX\r\n", b"ffffffffffffffff0\r\n", b"0\r\n\r\r"] {
-            assert_eq!(Chunked::default().feed(bad), Err(()), "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(Chunked::default().feed(bad), Err(BadChunk), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -1,0 +1,75 @@
+//! The hyper path's [`Wire`]: calls that hyper's server carries (TLS, h2,
+//! streamed bodies, whatever the fast path hands over), sent through
+//! hyper's pooled client (`upstream::hyper`). Bodies stream both ways.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName};
+use http::request::Parts;
+use http::{Request, Response};
+use hyper::body::{Body as _, Incoming};
+
+use crate::body::Body;
+use crate::checks;
+use crate::proxy::{self, ConnInfo, Wire};
+use crate::reject::Reject;
+use crate::state::Shared;
+use crate::upstream::hyper::HyperClient;
+use crate::upstream::{Forwarding, UpstreamError};
+
+/// hyper's service for the API listener: one call through the lifecycle.
+pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let mut wire = HyperWire { parts, body: Some(body), client: &shared.upstream.hyper };
+    Ok(proxy::serve_call(&shared, conn, &mut wire).await)
+}
+
+/// One call hyper carries.
+struct HyperWire<'u> {
+    parts: Parts,
+    /// The request body, until the exchange takes it.
+    body: Option<Incoming>,
+    client: &'u HyperClient,
+}
+
+impl Wire for HyperWire<'_> {
+    type Head = Parts;
+    type Answer = Response<Body>;
+    type Output = Response<Body>;
+    type Fields = HeaderMap;
+
+    fn head(&self) -> &Parts {
+        &self.parts
+    }
+
+    fn body_present(&self) -> bool {
+        checks::has_body(&self.parts.headers) || self.body.as_ref().is_some_and(|b| !b.is_end_stream())
+    }
+
+    async fn exchange(&mut self, fwd: &Forwarding<'_>) -> Result<Response<Body>, UpstreamError> {
+        // The call is sent once: its head and body move into the upstream request.
+        let body = self.body.take().ok_or(UpstreamError::Protocol)?;
+        let parts = std::mem::replace(&mut self.parts, Request::new(()).into_parts().0);
+        self.client.send(fwd, parts, body).await
+    }
+
+    fn status(answer: &Response<Body>) -> u16 {
+        answer.status().as_u16()
+    }
+
+    fn answer_has(answer: &Response<Body>, name: &HeaderName) -> bool {
+        answer.headers().contains_key(name)
+    }
+
+    async fn answer(&mut self, mut answer: Response<Body>, ours: impl FnOnce(&mut HeaderMap)) -> Response<Body> {
+        ours(answer.headers_mut());
+        answer
+    }
+
+    async fn refuse(&mut self, reject: Reject, ours: impl FnOnce(&mut HeaderMap)) -> Response<Body> {
+        let mut rsp = reject.into_response();
+        ours(rsp.headers_mut());
+        rsp
+    }
+}
