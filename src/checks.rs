@@ -3,8 +3,10 @@
 //! [`http::HeaderMap`] or the fast path's head); none allocates when the
 //! request passes, none panics on any header bytes.
 
-use crate::head::names::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use crate::head::RequestFields;
+use http::Method;
+
+use crate::head::names::{ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use crate::head::{RequestFields, RequestHead};
 
 use crate::reject::Reject;
 
@@ -74,6 +76,96 @@ pub fn accept(h: &(impl RequestFields + ?Sized)) -> Result<(), Reject> {
     } else {
         Err(Reject::InvalidAccept)
     }
+}
+
+/// A request the gateway answers itself whatever its path: `CONNECT` (a
+/// gateway is no tunnel: 405) and the asterisk-form target of `OPTIONS *`
+/// (a question to the gateway, not to the upstream: 400).
+pub fn request_form(req: &impl RequestHead) -> Result<(), Reject> {
+    if req.method() == Method::CONNECT {
+        return Err(Reject::MethodNotAllowed { allow: "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS" });
+    }
+    if !req.path().starts_with('/') {
+        return Err(Reject::BadRequest {
+            field: "path",
+            message: "The request target must be a path starting with `/`.".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// RFC 9112 §6.1: `chunked` is the only transfer coding the gateway
+/// carries, once, and last. Another coding (`gzip, chunked`) would be
+/// dropped with the hop-by-hop field and the upstream would read the body
+/// differently than it was sent: 501 (a coding the gateway does not
+/// implement). `chunked` twice is malformed: 400.
+pub fn transfer_coding(h: &(impl RequestFields + ?Sized)) -> Result<(), Reject> {
+    let mut chunked = 0;
+    for coding in h.values(&TRANSFER_ENCODING).flat_map(|v| v.split(|&b| b == b',')) {
+        let coding = trim(coding);
+        if coding.is_empty() {
+            continue;
+        }
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Err(Reject::UnsupportedTransferCoding);
+        }
+        chunked += 1;
+    }
+    if chunked > 1 {
+        return Err(Reject::BadRequest {
+            field: "Transfer-Encoding",
+            message: "Transfer-Encoding names chunked more than once; send it once.".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Fields a `Connection` option may not name: the ones the gateway checks
+/// or sets. A proxy removes every field `Connection` names (RFC 9110
+/// §7.6.1), so `Connection: keep-alive, Authorization` would have step 5
+/// pass on a credential the upstream never gets.
+const POLICED: [&str; 8] = [
+    "authorization",
+    "content-type",
+    "content-length",
+    "host",
+    "accept",
+    "x-request-id",
+    "forwarded",
+    "transfer-encoding",
+];
+
+/// `Connection` names none of the fields the gateway polices or sets (nor
+/// any `X-Forwarded-*`): 400 otherwise.
+pub fn connection_options(h: &(impl RequestFields + ?Sized)) -> Result<(), Reject> {
+    for option in h.values(&CONNECTION).flat_map(|v| v.split(|&b| b == b',')) {
+        let option = trim(option);
+        let policed = POLICED.iter().any(|p| option.eq_ignore_ascii_case(p.as_bytes()))
+            || (option.len() >= 12 && option[..12].eq_ignore_ascii_case(b"x-forwarded-"));
+        if policed {
+            return Err(Reject::BadRequest {
+                field: "Connection",
+                message: format!(
+                    "Connection may not name {}: the gateway checks or sets that field.",
+                    String::from_utf8_lossy(option)
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A `GET` or `HEAD` API call carries no body: a server that merges body
+/// parameters would read an `include` list the gateway did not price, and
+/// one that ignores the body would read it as the next request.
+pub fn bodiless(method: &Method, body_present: bool) -> Result<(), Reject> {
+    if body_present && (method == Method::GET || method == Method::HEAD) {
+        return Err(Reject::BadRequest {
+            field: "body",
+            message: format!("A {method} request may not carry a body; send its parameters in the query."),
+        });
+    }
+    Ok(())
 }
 
 /// Whether the request carries a body by its headers: `Content-Length` > 0

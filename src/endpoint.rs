@@ -12,7 +12,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::reject::Reject;
 
-pub use normalize::{is_api, normalize_path};
+pub use normalize::{is_api, names_api, normalize_path};
 
 /// Ceiling of a call's cost: a query with thousands of `include` items must
 /// not overflow, nor cost more than any plan's budget could ever hold.

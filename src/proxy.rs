@@ -176,32 +176,38 @@ async fn decide(
     body_present: bool,
 ) -> Result<Plan, Reject> {
     let cfg = &*snap.config;
+    // Refused whatever the path: what no upstream should be left to make
+    // sense of, API call or portal page.
+    checks::request_form(req)?;
+    checks::transfer_coding(req)?;
+    checks::connection_options(req)?;
+    // RFC 9112 §3.2: no `Host`, two, or a malformed one is 400 on any path.
+    let host = tenant::requested_host(req)?;
     let https = is_https(cfg, conn, req);
-    // `Some` only when normalisation changed the spelling (the common case allocates nothing).
-    let normalized = endpoint::normalize_path(req.path()).map(|p| match p {
+    // Any spelling that cannot be normalised safely is 400, whatever it
+    // spells: a server behind us might read an API call into it. `Some`
+    // only when normalisation changed the spelling (the common case
+    // allocates nothing).
+    let normalized = match endpoint::normalize_path(req.path())? {
         Cow::Owned(s) => Some(s),
         Cow::Borrowed(_) => None,
-    });
-    let is_api = match &normalized {
-        Ok(Some(p)) => endpoint::is_api(p),
-        Ok(None) => endpoint::is_api(req.path()),
-        // A path that cannot be normalised safely is refused only if it could
-        // be an API call; the portal gets it untouched.
-        Err(_) => req.path().to_ascii_lowercase().contains("/api"),
     };
-    if !is_api {
+    let path = normalized.as_deref().unwrap_or(req.path());
+    if !endpoint::is_api(path) {
+        if endpoint::names_api(path) {
+            // `/api;x/v2/tickets`: servers that strip `;` parameters route an API call.
+            return Err(Reject::BadRequest {
+                field: "path",
+                message: "Path parameters (`;`) are not accepted in API paths.".to_owned(),
+            });
+        }
         // The portal is forwarded untouched, except a spelling that mentions
         // the API but normalises outside it (`/api/v2/../../x`): the upstream
         // gets the normalised path, so it cannot read an API call into it.
-        let path = match normalized {
-            Ok(Some(p)) if req.path().to_ascii_lowercase().contains("api") => Some(p),
-            _ => None,
-        };
+        let path = normalized.filter(|_| req.path().to_ascii_lowercase().contains("api"));
         return Ok(Plan { https, tenant: None, path });
     }
     cx.api = true;
-
-    let host = tenant::requested_host(req)?;
     let entry = snap.hosts.get(&*host);
     // Label a vanity-host refusal with its tenant: the name comes from config.
     if let Some(e) = entry {
@@ -209,15 +215,18 @@ async fn decide(
         cx.series = Some(e.series.clone());
     }
     let tenant = tenant::resolve(entry)?.clone(); // 1
-    drop(host);
     if cfg.server.require_https && !https {
         return Err(Reject::SslRequired); // 2
     }
     if !tenant.api_access {
         return Err(Reject::RequireFeature { plan: tenant.plan.clone() }); // 3
     }
-    let normalized = normalized?;
-    let path = normalized.as_deref().unwrap_or(req.path());
+    if path.contains(';') || path.contains("%3B") {
+        return Err(Reject::BadRequest {
+            field: "path",
+            message: "Path parameters (`;`) are not accepted in API paths.".to_owned(),
+        });
+    }
     let route = endpoint::classify(req.method(), path, req.query()).map(|r| (r.endpoint, r.cost)); // 4
     if let Ok((endpoint, _)) = route {
         cx.endpoint = endpoint;
@@ -225,6 +234,7 @@ async fn decide(
     let valid = route.clone().and_then(|_| {
         checks::authorization(req)?; // 5
         checks::accept(req)?; // 6
+        checks::bodiless(req.method(), body_present)?; // 7
         checks::content_type_given(req, body_present)?; // 7
         checks::content_length(req, cfg.server.max_body_bytes) // 8
     });

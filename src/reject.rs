@@ -40,6 +40,8 @@ pub enum Reject {
     InvalidAccept,
     /// 415: a body with an unsupported Content-Type.
     InvalidContentType,
+    /// 501: a transfer coding other than `chunked`.
+    UnsupportedTransferCoding,
     /// 413: body larger than `max_body_bytes`.
     PayloadTooLarge { limit: u64 },
     /// 408: the request body stopped arriving for `idle_ms`.
@@ -75,6 +77,7 @@ impl Reject {
             Reject::InvalidAccept => StatusCode::NOT_ACCEPTABLE,
             Reject::InvalidContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Reject::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Reject::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Reject::BadGateway => StatusCode::BAD_GATEWAY,
@@ -96,6 +99,7 @@ impl Reject {
             Reject::InvalidAccept => "invalid_accept_header",
             Reject::InvalidContentType => "invalid_content_type",
             Reject::PayloadTooLarge { .. } => "payload_too_large",
+            Reject::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Reject::RequestTimeout { .. } => "request_timeout",
             Reject::RateLimited { .. } => "rate_limit_exceeded",
             Reject::BadGateway => "bad_gateway",
@@ -232,6 +236,9 @@ impl fmt::Display for Message<'_> {
             Reject::InvalidContentType => f.write_str(
                 "Content-Type must be application/json, or multipart/form-data with a boundary for attachments.",
             ),
+            Reject::UnsupportedTransferCoding => f.write_str(
+                "Only the chunked transfer coding is accepted. Send the body with Content-Length or Transfer-Encoding: chunked.",
+            ),
             Reject::PayloadTooLarge { limit } => {
                 write!(f, "The request body is larger than the {limit} bytes allowed.")
             }
@@ -292,6 +299,7 @@ mod tests {
             Reject::InvalidAccept,
             Reject::InvalidContentType,
             Reject::PayloadTooLarge { limit: 1_048_576 },
+            Reject::UnsupportedTransferCoding,
             Reject::RequestTimeout { idle_ms: 30_000 },
             Reject::RateLimited { policy: "account", quota: 700, window_s: 60, retry_after_s: 7 },
             Reject::RateLimited { policy: "ticket_create", quota: 280, window_s: 60, retry_after_s: 60 },

@@ -40,6 +40,15 @@ pub fn is_api(normalized: &str) -> bool {
     normalized == "/api" || normalized.starts_with("/api/")
 }
 
+/// Whether a normalised path that is not an API call would be one to a
+/// server that strips `;` parameters from its segments (`/api;x/v2/...`,
+/// `/api%3Bx/...`).
+pub fn names_api(normalized: &str) -> bool {
+    let first = normalized.strip_prefix('/').unwrap_or(normalized).split('/').next().unwrap_or_default();
+    let cut = [first.find(';'), first.find("%3B")].into_iter().flatten().min();
+    cut.is_some_and(|i| first[..i].eq_ignore_ascii_case("api"))
+}
+
 fn bad(message: impl Into<String>) -> Reject {
     Reject::BadRequest { field: "path", message: message.into() }
 }

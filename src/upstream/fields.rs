@@ -1,9 +1,20 @@
-//! What crosses the gateway, field by field (SPEC §3.5): the one hop-by-hop
-//! table and the one set of forwarding rules (`X-Forwarded-*`, `Host`,
-//! `X-Request-Id`). Both upstream clients apply them: hyper's edits its
-//! `HeaderMap` ([`edit_request`], [`strip_hop_by_hop`]), the raw pool writes
-//! head text ([`write_request_head`]); a test below holds the two to the same
-//! result.
+//! What crosses the gateway, field by field (SPEC §3.5, §7.1): the one
+//! hop-by-hop table and the one set of forwarding rules. Both upstream
+//! clients apply them: hyper's edits its `HeaderMap` ([`edit_request`],
+//! [`strip_hop_by_hop`]), the raw pool writes head text
+//! ([`write_request_head`]); a test below holds the two to the same result.
+//!
+//! The upstream is told only what the gateway judged: the charged tenant's
+//! canonical domain as `Host` and `X-Forwarded-Host`, the peer (after a
+//! trusted proxy's chain) as `X-Forwarded-For`, the scheme the gateway saw as
+//! `X-Forwarded-Proto`, and the call's `X-Request-Id`. Every other claim a
+//! downstream makes about the call's origin (`Forwarded`, any other
+//! `X-Forwarded-*`, `Front-End-Https`; `X-Real-IP` and `True-Client-IP`
+//! unless a trusted proxy sent them) is dropped, as is every field whose
+//! name holds `_` (CGI-style servers read `Transfer_Encoding` as
+//! `Transfer-Encoding`; nginx drops such fields by default too) and, on an
+//! API call, every method-override field (a Rack stack would run a
+//! `POST` charged as `other` as the `GET` it names).
 //!
 //! RFC 9110 §7.6.1: "a proxy or gateway MUST parse a received Connection
 //! header field before a message is forwarded and, for each
@@ -58,6 +69,22 @@ fn set_here(name: &[u8]) -> bool {
     [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &HOST, &X_REQUEST_ID].iter().any(|n| head::is(name, n))
 }
 
+/// Fields naming a method other than the request's: Rack's and others'
+/// method overrides.
+pub static METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Whether a downstream request field is kept from the upstream (besides
+/// hop-by-hop fields and those [`set_here`]), for a call `f` describes.
+pub fn withheld(name: &[u8], f: &Forwarding<'_>) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    name.contains(&b'_')
+        || is("forwarded")
+        || is("front-end-https")
+        || (name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") && !set_here(name))
+        || (!f.peer_trusted && (is("x-real-ip") || is("true-client-ip")))
+        || (f.host.is_some() && METHOD_OVERRIDES.iter().any(|m| is(m)))
+}
+
 /// What the upstream is told about a call, from the downstream's fields and
 /// what the gateway resolved: the values of the fields [`set_here`] names.
 struct Told<'a> {
@@ -67,8 +94,6 @@ struct Told<'a> {
     /// `Host` (and `X-Forwarded-Host`): the charged tenant's canonical
     /// domain; for portal traffic, the downstream's `Host`.
     host: Option<&'a [u8]>,
-    /// A trusted proxy's own `X-Forwarded-Host`, kept as sent.
-    kept_forwarded_host: bool,
 }
 
 impl<'a> Told<'a> {
@@ -83,13 +108,7 @@ impl<'a> Told<'a> {
                 Some(host) => Some(host.as_bytes()),
                 None => fields.first(&HOST),
             },
-            kept_forwarded_host: f.peer_trusted && fields.has(&X_FORWARDED_HOST),
         }
-    }
-
-    /// Whether a downstream field named `name` is replaced by what this says.
-    fn replaces(&self, name: &[u8]) -> bool {
-        set_here(name) && !(self.kept_forwarded_host && head::is(name, &X_FORWARDED_HOST))
     }
 }
 
@@ -115,6 +134,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// removed, the forwarding fields set.
 pub fn edit_request(h: &mut HeaderMap, f: &Forwarding<'_>) {
     strip_hop_by_hop(h);
+    if h.keys().any(|n| withheld(n.as_str().as_bytes(), f)) {
+        let withheld: Vec<HeaderName> = h.keys().filter(|n| withheld(n.as_str().as_bytes(), f)).cloned().collect();
+        for n in withheld {
+            h.remove(n);
+        }
+    }
     let told = Told::of(h, f);
     let ip = f.peer.ip().to_string();
     let xff = match told.chain {
@@ -122,20 +147,16 @@ pub fn edit_request(h: &mut HeaderMap, f: &Forwarding<'_>) {
         None => HeaderValue::try_from(ip),
     };
     let host = told.host.and_then(|v| HeaderValue::from_bytes(v).ok());
-    let (kept_forwarded_host, proto) = (told.kept_forwarded_host, told.proto);
-    h.remove(&X_FORWARDED_FOR);
-    h.remove(&HOST);
-    if !kept_forwarded_host {
-        h.remove(&X_FORWARDED_HOST);
+    let proto = told.proto;
+    for n in [&X_FORWARDED_FOR, &HOST, &X_FORWARDED_HOST] {
+        h.remove(n);
     }
     if let Ok(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if proto == b"https" { "https" } else { "http" }));
     if let Some(v) = host {
-        if !kept_forwarded_host {
-            h.insert(X_FORWARDED_HOST.clone(), v.clone());
-        }
+        h.insert(X_FORWARDED_HOST.clone(), v.clone());
         h.insert(HOST.clone(), v);
     }
     h.insert(X_REQUEST_ID.clone(), f.request_id.to_value());
@@ -167,8 +188,9 @@ pub fn write_request_head(
     let told = Told::of(fields, f);
     let connection = fields.has(&CONNECTION);
     for (name, value) in fields.all() {
-        if told.replaces(name)
+        if set_here(name)
             || is_hop_by_hop(name)
+            || withheld(name, f)
             || (connection && fields.values(&CONNECTION).any(|c| lists(c, name)))
         {
             continue;
@@ -188,9 +210,7 @@ pub fn write_request_head(
     out.extend_from_slice(b"\r\n");
     h1::write_field(out, b"x-forwarded-proto", told.proto);
     if let Some(host) = told.host {
-        if !told.kept_forwarded_host {
-            h1::write_field(out, b"x-forwarded-host", host);
-        }
+        h1::write_field(out, b"x-forwarded-host", host);
         h1::write_field(out, b"host", host);
     }
     h1::write_field(out, b"x-request-id", f.request_id.as_bytes());
@@ -222,13 +242,22 @@ mod tests {
 
     #[test]
     fn the_raw_head_equals_hyper_s_map_edited_by_the_same_rules() {
-        let extra: [&[(&str, &str)]; 6] = [
+        let extra: [&[(&str, &str)]; 8] = [
             &[],
             &[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-host", "edge.example"), ("x-forwarded-proto", "https")],
             &[("x-forwarded-for", "203.0.113.7, 198.51.100.2"), ("x-request-id", "abc")],
             &[("proxy-authorization", "Basic eDp4"), ("trailer", "x-sum"), ("upgrade", "h2c"), ("x-kept", "1")],
             &[("x-forwarded-for", "bad\u{ff}value"), ("x-forwarded-host", "a"), ("x-forwarded-host", "b")],
             &[("connection", "keep-alive, X-Secret-Hop"), ("x-secret-hop", "1"), ("keep-alive", "timeout=5")],
+            &[
+                ("forwarded", "for=1.2.3.4;host=globex.freshdesk.com;proto=https"),
+                ("x-forwarded-ssl", "on"),
+                ("x-forwarded-port", "443"),
+                ("x-real-ip", "1.2.3.4"),
+                ("true-client-ip", "1.2.3.4"),
+                ("front-end-https", "on"),
+            ],
+            &[("transfer_encoding", "chunked"), ("x_forwarded_host", "globex"), ("x-http-method-override", "GET")],
         ];
         let mut cases = 0;
         for extra in extra {
@@ -266,15 +295,27 @@ mod tests {
                             "extra {extra:?} trusted {trusted} https {https} host {host:?}"
                         );
                         assert!(raw.ends_with(b"\r\n\r\n"));
-                        assert!(!fields(&raw).iter().any(|l| l.starts_with("x-secret-hop")
-                            || l.starts_with("connection")
-                            || l.starts_with("keep-alive")));
+                        let sent = fields(&raw);
+                        let gone = ["x-secret-hop", "connection", "keep-alive", "forwarded", "front-end-https"];
+                        assert!(!sent.iter().any(|l| gone.iter().any(|g| l.starts_with(&format!("{g}:")))), "{sent:?}");
+                        assert!(!sent.iter().any(|l| l.split(':').next().unwrap().contains('_')), "{sent:?}");
+                        // Exactly the three the gateway sets: For, Proto, Host.
+                        assert_eq!(sent.iter().filter(|l| l.starts_with("x-forwarded-")).count(), 3, "{sent:?}");
+                        // The upstream is told the charged tenant, whatever a proxy claimed.
+                        if let Some(host) = host {
+                            assert!(sent.contains(&format!("x-forwarded-host: {host}")), "{sent:?}");
+                            assert!(!sent.iter().any(|l| l.starts_with("x-http-method-override")), "{sent:?}");
+                        }
+                        assert_eq!(
+                            sent.iter().any(|l| l.starts_with("x-real-ip")),
+                            trusted && extra.iter().any(|(n, _)| *n == "x-real-ip")
+                        );
                         cases += 1;
                     }
                 }
             }
         }
-        assert_eq!(cases, 48);
+        assert_eq!(cases, 64);
     }
 
     #[test]
