@@ -37,9 +37,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::fields::RawFields;
 use crate::forward;
 use crate::head::{self, RequestFields, RequestHead};
-use crate::headers::RawFields;
 use crate::proxy::{self, ConnInfo, RequestCtx};
 use crate::reject::Reject;
 use crate::state::Shared;

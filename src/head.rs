@@ -11,7 +11,7 @@ use http::Method;
 
 /// Field names as statics, for what takes a name that lives forever (a
 /// lookup here borrows its name for as long as the values it returns;
-/// `headers::Fields` keeps the names it sets): the `http` constants are
+/// `fields::Fields` keeps the names it sets): the `http` constants are
 /// consts, not statics.
 pub mod names {
     use http::header::{self, HeaderName};

@@ -16,11 +16,11 @@ use tokio::time::{Instant, Sleep};
 
 use super::chunked::Chunked;
 use super::{write_field, write_status_line, Date};
+use crate::fields::RawFields;
 use crate::forward::{
     self, Forwarding, UpstreamError, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use crate::head::{self, names, RequestFields};
-use crate::headers::RawFields;
 
 /// An upstream head larger than this is refused (502), as hyper's client would.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
