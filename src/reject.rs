@@ -3,6 +3,10 @@
 //! Steps return `Err(Reject)`; `proxy::handle` turns it into a response with
 //! [`Reject::into_response`]. Keeping the closed set here means the status
 //! codes, the helpdesk's error codes and their wording cannot drift apart.
+//! Modules below this one in the imports answer with data instead (the
+//! limiter's `Refusal` and `StoreUnavailable`, `endpoint::RouteError`); the
+//! `From` impls here turn that data into the refusal, so `limiter` and
+//! `endpoint` do not depend on `reject` and no import circle runs through it.
 
 use std::fmt::{self, Write as _};
 
