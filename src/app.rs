@@ -23,7 +23,7 @@ use crate::reload::{self, TlsSlot};
 use crate::server::{self, ListenerOptions};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::Upstream;
-use crate::webhooks::{WebhookMetrics, Webhooks};
+use crate::webhooks::{self, WebhookMetrics, Webhooks};
 use crate::{admin, hyper_wire, tls};
 
 /// Why the gateway could not start.
@@ -37,6 +37,17 @@ pub enum StartError {
     Tls(String),
     #[error("rate-limit store: {0}")]
     Store(String),
+}
+
+/// The webhook listener's reasons read exactly as the gateway's own.
+impl From<webhooks::StartError> for StartError {
+    fn from(e: webhooks::StartError) -> StartError {
+        match e {
+            webhooks::StartError::Bind { addr, source } => StartError::Bind { addr, source },
+            webhooks::StartError::Tls(e) => StartError::Tls(e),
+            webhooks::StartError::Store(e) => StartError::Store(e),
+        }
+    }
 }
 
 /// A running gateway.

@@ -25,7 +25,6 @@ use crate::endpoint::Endpoint;
 
 pub use plans::builtin_plans;
 pub use summary::redact_url;
-pub use validate::normalize_host;
 
 /// A config that could not be loaded, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

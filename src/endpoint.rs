@@ -10,13 +10,23 @@ use std::collections::HashSet;
 use http::Method;
 use percent_encoding::percent_decode_str;
 
-use crate::reject::Reject;
-
 pub use normalize::{is_api, names_api, normalize_path};
 
 /// Ceiling of a call's cost: a query with thousands of `include` items must
 /// not overflow, nor cost more than any plan's budget could ever hold.
 pub const MAX_COST: u32 = 1000;
+
+/// Why step 4 cannot route a call. Data, not a response: `reject` turns it
+/// into the 400 or 405, so this module (which `config` and `limiter` build
+/// on) does not depend on the refusals, which depend on the limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteError {
+    /// The path cannot be normalised safely: a 400 on the field `path`,
+    /// with this message.
+    BadPath(&'static str),
+    /// A known resource, a method not allowed on it: a 405 with this `Allow`.
+    MethodNotAllowed { allow: &'static str },
+}
 
 /// Endpoint classes of SPEC §3.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,7 +132,7 @@ impl Resource {
 ///   upstream the same work). `Allow` still lists SPEC's methods only.
 /// - `OPTIONS` and any other method not listed is 405 with SPEC's `Allow`:
 ///   the helpdesk API serves no CORS preflight.
-pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Result<Route<'a>, Reject> {
+pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Result<Route<'a>, RouteError> {
     let route = |endpoint, cost| Route { endpoint, cost, path: Cow::Borrowed(path) };
     let Some(resource) = Resource::of(path) else {
         return Ok(route(Endpoint::Other, 1));
@@ -137,7 +147,7 @@ pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Resu
         Resource::Ticket | Resource::Contact if get || *method == Method::PUT || *method == Method::DELETE => {
             Endpoint::Other
         }
-        _ => return Err(Reject::MethodNotAllowed { allow: resource.allow() }),
+        _ => return Err(RouteError::MethodNotAllowed { allow: resource.allow() }),
     };
     // Embedding credits (SPEC §3.2): 1 per include on one ticket, 2 per
     // include on the ticket list.
@@ -224,7 +234,7 @@ mod tests {
 
     fn allow(method: &str, path: &str) -> &'static str {
         match classify(&m(method), path, None) {
-            Err(Reject::MethodNotAllowed { allow }) => allow,
+            Err(RouteError::MethodNotAllowed { allow }) => allow,
             other => panic!("{method} {path}: expected 405, got {other:?}"),
         }
     }

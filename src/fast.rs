@@ -32,13 +32,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use crate::fields::RawFields;
 use crate::h1::{self, Date};
-use crate::headers::RawFields;
 use crate::proxy::{self, ConnInfo, Wire};
 use crate::reject::Reject;
 use crate::state::Shared;
 use crate::upstream::raw::{Exchange, Pool};
-use crate::upstream::{fields, Forwarding, UpstreamError};
+use crate::upstream::{forwarding, Forwarding, UpstreamError};
 use head::{FastHead, FieldsAt, Head};
 
 // ---------------------------------------------------------------------------
@@ -299,7 +299,7 @@ impl<'c, 'b> Wire for FastWire<'c, 'b, '_> {
         let req = &self.head;
         let Reused { out, upstream_timer, .. } = &mut *self.reused;
         let path = fwd.path.unwrap_or(req.path);
-        fields::write_request_head(out, &req.method, path, req.query, req, fwd, self.ip);
+        forwarding::write_request_head(out, &req.method, path, req.query, req, fwd, self.ip);
         out.extend_from_slice(self.body);
         // Sent again on a fresh socket only if repeating it is harmless.
         let idempotent = matches!(

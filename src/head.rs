@@ -1,5 +1,5 @@
 //! Read access to a request head for the steps that judge and forward it
-//! (`proxy`'s steps, `checks`, `tenant`, `upstream::fields`):
+//! (`proxy`'s steps, `checks`, `tenant`, `upstream::forwarding`):
 //! hyper's parsed [`Parts`], or the fast path's head as it lies in the
 //! connection's read buffer. One set of steps reads both, so the two paths
 //! cannot judge a call differently; the fast path builds no `HeaderMap` (an
@@ -11,7 +11,7 @@ use http::Method;
 
 /// Every field name the gateway reads or sets, as statics, in one place: what
 /// takes a name that lives forever (a lookup here borrows its name for as
-/// long as the values it returns; `headers::Fields` keeps the names it sets)
+/// long as the values it returns; `fields::Fields` keeps the names it sets)
 /// cannot take the `http` constants, which are consts, not statics.
 pub mod names {
     use http::header::{self, HeaderName};

@@ -1,10 +1,9 @@
 //! Decision → response headers (SPEC §3.3): `X-RateLimit-*`, the IETF
 //! `RateLimit-Policy` / `RateLimit` pair, and `Retry-After` on a 429.
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
-use http::HeaderMap;
+use http::header::HeaderName;
 
+use crate::fields::Fields;
 use crate::head::names;
 use crate::limiter::{Decision, PolicyState};
 
@@ -13,81 +12,6 @@ pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-rateli
 pub static X_RATELIMIT_USED: HeaderName = HeaderName::from_static("x-ratelimit-used-currentrequest");
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// Where the gateway's own response fields go: a response's [`HeaderMap`]
-/// (the hyper path, refusals) or [`RawFields`], the text the fast path
-/// splices into the upstream's head. One renderer serves both, so the two
-/// paths cannot answer with different fields.
-pub trait Fields {
-    /// Sets `name` to the value `write` appends to the buffer it is given.
-    fn field(&mut self, name: &'static HeaderName, write: impl FnOnce(&mut Vec<u8>));
-
-    /// Whether `name` is set.
-    fn contains(&self, name: &HeaderName) -> bool;
-}
-
-impl Fields for HeaderMap {
-    fn field(&mut self, name: &'static HeaderName, write: impl FnOnce(&mut Vec<u8>)) {
-        let mut v = Vec::with_capacity(64);
-        write(&mut v);
-        // Values are rendered from numbers and static names: always valid.
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
-            self.insert(name.clone(), v);
-        }
-    }
-
-    fn contains(&self, name: &HeaderName) -> bool {
-        self.contains_key(name)
-    }
-}
-
-/// The gateway's fields as head text (`name: value\r\n` each), plus their
-/// names, so the upstream's fields of the same names can be left out.
-/// Reused from call to call on a connection: rendering into it allocates
-/// nothing once it has grown.
-#[derive(Default)]
-pub struct RawFields {
-    text: Vec<u8>,
-    names: Vec<&'static HeaderName>,
-}
-
-impl RawFields {
-    pub fn clear(&mut self) {
-        self.text.clear();
-        self.names.clear();
-    }
-
-    /// `name: value\r\n` for every field set, in the order they were set.
-    pub fn text(&self) -> &[u8] {
-        &self.text
-    }
-
-    /// Whether one of the fields set is named `name` (any ASCII case).
-    pub fn has(&self, name: &[u8]) -> bool {
-        self.names.iter().any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
-    }
-
-    /// The names of the fields set, lower-case.
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.names.iter().map(|n| n.as_str())
-    }
-}
-
-impl Fields for RawFields {
-    fn field(&mut self, name: &'static HeaderName, write: impl FnOnce(&mut Vec<u8>)) {
-        // Each name is set once per call (`render` and `finish` see to it).
-        debug_assert!(!self.names.contains(&name));
-        self.names.push(name);
-        self.text.extend_from_slice(name.as_str().as_bytes());
-        self.text.extend_from_slice(b": ");
-        write(&mut self.text);
-        self.text.extend_from_slice(b"\r\n");
-    }
-
-    fn contains(&self, name: &HeaderName) -> bool {
-        self.names.contains(&name)
-    }
-}
 
 /// Adds the rate-limit headers of `d` to a response (any status).
 pub fn render(d: &Decision, h: &mut impl Fields) {
@@ -112,9 +36,9 @@ pub fn render(d: &Decision, h: &mut impl Fields) {
         push_number(v, until_room_s(tight));
     });
     // A refusal may have set it already (`Reject::fields`), to the same value.
-    if !d.allowed && !h.contains(&names::RETRY_AFTER) {
-        if let crate::reject::Reject::RateLimited { retry_after_s, .. } = d.reject() {
-            h.field(&names::RETRY_AFTER, |v| push_number(v, retry_after_s));
+    if let Some(refusal) = d.refusal() {
+        if !h.contains(&names::RETRY_AFTER) {
+            h.field(&names::RETRY_AFTER, |v| push_number(v, refusal.retry_after_s));
         }
     }
 }
@@ -149,6 +73,7 @@ fn until_room_s(p: &PolicyState) -> u64 {
 mod tests {
     use super::*;
     use crate::limiter::Policy;
+    use http::HeaderMap;
 
     fn state(name: &'static str, quota: u32, remaining: u32, reset_ms: u64, retry_ms: Option<u64>) -> PolicyState {
         PolicyState { policy: Policy { name, quota, window_s: 60 }, remaining, reset_ms, retry_ms }

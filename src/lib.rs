@@ -18,10 +18,13 @@
 //! - `config` (+ `raw`, `validate`, `plans`, `summary`): TOML → validated types
 //! - `state`: `Shared` and the swappable `Snapshot`
 //! - `server`: accept loop, TLS, HTTP/1.1 + h2; `tls`: rustls configs
-//! - `proxy`: the straight line; `tenant`, `endpoint`, `checks`: steps 1–8 (pure)
-//! - `limiter` (+ `window`, `memory`, `store`): budgets behind one `Store` seam
+//! - `proxy`: the straight line; `tenant`, `endpoint`, `checks`: steps 1–8 (pure);
+//!   `host`: the one normal form of a host name (configured and requested)
+//! - `limiter` (+ `window`, `memory`, `redis`, `store`): budgets; one decision
+//!   logic over a memory or Redis store (`AnyStore`), answering data
 //! - `forward`: pooled upstream client, hop-by-hop, `X-Forwarded-*`
-//! - `headers`: decision → rate-limit headers; `reject`: refusals → responses
+//! - `headers`: decision → rate-limit headers; `reject`: refusals → responses;
+//!   `fields`: where both write (a response's `HeaderMap` or the fast path's text)
 //! - `metrics`, `admin`: Prometheus registry and the admin listener
 //! - `reload`: SIGHUP and file changes → load → atomic swap
 //! - `demo`: `deskgate demo`
@@ -38,9 +41,11 @@ pub mod config;
 pub mod demo;
 pub mod endpoint;
 pub mod fast;
+pub mod fields;
 pub mod h1;
 pub mod head;
 pub mod headers;
+pub mod host;
 pub mod hyper_wire;
 pub mod limiter;
 pub mod metrics;

@@ -1,10 +1,12 @@
-//! Budgets (SPEC §3.2, §4): the shared decision logic around a [`Store`].
+//! Budgets (SPEC §3.2, §4): the shared decision logic around a store
+//! (memory or Redis, see [`AnyStore`]).
 //!
 //! `Limiter::acquire` builds the call's [`Ask`] from the tenant's effective
 //! budget, asks the store (bounded by `store_timeout_ms` for remote stores)
 //! and applies `on_store_error` when the store cannot answer. Stores only
-//! count; what a decision means for the response is decided here and in
-//! `proxy`.
+//! count. The limiter answers with data, a [`Decision`] (with its
+//! [`Refusal`] when refused) or [`StoreUnavailable`]; the HTTP answer for
+//! either is built by `reject` and `headers`.
 
 mod deny;
 pub mod memory;
@@ -20,7 +22,6 @@ use tokio::time::Instant;
 
 use crate::config::{LimiterConfig, OnStoreError, StoreKind, Tenant};
 use crate::endpoint::Endpoint;
-use crate::reject::Reject;
 
 use deny::DenyCache;
 pub use memory::MemoryStore;
@@ -129,21 +130,47 @@ impl Decision {
             .max_by_key(|p| p.retry_ms)
     }
 
-    /// The 429 for a refused decision. `Retry-After` rounds up: never early.
-    pub fn reject(&self) -> Reject {
+    /// Why the call was refused, as data for its 429 and `Retry-After`;
+    /// `None` when it was let through (degraded or not).
+    pub fn refusal(&self) -> Option<Refusal> {
+        if self.allowed {
+            return None;
+        }
         let p = self.blocking().unwrap_or(&self.account);
         let retry_ms = p.retry_ms.unwrap_or(0);
         let retry_after_s = if retry_ms == u64::MAX {
             // The cost exceeds the quota: no wait helps; tell the window length.
             u64::from(p.policy.window_s)
         } else {
+            // Rounded up, and at least 1: a `Retry-After` is never early.
             retry_ms.div_ceil(1000).max(1)
         };
-        Reject::RateLimited { policy: p.policy.name, quota: p.policy.quota, window_s: p.policy.window_s, retry_after_s }
+        Some(Refusal { policy: p.policy, retry_after_s })
     }
 }
 
-/// The store a replica uses.
+/// A refused call: the policy that keeps it out longest and when to retry.
+/// The limiter says this as data; `reject` turns it into the 429 and
+/// `headers` into `Retry-After`, so the two cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub policy: Policy,
+    /// Whole seconds until the call would fit (the window's length when its
+    /// cost exceeds the quota itself).
+    pub retry_after_s: u64,
+}
+
+/// The store could not answer and `on_store_error = "fail_closed"`: the
+/// call is refused (a 503, built by `reject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUnavailable {
+    /// Whole seconds to wait before trying again.
+    pub retry_after_s: u64,
+}
+
+/// The store a replica uses. A closed enum, not a `dyn Store`: the memory
+/// store is answered synchronously on the hot path, with no future to box
+/// (see the `store` module for why this, not the trait, is the dispatch).
 pub enum AnyStore {
     Memory(MemoryStore),
     Redis(RedisStore),
@@ -208,7 +235,7 @@ impl Limiter {
 
     /// Judges and, if it fits, charges a call. `Err` only when the store
     /// cannot answer and the config says to fail closed.
-    pub async fn acquire(&self, ask: &Ask<'_>) -> Result<Decision, Reject> {
+    pub async fn acquire(&self, ask: &Ask<'_>) -> Result<Decision, StoreUnavailable> {
         match &self.store {
             AnyStore::Memory(m) => Ok(m.acquire_now(ask)),
             AnyStore::Redis(r) => self.acquire_remote(r, ask).await,
@@ -217,7 +244,7 @@ impl Limiter {
 
     /// A remote store: the deny cache first, then the circuit, then one call
     /// bounded by `store_timeout`.
-    async fn acquire_remote(&self, store: &RedisStore, ask: &Ask<'_>) -> Result<Decision, Reject> {
+    async fn acquire_remote(&self, store: &RedisStore, ask: &Ask<'_>) -> Result<Decision, StoreUnavailable> {
         let start = Instant::now();
         if let Some(d) = self.denials.check(ask, start) {
             return Ok(d);
@@ -241,7 +268,7 @@ impl Limiter {
         }
     }
 
-    fn store_failed(&self, ask: &Ask<'_>, e: &StoreError) -> Result<Decision, Reject> {
+    fn store_failed(&self, ask: &Ask<'_>, e: &StoreError) -> Result<Decision, StoreUnavailable> {
         // An open circuit already logged why; one line per call would flood.
         if !matches!(e, StoreError::CircuitOpen) {
             tracing::warn!(tenant = ask.tenant, error = %e, "rate-limit store failed");
@@ -254,7 +281,7 @@ impl Limiter {
                 endpoint: ask.endpoint.map(|(_, p)| PolicyState::unknown(p)),
                 degraded: true,
             }),
-            OnStoreError::FailClosed => Err(Reject::ServiceUnavailable { retry_after_s: 1 }),
+            OnStoreError::FailClosed => Err(StoreUnavailable { retry_after_s: 1 }),
         }
     }
 }

@@ -18,9 +18,9 @@ use tokio::time::Instant;
 
 use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
+use crate::fields::Fields;
 use crate::head::names::{X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::head::{self, RequestFields, RequestHead, RequestId};
-use crate::headers::Fields;
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{Name, TenantReason, TenantSeries};
 use crate::reject::Reject;
@@ -227,7 +227,7 @@ async fn decide(
             message: "Path parameters (`;`) are not accepted in API paths.".to_owned(),
         });
     }
-    let route = endpoint::classify(req.method(), path, req.query()).map(|r| (r.endpoint, r.cost)); // 4
+    let route = endpoint::classify(req.method(), path, req.query()).map(|r| (r.endpoint, r.cost)).map_err(Reject::from); // 4
     if let Ok((endpoint, _)) = route {
         cx.endpoint = endpoint;
     }
@@ -255,14 +255,14 @@ async fn decide(
     shared.metrics.store_duration.observe(store_start.elapsed().as_secs_f64());
     // The limiter has no metrics of its own: a store that could not answer
     // shows here as a degraded decision (fail_open) or a 503 (fail_closed).
-    if matches!(&decision, Ok(d) if d.degraded) || matches!(&decision, Err(Reject::ServiceUnavailable { .. })) {
+    if matches!(&decision, Ok(d) if d.degraded) || decision.is_err() {
         shared.metrics.store_errors.inc();
     }
-    let decision = decision?;
+    let decision = decision.map_err(Reject::from)?;
     cx.decision = Some(decision);
-    if !decision.allowed {
+    if let Some(refusal) = decision.refusal() {
         if !tenant.shadow {
-            return Err(decision.reject());
+            return Err(Reject::from(refusal));
         }
         tracing::info!(tenant = %tenant.name, endpoint = endpoint.as_str(), request_id = cx.request_id.as_str(), "shadow: would answer 429");
     }

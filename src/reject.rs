@@ -3,6 +3,10 @@
 //! Steps return `Err(Reject)`; `proxy::handle` turns it into a response with
 //! [`Reject::into_response`]. Keeping the closed set here means the status
 //! codes, the helpdesk's error codes and their wording cannot drift apart.
+//! Modules below this one in the imports answer with data instead (the
+//! limiter's `Refusal` and `StoreUnavailable`, `endpoint::RouteError`); the
+//! `From` impls here turn that data into the refusal, so `limiter` and
+//! `endpoint` do not depend on `reject` and no import circle runs through it.
 
 use std::fmt::{self, Write as _};
 use std::time::Duration;
@@ -12,8 +16,10 @@ use http::{Response, StatusCode};
 use serde::Serializer as _;
 
 use crate::body::{self, Body};
+use crate::endpoint::RouteError;
+use crate::fields::Fields;
 use crate::head::names::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
-use crate::headers::Fields;
+use crate::limiter::{Refusal, StoreUnavailable};
 use crate::upstream::UpstreamError;
 
 /// Content type of every error body the gateway writes.
@@ -206,6 +212,32 @@ impl Reject {
     }
 }
 
+/// Step 4's refusals: a path that cannot be normalised, a method not allowed.
+impl From<RouteError> for Reject {
+    fn from(e: RouteError) -> Reject {
+        match e {
+            RouteError::BadPath(message) => Reject::BadRequest { field: "path", message: message.to_owned() },
+            RouteError::MethodNotAllowed { allow } => Reject::MethodNotAllowed { allow },
+        }
+    }
+}
+
+/// The 429 for a call the limiter refused: the same policy and seconds its
+/// `Retry-After` (`headers::render`) shows.
+impl From<Refusal> for Reject {
+    fn from(r: Refusal) -> Reject {
+        let p = r.policy;
+        Reject::RateLimited { policy: p.name, quota: p.quota, window_s: p.window_s, retry_after_s: r.retry_after_s }
+    }
+}
+
+/// The 503 for a store that cannot answer under `fail_closed`.
+impl From<StoreUnavailable> for Reject {
+    fn from(e: StoreUnavailable) -> Reject {
+        Reject::ServiceUnavailable { retry_after_s: e.retry_after_s }
+    }
+}
+
 /// [`Reject::message`] as text written where it goes (the JSON body's
 /// string, escaped on the way), without a `String` of its own.
 struct Message<'a>(&'a Reject);
@@ -334,6 +366,53 @@ mod tests {
             "You have exceeded the ticket_list endpoint limit of 400 API credits per 60 seconds. Retry after 3 \
              seconds (see the Retry-After header); X-RateLimit-Remaining shows what is left."
         );
+    }
+
+    /// A 429's `Retry-After` is written by the refusal (`fields`) or by the
+    /// rate-limit headers (`headers::render`), whichever comes first, and its
+    /// body names a wait too: all three must say the same whole seconds, and
+    /// the body must name the policy that keeps the call out longest.
+    #[test]
+    fn a_429s_body_and_retry_after_agree_whoever_writes_the_header() {
+        use crate::limiter::{Decision, Policy, PolicyState};
+        let state = |name, quota, retry_ms| PolicyState {
+            policy: Policy { name, quota, window_s: 60 },
+            remaining: 1,
+            reset_ms: 4_000,
+            retry_ms,
+        };
+        // (account's wait, the endpoint's wait) → the seconds and policy told.
+        for (account, endpoint, seconds, policy) in [
+            (Some(1), None, "1", "account limit of 50"),
+            (Some(1_000), None, "1", "account limit of 50"),
+            (Some(1_001), None, "2", "account limit of 50"),
+            (Some(9_001), Some(2_000), "10", "account limit of 50"),
+            (Some(2_000), Some(59_999), "60", "ticket_list endpoint limit of 20"),
+            // The cost exceeds the quota: the window's length.
+            (None, Some(u64::MAX), "60", "ticket_list endpoint limit of 20"),
+        ] {
+            let d = Decision {
+                allowed: false,
+                cost: 3,
+                account: state("account", 50, account),
+                endpoint: Some(state("ticket_list", 20, endpoint)),
+                degraded: false,
+            };
+            let reject = Reject::from(d.refusal().expect("refused"));
+            let mut refusal_first = reject.clone().into_response();
+            crate::headers::render(&d, refusal_first.headers_mut());
+            let mut headers_first = HeaderMap::new();
+            crate::headers::render(&d, &mut headers_first);
+            reject.fields(&mut headers_first);
+            for h in [refusal_first.headers(), &headers_first] {
+                assert_eq!(h.get_all(&RETRY_AFTER).iter().collect::<Vec<_>>(), [seconds], "{d:?}");
+            }
+            let mut body = Vec::new();
+            reject.write_body(&mut body);
+            let body = String::from_utf8(body).unwrap();
+            assert!(body.contains(&format!("Retry after {seconds} seconds")), "{body}");
+            assert!(body.contains(policy), "{body}");
+        }
     }
 
     #[test]

@@ -1,14 +1,49 @@
 //! Host → tenant (SPEC §3 step 1): canonical domain, vanity host or unknown.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::head::names::HOST;
 use crate::head::{self, RequestHead};
 
-use crate::config::Tenant;
+use crate::config::{Config, Tenant};
+use crate::host;
+use crate::metrics::TenantSeries;
 use crate::reject::Reject;
-use crate::state::{HostEntry, HostKind};
+
+/// How a host relates to its tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// The tenant's `domain`: API calls are served.
+    Canonical,
+    /// One of its `vanity_hosts`: fine for the portal, refused for `/api/`.
+    Vanity,
+}
+
+/// What a host leads to.
+#[derive(Debug, Clone)]
+pub struct HostEntry {
+    pub tenant: Arc<Tenant>,
+    pub kind: HostKind,
+    /// The tenant's metric series (one per tenant, shared by its hosts).
+    pub series: Arc<TenantSeries>,
+}
+
+/// Every configured host (normalised by `config`, as [`normalize_host`]
+/// normalises requests) → what it leads to, for a new `Snapshot`.
+pub fn host_table(config: &Config) -> HashMap<String, HostEntry> {
+    let mut hosts = HashMap::with_capacity(config.tenants.len() * 2);
+    for t in &config.tenants {
+        let series = Arc::new(TenantSeries::default());
+        let entry = |kind| HostEntry { tenant: t.clone(), kind, series: series.clone() };
+        hosts.insert(t.domain.clone(), entry(HostKind::Canonical));
+        for v in &t.vanity_hosts {
+            hosts.insert(v.clone(), entry(HostKind::Vanity));
+        }
+    }
+    hosts
+}
 
 /// The host the downstream asked for, normalised (lower-case, no port, no
 /// trailing dot). RFC 9112 §3.2.2: with an absolute-form target (and in h2's
@@ -34,39 +69,9 @@ fn bad_host(message: &str) -> Reject {
     Reject::BadRequest { field: "Host", message: message.to_owned() }
 }
 
-/// Lower-cases and strips `:port` and one trailing dot; refuses userinfo.
+/// [`host::normalize_host`] as step 1 answers it: a 400 on the field `Host`.
 pub fn normalize_host(raw: &str) -> Result<Cow<'_, str>, Reject> {
-    if raw.contains('@') {
-        return Err(bad_host("The Host must not carry user information."));
-    }
-    let host = if let Some(rest) = raw.strip_prefix('[') {
-        // IPv6 literal: keep the brackets, drop the port.
-        match rest.find(']') {
-            Some(end) => &raw[..end + 2],
-            None => return Err(bad_host("The Host is not a valid host name.")),
-        }
-    } else {
-        match raw.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            Some(_) => return Err(bad_host("The Host is not a valid host name.")),
-            None => raw,
-        }
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
-        return Err(bad_host("The Host is empty."));
-    }
-    // Outside an IPv6 literal, a colon or bracket left after the port is
-    // gone (`]:81]:80`), or a second trailing dot (`a..`), is no host name;
-    // refusing them keeps this a fixed point.
-    if !host.starts_with('[') && (host.ends_with('.') || host.bytes().any(|b| matches!(b, b':' | b'[' | b']'))) {
-        return Err(bad_host("The Host is not a valid host name."));
-    }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Ok(Cow::Owned(host.to_ascii_lowercase()))
-    } else {
-        Ok(Cow::Borrowed(host))
-    }
+    host::normalize_host(raw).map_err(|e| bad_host(e.message()))
 }
 
 /// Step 1: the tenant whose canonical domain the call used, given what the
@@ -86,17 +91,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_case_and_a_trailing_dot_are_ignored() {
-        for raw in ["acme.freshdesk.com", "ACME.freshdesk.com:443", "acme.freshdesk.com.", "Acme.Freshdesk.Com.:8080"] {
-            assert_eq!(normalize_host(raw).unwrap(), "acme.freshdesk.com", "{raw}");
-        }
-        assert_eq!(normalize_host("[::1]:8080").unwrap(), "[::1]");
-    }
-
-    #[test]
-    fn userinfo_and_garbage_ports_are_refused() {
+    fn a_bad_host_is_a_400_on_the_host_field() {
         for raw in ["user@acme.freshdesk.com", "acme.freshdesk.com:x", "", ":80", "[::1"] {
-            assert!(normalize_host(raw).is_err(), "{raw}");
+            assert!(matches!(normalize_host(raw), Err(Reject::BadRequest { field: "Host", .. })), "{raw}");
         }
     }
 

@@ -6,11 +6,11 @@
 //!   request head to and reads an answer head from, for a plain-HTTP upstream.
 //!
 //! Both pools idle and size alike ([`POOL_IDLE_TIMEOUT`], [`POOL_MAX_IDLE`]),
-//! both send the fields [`fields`] rules, and both fail with one
+//! both send the fields [`forwarding`] rules, and both fail with one
 //! [`UpstreamError`].
 
 pub mod chunked;
-pub mod fields;
+pub mod forwarding;
 pub mod hyper;
 pub mod raw;
 

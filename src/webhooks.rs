@@ -54,7 +54,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::app::StartError;
 use crate::config::{LimiterConfig, WebhooksConfig};
 use crate::metrics::Name;
 use crate::server::{self, ListenerOptions};
@@ -62,6 +61,18 @@ use crate::state::Shared;
 
 use deliver::Outbound;
 use queue::Queue;
+
+/// Why the webhook listener could not start. Its own type, so this module
+/// does not depend on `app`, which starts it; `app::StartError` wraps it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("rate-limit store: {0}")]
+    Store(String),
+}
 
 /// Deliveries one replica runs at once (claims beyond this wait).
 const MAX_CONCURRENT_DELIVERIES: usize = 64;

@@ -23,6 +23,7 @@ use super::{
     StoreKind, Tenant, TlsFiles, UpstreamConfig, WebhooksConfig,
 };
 use crate::endpoint::Endpoint;
+use crate::host::{normalize_host, HostError};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -573,26 +574,8 @@ fn plans(src: &Source, raw: BTreeMap<Spanned<String>, RawPlan>) -> Result<BTreeM
     Ok(plans)
 }
 
-/// Lower-case, no `:port`, no trailing dot: how hosts are stored and compared
-/// (SPEC §3 step 1 ignores port, case and a trailing dot in `Host`).
-pub fn normalize_host(host: &str) -> String {
-    let h = host.trim();
-    let h = if h.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop what follows `]`.
-        match h.find(']') {
-            Some(i) => &h[..=i],
-            None => h,
-        }
-    } else {
-        match h.rfind(':') {
-            Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
-            _ => h,
-        }
-    };
-    let h = h.strip_suffix('.').unwrap_or(h);
-    h.to_ascii_lowercase()
-}
-
+/// Beyond what [`normalize_host`] refuses, a configured host must be a
+/// plain DNS name or an IPv6 literal: it is the key a request must match.
 fn is_valid_host(h: &str) -> bool {
     if h.starts_with('[') {
         return h.len() > 2 && h.ends_with(']') && h[1..h.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
@@ -653,19 +636,21 @@ impl<'p> TenantSet<'p> {
         for (v, what) in
             std::iter::once((&raw.domain, "domain")).chain(raw.vanity_hosts.iter().map(|v| (v, "vanity host")))
         {
-            let host = normalize_host(v.get_ref());
-            if host.is_empty() {
-                return Err(src.at(v, format!("{owner}: {what} must not be empty")));
-            }
-            if !is_valid_host(&host) {
-                return Err(src.at(
-                    v,
-                    format!(
-                        "{owner}: invalid {what} \"{}\" (expected a host name like acme.freshdesk.com)",
-                        v.get_ref()
-                    ),
-                ));
-            }
+            // Stored in the form requests are normalised to (`tenant`
+            // normalises them with the same function), or no request finds it.
+            let host = match normalize_host(v.get_ref().trim()) {
+                Ok(h) if is_valid_host(&h) => h.into_owned(),
+                Err(HostError::Empty) => return Err(src.at(v, format!("{owner}: {what} must not be empty"))),
+                _ => {
+                    return Err(src.at(
+                        v,
+                        format!(
+                            "{owner}: invalid {what} \"{}\" (expected a host name like acme.freshdesk.com)",
+                            v.get_ref()
+                        ),
+                    ))
+                }
+            };
             claims.push((host, v));
         }
         for (i, (host, v)) in claims.iter().enumerate() {
@@ -1091,7 +1076,34 @@ mod tests {
         );
         assert_eq!(c.tenants[0].domain, "acme.freshdesk.com");
         assert_eq!(c.tenants[0].vanity_hosts, ["support.acme.com", "help.acme.com"]);
-        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+    }
+
+    /// Whatever spelling the file uses, the host is stored as a request for
+    /// any spelling of it is normalised (`tenant::normalize_host`), so the
+    /// request finds its tenant.
+    #[test]
+    fn a_configured_host_is_stored_as_requests_for_it_are_normalised() {
+        let spellings = [
+            ("acme.freshdesk.com", "ACME.freshdesk.com:443"),
+            ("ACME.Freshdesk.com.", "acme.freshdesk.com"),
+            ("acme.freshdesk.com:8443", "Acme.Freshdesk.Com.:80"),
+            (" acme.freshdesk.com ", "acme.freshdesk.com."),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]:443"),
+        ];
+        for (configured, requested) in spellings {
+            let c = load_str(&format!("[[tenant]]\nname = \"acme\"\ndomain = \"{configured}\"\nplan = \"pro\"\n"));
+            let stored = &c.tenants[0].domain;
+            let asked = crate::tenant::normalize_host(requested).unwrap();
+            assert_eq!(stored, &*asked, "configured {configured:?}, requested {requested:?}");
+            assert_eq!(crate::tenant::normalize_host(stored).unwrap(), **stored, "{stored:?} is not a fixed point");
+        }
+        // A spelling requests are refused for is refused in the file too:
+        // it would be stored as a host no request can reach.
+        for configured in ["acme.freshdesk.com..", "acme.freshdesk.com:x", "user@acme.freshdesk.com", "a:b:80"] {
+            let e = error(&format!("[[tenant]]\nname = \"acme\"\ndomain = \"{configured}\"\nplan = \"pro\"\n"));
+            assert!(e.contains("invalid domain"), "{configured:?}: {e}");
+        }
     }
 
     #[test]

@@ -23,11 +23,11 @@
 
 use std::borrow::Cow;
 
-use crate::reject::Reject;
+use super::RouteError;
 
 /// Normalises a request path (without query); see the module docs for the
 /// canonical form and what is refused.
-pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, RouteError> {
     if is_canonical(raw) {
         return Ok(Cow::Borrowed(raw));
     }
@@ -49,8 +49,8 @@ pub fn names_api(normalized: &str) -> bool {
     cut.is_some_and(|i| first[..i].eq_ignore_ascii_case("api"))
 }
 
-fn bad(message: impl Into<String>) -> Reject {
-    Reject::BadRequest { field: "path", message: message.into() }
+fn bad(message: &'static str) -> RouteError {
+    RouteError::BadPath(message)
 }
 
 /// RFC 3986 §2.3 unreserved characters.
@@ -120,7 +120,7 @@ fn is_canonical(raw: &str) -> bool {
 }
 
 /// Decodes one segment: unreserved escapes decoded, others uppercased.
-fn decode_segment(seg: &str) -> Result<String, Reject> {
+fn decode_segment(seg: &str) -> Result<String, RouteError> {
     let b = seg.as_bytes();
     let mut out = String::with_capacity(seg.len());
     let mut j = 0;
@@ -176,7 +176,7 @@ fn decode_segment(seg: &str) -> Result<String, Reject> {
 }
 
 /// The slow path: builds the canonical form, or refuses.
-fn rebuild(raw: &str) -> Result<String, Reject> {
+fn rebuild(raw: &str) -> Result<String, RouteError> {
     let Some(rest) = raw.strip_prefix('/') else {
         return Err(bad("The request path must start with '/', e.g. /api/v2/tickets."));
     };
@@ -230,10 +230,7 @@ mod tests {
     fn refused(raw: &str) -> String {
         match normalize_path(raw) {
             Ok(p) => panic!("{raw:?} was accepted as {p:?}"),
-            Err(Reject::BadRequest { field, message }) => {
-                assert_eq!(field, "path", "{raw:?}");
-                message
-            }
+            Err(RouteError::BadPath(message)) => message.to_owned(),
             Err(other) => panic!("{raw:?} gave {other:?}, not a 400"),
         }
     }

@@ -1,4 +1,15 @@
-//! The one seam between the shared decision logic and a backend (SPEC §4).
+//! What a backend promises (SPEC §4): judge an [`Ask`] and charge it
+//! atomically, answering a [`Decision`] or a [`StoreError`]. Both stores
+//! implement [`Store`], and the benches drive them through it.
+//!
+//! `Limiter` does not dispatch through this trait: it matches on the closed
+//! `AnyStore` enum, because the two backends are not used alike. The memory
+//! store is called synchronously (`MemoryStore::acquire_now`: no future, no
+//! deadline, no circuit, nothing that can fail), while the Redis store gets a
+//! deadline, the deny cache and the circuit breaker around it. A trait
+//! object would box a future per call, and a generic `Limiter` would spread
+//! a type parameter over everything that holds one; the enum costs one
+//! branch. A third backend means a variant there and an impl here.
 
 use std::future::Future;
 

@@ -18,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{fields, Connector, Forwarding, UpstreamError};
+use super::{forwarding, Connector, Forwarding, UpstreamError};
 use crate::body::{Body, BoxError};
 
 /// hyper's pooled client to the upstream.
@@ -57,7 +57,7 @@ impl HyperClient {
             .map_err(|_| UpstreamError::Protocol)?;
         // Whatever the downstream spoke (h2 included), the pool speaks HTTP/1.1.
         parts.version = Version::HTTP_11;
-        fields::edit_request(&mut parts.headers, f);
+        forwarding::edit_request(&mut parts.headers, f);
 
         // The request body: cut when the client pauses longer than
         // `body_idle` (else a trickling upload holds this connection and an
@@ -84,7 +84,7 @@ impl HyperClient {
         };
         let rsp = rsp.map_err(|e| classify_error(&e))?;
         let (mut parts, incoming) = rsp.into_parts();
-        fields::strip_hop_by_hop(&mut parts.headers);
+        forwarding::strip_hop_by_hop(&mut parts.headers);
         let body = IdleCut::new(incoming, self.timeout, |idle| {
             BoxError::from(format!("upstream body stalled for {} ms", idle.as_millis()))
         });

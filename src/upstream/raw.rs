@@ -14,10 +14,10 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::chunked::Chunked;
-use super::{fields, UpstreamError, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE};
+use super::{forwarding, UpstreamError, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE};
+use crate::fields::RawFields;
 use crate::h1::{self, Date};
 use crate::head;
-use crate::headers::RawFields;
 
 /// An upstream head larger than this is refused (502), as hyper's client would.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -295,7 +295,7 @@ impl Exchange<'_> {
         let options = connection.next().map(|(_, value)| value);
         let more_options = connection.next().is_some();
         let named = |name: &[u8]| {
-            let listed = |value: &[u8]| fields::lists(value, name);
+            let listed = |value: &[u8]| forwarding::lists(value, name);
             match options {
                 None => false,
                 Some(value) if !more_options => listed(value),
@@ -320,7 +320,7 @@ impl Exchange<'_> {
             // `Transfer-Encoding` goes with it; every other hop-by-hop field stays.
             let relayed_framing =
                 name.eq_ignore_ascii_case(b"transfer-encoding") && matches!(self.head.framing, Framing::Chunked);
-            if ours_too || (fields::is_hop_by_hop(name) && !relayed_framing) || named(name) {
+            if ours_too || (forwarding::is_hop_by_hop(name) && !relayed_framing) || named(name) {
                 continue;
             }
             // With Transfer-Encoding the length is not the framing (RFC 9112
