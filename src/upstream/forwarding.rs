@@ -22,7 +22,7 @@
 //! from the message with the same name ..., and then remove the Connection
 //! header field itself".
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::Method;
 
 use super::Forwarding;
@@ -33,29 +33,34 @@ use crate::head::{self, RequestFields};
 /// Hop-by-hop fields, dropped both ways whatever `Connection` says: the ones
 /// RFC 9110 §7.6.1 names, `Transfer-Encoding` (the framing is each hop's
 /// own) and the legacy ones proxies drop (`Keep-Alive`, `Proxy-Connection`).
-pub static HOP_BY_HOP: [&HeaderName; 9] = [
-    &CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &PROXY_AUTHENTICATE,
-    &PROXY_AUTHORIZATION,
-    &TE,
-    &TRAILER,
-    &head::names::TRANSFER_ENCODING,
-    &UPGRADE,
+/// Lower-case names, compared as bytes: every field of every call on the
+/// fast path meets this table, and a `HeaderName` comparison costs a lookup
+/// of its text.
+pub static HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static PROXY_AUTHENTICATE: HeaderName = header::PROXY_AUTHENTICATE;
-static PROXY_AUTHORIZATION: HeaderName = header::PROXY_AUTHORIZATION;
-static TE: HeaderName = header::TE;
-static TRAILER: HeaderName = header::TRAILER;
-static UPGRADE: HeaderName = header::UPGRADE;
+/// The lower-case first letter of a field name: most fields are told apart
+/// from the tables here by it alone.
+fn initial(name: &[u8]) -> u8 {
+    name.first().map_or(0, u8::to_ascii_lowercase)
+}
+
+fn is_any(name: &[u8], table: &[&str]) -> bool {
+    table.iter().any(|t| name.eq_ignore_ascii_case(t.as_bytes()))
+}
 
 /// Whether `name` is in [`HOP_BY_HOP`].
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|h| head::is(name, h))
+    matches!(initial(name), b'c' | b'k' | b'p' | b't' | b'u') && is_any(name, &HOP_BY_HOP)
 }
 
 /// Whether a `Connection` value lists `name` as one of its options.
@@ -65,8 +70,10 @@ pub fn lists(connection: &[u8], name: &[u8]) -> bool {
 
 /// Request fields the gateway sets itself on every forwarded call, in place
 /// of the downstream's.
+static SET_HERE: [&str; 5] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "host", "x-request-id"];
+
 fn set_here(name: &[u8]) -> bool {
-    [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST, &HOST, &X_REQUEST_ID].iter().any(|n| head::is(name, n))
+    matches!(initial(name), b'h' | b'x') && is_any(name, &SET_HERE)
 }
 
 /// Fields naming a method other than the request's: Rack's and others'
@@ -77,8 +84,13 @@ pub static METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-meth
 /// hop-by-hop fields and those [`set_here`]), for a call `f` describes.
 pub fn withheld(name: &[u8], f: &Forwarding<'_>) -> bool {
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-    name.contains(&b'_')
-        || is("forwarded")
+    if name.contains(&b'_') {
+        return true;
+    }
+    if !matches!(initial(name), b'f' | b't' | b'x') {
+        return false;
+    }
+    is("forwarded")
         || is("front-end-https")
         || (name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") && !set_here(name))
         || (!f.peer_trusted && (is("x-real-ip") || is("true-client-ip")))
@@ -186,6 +198,9 @@ pub fn write_request_head(
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let told = Told::of(fields, f);
+    // A field `Connection` names is hop-by-hop too. The fast path, the one
+    // writer of raw heads, hands every head with `Connection` to hyper, so
+    // this finds none there (and costs one scan of the fields).
     let connection = fields.has(&CONNECTION);
     for (name, value) in fields.all() {
         if set_here(name)
@@ -220,6 +235,7 @@ pub fn write_request_head(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
     use std::time::Duration;
 
     use crate::head::RequestId;

@@ -17,7 +17,6 @@ use super::chunked::Chunked;
 use super::{forwarding, UpstreamError, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE};
 use crate::fields::RawFields;
 use crate::h1::{self, Date};
-use crate::head;
 
 /// An upstream head larger than this is refused (502), as hyper's client would.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -277,7 +276,8 @@ impl Exchange<'_> {
     /// Whether the answer carries a field named `name`.
     pub fn has(&self, name: &HeaderName) -> bool {
         let Some(conn) = &self.conn else { return false };
-        conn.fields.iter().any(|f| head::is(&conn.buf[f.name.clone()], name))
+        let name = name.as_str().as_bytes();
+        conn.fields.iter().any(|f| conn.buf[f.name.clone()].eq_ignore_ascii_case(name))
     }
 
     /// The downstream head: the upstream's status and fields, minus
