@@ -98,6 +98,13 @@ impl Gateway {
         let admin_addr =
             admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.admin.listen, source })?;
         let mut metrics = Metrics::new();
+        // Counted by the raw pool itself: it alone knows it sent a call again.
+        let resends = upstream.raw.as_ref().map_or_else(Default::default, |p| p.resends().clone());
+        metrics.registry_mut().register(
+            "deskgate_upstream_resends",
+            "Calls sent again on a new upstream connection because writing them to a pooled one failed (the upstream never received them)",
+            resends,
+        );
         let webhooks = match &config.webhooks {
             Some(w) => {
                 Some(Webhooks::bind(w, &config.limiter, WebhookMetrics::register(metrics.registry_mut())).await?)

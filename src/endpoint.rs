@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use http::Method;
 use percent_encoding::percent_decode_str;
 
-pub use normalize::{is_api, names_api, normalize_path};
+pub use normalize::{has_params, is_api, names_api, normalize_path};
 
 /// Ceiling of a call's cost: a query with thousands of `include` items must
 /// not overflow, nor cost more than any plan's budget could ever hold.
@@ -94,9 +94,16 @@ enum Resource {
 }
 
 impl Resource {
-    /// `path` is normalised, so the prefix is exactly `/api/v2/`.
+    /// `path` is normalised, so the prefix is exactly `/api/v2/`. A `.json`
+    /// format suffix names the same resource (Rails routes `tickets.json`
+    /// and `tickets/42.json` as the ticket list and ticket 42), so it is
+    /// classified and priced as that resource; the path is forwarded as sent.
     fn of(path: &str) -> Option<Resource> {
         let rest = path.strip_prefix("/api/v2/")?;
+        let rest = match rest.len().checked_sub(5) {
+            Some(i) if rest.is_char_boundary(i) && rest[i..].eq_ignore_ascii_case(".json") => &rest[..i],
+            _ => rest,
+        };
         let (collection, id) = match rest.split_once('/') {
             Some((c, id)) => (c, Some(id)),
             None => (rest, None),
@@ -364,6 +371,19 @@ mod tests {
         let q: String = (0..600).map(|i| format!("include=x{i}&")).collect();
         assert_eq!(route("GET", "/api/v2/tickets", Some(&q)).1, MAX_COST);
         assert_eq!(route("GET", "/api/v2/tickets/1", Some(&q)).1, 601);
+    }
+
+    #[test]
+    fn a_json_format_suffix_is_the_resource_it_names() {
+        assert_eq!(route("GET", "/api/v2/tickets.json", Some("include=a,b,c")), (Endpoint::TicketList, 7));
+        assert_eq!(route("GET", "/api/v2/tickets/42.json", Some("include=a,b")), (Endpoint::Other, 3));
+        assert_eq!(route("PUT", "/api/v2/tickets/42.JSON", None), (Endpoint::TicketUpdate, 1));
+        assert_eq!(route("POST", "/api/v2/tickets.json", None), (Endpoint::TicketCreate, 1));
+        assert_eq!(route("GET", "/api/v2/contacts.json", None), (Endpoint::ContactList, 1));
+        assert_eq!(allow("PATCH", "/api/v2/tickets.json"), "GET, POST");
+        // Not a format suffix of a known resource: `other` at cost 1.
+        assert_eq!(route("GET", "/api/v2/tickets/.json", Some("include=a")), (Endpoint::Other, 1));
+        assert_eq!(route("GET", "/api/v2/ticketsjson", None), (Endpoint::Other, 1));
     }
 
     #[test]

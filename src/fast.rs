@@ -301,18 +301,13 @@ impl<'c, 'b> Wire for FastWire<'c, 'b, '_> {
         let path = fwd.path.unwrap_or(req.path);
         forwarding::write_request_head(out, &req.method, path, req.query, req, fwd, self.ip);
         out.extend_from_slice(self.body);
-        // Sent again on a fresh socket only if repeating it is harmless.
-        let idempotent = matches!(
-            req.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-        );
         // Let the other connections with a request ready get this far first:
         // the upstream is then woken once for a burst of requests instead of once
         // per request, which on a shared core cuts context switches per call by a
         // third (BENCHMARKS.md). It costs one trip through the run queue, which
         // counts as the gateway's time, not the upstream's.
         tokio::task::yield_now().await;
-        self.pool.exchange(out, idempotent, req.method == Method::HEAD, upstream_timer.as_mut()).await
+        self.pool.exchange(out, req.method == Method::HEAD, upstream_timer.as_mut()).await
     }
 
     fn status(answer: &Exchange<'c>) -> u16 {

@@ -221,7 +221,7 @@ async fn decide(
     if !tenant.api_access {
         return Err(Reject::RequireFeature { plan: tenant.plan.clone() }); // 3
     }
-    if path.contains(';') || path.contains("%3B") {
+    if endpoint::has_params(path) {
         return Err(Reject::BadRequest {
             field: "path",
             message: "Path parameters (`;`) are not accepted in API paths.".to_owned(),

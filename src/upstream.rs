@@ -101,6 +101,10 @@ pub fn pooled_client(
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(idle_timeout)
         .pool_max_idle_per_host(max_idle_per_host)
+        // The raw pool's limits on an answer head, so both clients relay
+        // (or refuse, 502) the same answers.
+        .http1_max_buf_size(raw::MAX_RESPONSE_HEAD)
+        .http1_max_headers(raw::MAX_RESPONSE_HEADERS)
         .build(connector))
 }
 

@@ -232,6 +232,104 @@ pub fn write_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// How an upstream answer's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerBody {
+    /// No body: an answer to `HEAD`, a 204, a 304 or an interim answer.
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes (`Transfer-Encoding` not ending in
+    /// `chunked`, or no framing at all); the downstream connection closes
+    /// after it.
+    UntilClose,
+}
+
+/// An upstream answer the gateway will not relay: 502.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadAnswer;
+
+/// The one reading of an upstream answer's framing, for both clients: the
+/// downstream must be able to read the answer exactly as the upstream sent
+/// it, and nothing of it may be left on a pooled connection for the next
+/// tenant's call. Refused (502): a `101` the gateway never asked for, and a
+/// `Content-Length` that is not one plain number (`+5`, `5, 6`; repeats of
+/// one number are that number). With `Transfer-Encoding`, `Content-Length`
+/// is not the framing and is not relayed ([`relays_length`]).
+pub fn answer_body<'a>(
+    status: u16,
+    head_only: bool,
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<AnswerBody, BadAnswer> {
+    if status == 101 {
+        return Err(BadAnswer);
+    }
+    let mut length: Option<u64> = None;
+    let mut coded: Option<bool> = None;
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for n in value.split(|&b| b == b',') {
+                let n = plain_length(n.trim_ascii()).ok_or(BadAnswer)?;
+                match length {
+                    Some(m) if m != n => return Err(BadAnswer),
+                    _ => length = Some(n),
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value.rsplit(|&b| b == b',').next().map(<[u8]>::trim_ascii);
+            coded = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        }
+    }
+    Ok(if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+        AnswerBody::None
+    } else {
+        match (coded, length) {
+            (Some(true), _) => AnswerBody::Chunked,
+            (Some(false), _) | (None, None) => AnswerBody::UntilClose,
+            (None, Some(n)) => AnswerBody::Length(n),
+        }
+    })
+}
+
+/// Whether an answer's `Content-Length` goes downstream (as one number):
+/// not beside `Transfer-Encoding`, and never on a 204 or an interim answer
+/// (RFC 9110 §8.6); on a 304 or an answer to `HEAD` it describes the body
+/// the request did not ask for, and passes.
+pub fn relays_length(status: u16, head_only: bool, body: AnswerBody, chunked_or_coded: bool) -> bool {
+    !chunked_or_coded
+        && status != 204
+        && status >= 200
+        && (matches!(body, AnswerBody::Length(_)) || head_only || status == 304)
+}
+
+/// One decimal number, digits only (no sign, no spaces inside).
+fn plain_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// hyper's answer head, made what [`answer_body`] says may be relayed:
+/// `Content-Length` one number or gone, hop-by-hop fields gone, the version
+/// the gateway speaks.
+pub fn edit_answer(parts: &mut http::response::Parts, head_only: bool) -> Result<(), BadAnswer> {
+    let h = &mut parts.headers;
+    let status = parts.status.as_u16();
+    let body = answer_body(status, head_only, h.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())))?;
+    let coded = h.contains_key(&head::names::TRANSFER_ENCODING);
+    let length = h
+        .get(&head::names::CONTENT_LENGTH)
+        .and_then(|v| v.as_bytes().split(|&b| b == b',').next().map(<[u8]>::trim_ascii).and_then(plain_length));
+    h.remove(&head::names::CONTENT_LENGTH);
+    if let (Some(n), true) = (length, relays_length(status, head_only, body, coded)) {
+        h.insert(head::names::CONTENT_LENGTH.clone(), HeaderValue::from(n));
+    }
+    strip_hop_by_hop(h);
+    parts.version = http::Version::HTTP_11;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@ impl HyperClient {
         mut parts: Parts,
         incoming: Incoming,
     ) -> Result<Response<Body>, UpstreamError> {
+        let head_only = parts.method == http::Method::HEAD;
         let path = f.path.unwrap_or(parts.uri.path());
         let pq = match parts.uri.query() {
             Some(q) => {
@@ -84,7 +85,7 @@ impl HyperClient {
         };
         let rsp = rsp.map_err(|e| classify_error(&e))?;
         let (mut parts, incoming) = rsp.into_parts();
-        forwarding::strip_hop_by_hop(&mut parts.headers);
+        forwarding::edit_answer(&mut parts, head_only).map_err(|_| UpstreamError::Protocol)?;
         let body = IdleCut::new(incoming, self.timeout, |idle| {
             BoxError::from(format!("upstream body stalled for {} ms", idle.as_millis()))
         });

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::header::HeaderName;
 use http::StatusCode;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -19,8 +20,8 @@ use crate::fields::RawFields;
 use crate::h1::{self, Date};
 
 /// An upstream head larger than this is refused (502), as hyper's client would.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-const MAX_RESPONSE_HEADERS: usize = 100;
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+pub const MAX_RESPONSE_HEADERS: usize = 100;
 
 struct Conn {
     stream: TcpStream,
@@ -42,11 +43,18 @@ pub struct Pool {
     connect_timeout: Duration,
     timeout: Duration,
     idle: Mutex<Vec<Conn>>,
+    /// Requests sent again on a fresh connection (`deskgate_upstream_resends_total`).
+    resends: Counter,
 }
 
 impl Pool {
     pub fn new(authority: String, connect_timeout: Duration, timeout: Duration) -> Pool {
-        Pool { authority, connect_timeout, timeout, idle: Mutex::new(Vec::new()) }
+        Pool { authority, connect_timeout, timeout, idle: Mutex::new(Vec::new()), resends: Counter::default() }
+    }
+
+    /// Counts requests sent again (see [`Pool::exchange`]), for the metrics.
+    pub fn resends(&self) -> &Counter {
+        &self.resends
     }
 
     /// The response-head timeout (and the longest pause inside a body).
@@ -95,37 +103,40 @@ impl Pool {
         Ok(Conn { stream, buf: Vec::with_capacity(4096), fields: Vec::with_capacity(16), idle_since: Instant::now() })
     }
 
-    /// Writes the request (head and any small body) and reads the response head, within the
-    /// upstream timeout. A request that meets a pooled socket the upstream
-    /// had already closed (nothing at all came back) is sent once more on a
-    /// new connection, if repeating it is safe.
+    /// Writes the request (head and any small body) and reads the response
+    /// head, within the upstream timeout.
+    ///
+    /// A request is sent again, once, on a new connection only when the
+    /// upstream provably never received it: writing it to a pooled socket
+    /// failed (a socket found closed or readable at checkout is never
+    /// used). A socket that takes the request and then closes without an
+    /// answer may have run it: that is a 502, never a second execution
+    /// charged once.
     pub async fn exchange(
         &self,
         request: &[u8],
-        idempotent: bool,
         head_only: bool,
         mut timer: Pin<&mut Sleep>,
     ) -> Result<Exchange<'_>, UpstreamError> {
         // The caller's timer, reused call after call (see `fast::serve`).
         timer.as_mut().reset(Instant::now() + self.timeout);
         let attempt = async {
-            for retry in [true, false] {
+            for first in [true, false] {
                 let (mut conn, reused) = match self.checkout() {
                     Some(c) => (c, true),
                     None => (self.connect().await?, false),
                 };
-                let may_retry = retry && reused && idempotent;
                 if conn.stream.write_all(request).await.is_err() {
-                    if may_retry {
+                    if first && reused {
+                        self.resends.inc();
                         continue;
                     }
                     return Err(UpstreamError::Protocol);
                 }
-                match read_response_head(&mut conn, head_only).await {
-                    Ok(head) => return Ok((conn, head)),
-                    Err(ReadError::ClosedEarly) if may_retry => continue,
-                    Err(_) => return Err(UpstreamError::Protocol),
-                }
+                return match read_response_head(&mut conn, head_only).await {
+                    Ok(head) => Ok((conn, head)),
+                    Err(Broken) => Err(UpstreamError::Protocol),
+                };
             }
             Err(UpstreamError::Protocol)
         };
@@ -138,11 +149,8 @@ impl Pool {
     }
 }
 
-enum ReadError {
-    /// The socket closed before a single byte of the answer.
-    ClosedEarly,
-    Broken,
-}
+/// The upstream's answer cannot be relayed: 502.
+struct Broken;
 
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy)]
@@ -160,9 +168,11 @@ struct ResponseHead {
     framing: Framing,
     /// The upstream keeps the connection open after this answer.
     reusable: bool,
+    /// The answer's `Content-Length`, when it goes downstream (one number).
+    relayed_length: Option<u64>,
 }
 
-async fn read_response_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, ReadError> {
+async fn read_response_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, Broken> {
     conn.buf.clear();
     loop {
         if !conn.buf.is_empty() {
@@ -173,17 +183,15 @@ async fn read_response_head(conn: &mut Conn, head_only: bool) -> Result<Response
                     continue;
                 }
                 Some(head) => return Ok(head),
-                None if conn.buf.len() >= MAX_RESPONSE_HEAD => return Err(ReadError::Broken),
+                None if conn.buf.len() >= MAX_RESPONSE_HEAD => return Err(Broken),
                 None => {}
             }
         }
         if conn.buf.capacity() - conn.buf.len() < 1024 {
             conn.buf.reserve(4096);
         }
-        let was_empty = conn.buf.is_empty();
         match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) | Err(_) if was_empty => return Err(ReadError::ClosedEarly),
-            Ok(0) | Err(_) => return Err(ReadError::Broken),
+            Ok(0) | Err(_) => return Err(Broken),
             Ok(_) => {}
         }
     }
@@ -191,17 +199,17 @@ async fn read_response_head(conn: &mut Conn, head_only: bool) -> Result<Response
 
 /// Parses a response head at the start of `buf`; when it is complete, `at`
 /// says where its fields are, so the head is parsed only once.
-fn parse_response(buf: &[u8], head_only: bool, at: &mut Vec<FieldAt>) -> Result<Option<ResponseHead>, ReadError> {
+fn parse_response(buf: &[u8], head_only: bool, at: &mut Vec<FieldAt>) -> Result<Option<ResponseHead>, Broken> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut rsp = httparse::Response::new(&mut fields);
     let len = match rsp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(ReadError::Broken),
+        Err(_) => return Err(Broken),
     };
-    let status = rsp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(ReadError::Broken)?;
+    let status = rsp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(Broken)?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ReadError::Broken);
+        return Err(Broken);
     }
     let mut reusable = rsp.version == Some(1);
     // httparse's slices point into `buf`: their offsets are their ranges.
@@ -211,53 +219,37 @@ fn parse_response(buf: &[u8], head_only: bool, at: &mut Vec<FieldAt>) -> Result<
         let (name, value) = (offset(f.name.as_bytes()), offset(f.value));
         FieldAt { name: name..name + f.name.len(), value: value..value + f.value.len() }
     }));
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut encoded = false;
-    for f in rsp.headers.iter() {
-        if f.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(f.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
-            match (n, length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
-                _ => return Err(ReadError::Broken),
-            }
-        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
-            encoded = true;
-            chunked = f
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if f.name.eq_ignore_ascii_case("connection")
-            && f.value.split(|&b| b == b',').any(|o| o.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
+    let fields = || rsp.headers.iter().map(|f| (f.name.as_bytes(), f.value));
+    let body = forwarding::answer_body(status.as_u16(), head_only, fields()).map_err(|_| Broken)?;
+    let (mut length, mut coded) = (None, false);
+    for (name, value) in fields() {
+        if name.eq_ignore_ascii_case(b"connection") && forwarding::lists(value, b"close") {
             reusable = false;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            // `answer_body` has checked it is one number, however often repeated.
+            length =
+                value.split(|&b| b == b',').next().and_then(|n| std::str::from_utf8(n.trim_ascii()).ok()?.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            coded = true;
         }
     }
-    let bodiless = head_only
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || status.is_informational();
-    let framing = if bodiless {
-        Framing::Length(0)
-    } else if encoded {
-        // RFC 9112 §6.3: Transfer-Encoding wins over Content-Length.
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::Close
+    let relayed_length = length.filter(|_| forwarding::relays_length(status.as_u16(), head_only, body, coded));
+    let framing = match body {
+        // Late bytes after an answer without a body (a buggy upstream's
+        // body to a HEAD, a 204 or a 304) would reach the next call on this
+        // socket, maybe another tenant's: such a socket is not reused.
+        forwarding::AnswerBody::None => {
+            reusable &= status.is_informational();
+            Framing::Length(0)
         }
-    } else {
-        match length {
-            Some(n) => Framing::Length(n),
-            None => Framing::Close,
-        }
+        forwarding::AnswerBody::Length(n) => Framing::Length(n),
+        forwarding::AnswerBody::Chunked => Framing::Chunked,
+        forwarding::AnswerBody::UntilClose => Framing::Close,
     };
     if matches!(framing, Framing::Close) {
         reusable = false;
     }
-    Ok(Some(ResponseHead { status, len, framing, reusable }))
+    Ok(Some(ResponseHead { status, len, framing, reusable, relayed_length }))
 }
 
 /// One answered exchange: the head is parsed, the body not yet copied.
@@ -313,6 +305,7 @@ impl Exchange<'_> {
             initials[usize::from(name.as_bytes()[0])] = true;
         }
         let mut dated = false;
+        let mut relayed_length = self.head.relayed_length;
         for (name, value) in fields.clone() {
             let ours_too =
                 name.first().is_some_and(|&c| initials[usize::from(c.to_ascii_lowercase())] && ours.has(name));
@@ -325,7 +318,11 @@ impl Exchange<'_> {
             }
             // With Transfer-Encoding the length is not the framing (RFC 9112
             // §6.3); passing both on would invite the downstream to disagree.
-            if name.eq_ignore_ascii_case(b"content-length") && !matches!(self.head.framing, Framing::Length(_)) {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                // One number, once, when it is relayed at all (`forwarding::relays_length`).
+                if let Some(n) = relayed_length.take() {
+                    h1::write_field(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+                }
                 continue;
             }
             dated |= name.eq_ignore_ascii_case(b"date");
