@@ -134,6 +134,13 @@ fn answers(path: &str) -> Answer {
         "/api/v2/tickets?shape=bad-chunks" => {
             Answer::Close(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabc".to_vec())
         }
+        "/api/v2/tickets?shape=cased" => Answer::KeepOpen(
+            format!("HTTP/1.1 200 OK\r\nX-Upstream-Case: Kept\r\ncontent-length: {}\r\n\r\n", body.len())
+                .into_bytes()
+                .into_iter()
+                .chain(body.iter().copied())
+                .collect(),
+        ),
         "/api/v2/tickets?shape=garbage" => Answer::Close(b"SMTP ready\r\n\r\n".to_vec()),
         "/api/v2/tickets?shape=hang" => Answer::Hang,
         _ => Answer::KeepOpen(
@@ -528,4 +535,23 @@ async fn the_client_sees_the_same_refusals_from_both_paths() {
     }
     // Nothing refused reached the upstream.
     assert_eq!(up.heads.lock().unwrap().len(), 3);
+}
+
+/// `[server] fast_path = false` serves a plain call — one the fast path would
+/// take — through hyper. The one difference a client can see: the fast path
+/// copies the upstream's field names as sent, hyper writes them lower case.
+#[tokio::test]
+async fn fast_path_false_in_config_serves_plain_calls_through_hyper() {
+    let up = scripted(answers).await;
+    for (fast_path, field) in [(true, "\r\nX-Upstream-Case: Kept\r\n"), (false, "\r\nx-upstream-case: Kept\r\n")] {
+        let gw = gateway(up.addr, &format!("fast_path = {fast_path}"), TENANTS).await;
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(get("/api/v2/tickets?shape=cased").as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(5), read_head(&mut s, &mut buf)).await.unwrap().unwrap();
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains(field), "fast_path = {fast_path}: {head}");
+    }
+    assert_eq!(up.heads.lock().unwrap().len(), 2);
 }
