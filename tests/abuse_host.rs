@@ -4,23 +4,12 @@
 //! nor get an API call through a vanity host.
 
 mod support;
-mod support_faults;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::*;
-use support_faults::*;
 
 const WAIT: Duration = Duration::from_secs(3);
-
-/// Account credits used now by `tenant`, read from the admin view (cost 0).
-async fn used(admin: SocketAddr, tenant: &str) -> u64 {
-    let c = client();
-    let got = get(&c, admin, "localhost", &format!("/tenants/{tenant}")).await;
-    let v = got.json();
-    v["windows"][0]["used"].as_u64().unwrap_or_else(|| panic!("no account window: {v}"))
-}
 
 fn request(target: &str, host_lines: &str) -> Vec<u8> {
     format!("GET {target} HTTP/1.1\r\n{host_lines}Authorization: Basic eDp4\r\nConnection: close\r\n\r\n").into_bytes()

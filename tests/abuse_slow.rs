@@ -6,7 +6,6 @@
 //! baseline.
 
 mod support;
-mod support_faults;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use support::faults::*;
 use support::*;
-use support_faults::*;
 
 const HOST: &str = "acme.freshdesk.com";
 const HEADER_TIMEOUT_MS: u64 = 500;
@@ -191,7 +190,7 @@ async fn clients_that_vanish_mid_download_release_the_upstream() {
             }
         }
         drop(s);
-        let ok = eventually(Duration::from_secs(5), || up.open.load(Ordering::SeqCst) == 0).await;
+        let ok = eventually(Duration::from_secs(5), || std::future::ready(up.open.load(Ordering::SeqCst) == 0)).await;
         assert!(ok, "download {i}: the gateway kept the upstream connection after the client left");
     }
     // The upstream stopped being read: it wrote a bounded amount per download.

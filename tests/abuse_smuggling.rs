@@ -5,12 +5,11 @@
 //! request into what the gateway took for one.
 
 mod support;
-mod support_faults;
 
 use std::time::Duration;
 
+use support::faults::*;
 use support::*;
-use support_faults::*;
 
 const HOST: &str = "acme.freshdesk.com";
 const WAIT: Duration = Duration::from_secs(3);

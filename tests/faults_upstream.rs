@@ -6,13 +6,12 @@
 //! `connect_timeout_ms = 500`.)
 
 mod support;
-mod support_faults;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use support::faults::*;
 use support::*;
-use support_faults::*;
 
 const HOST: &str = "acme.freshdesk.com";
 const TIMEOUT: Duration = Duration::from_millis(1000);
@@ -64,7 +63,7 @@ async fn a_reset_before_the_headers_is_502() {
         let reply = one_call(&gw, "reset before headers").await;
         assert_json_error(&reply, 502, "bad_gateway", "reset before headers");
     }
-    assert!(eventually(Duration::from_secs(2), || up.open.load(Ordering::SeqCst) == 0).await);
+    assert!(eventually(Duration::from_secs(2), || std::future::ready(up.open.load(Ordering::SeqCst) == 0)).await);
     base.assert_returned("reset before headers", 2, Duration::from_secs(5)).await;
 }
 
@@ -88,7 +87,7 @@ async fn headers_that_never_come_are_504_after_timeout_ms() {
     }
     // The gateway hangs up on the silent upstream rather than pooling it.
     assert!(
-        eventually(Duration::from_secs(3), || up.open.load(Ordering::SeqCst) == 0).await,
+        eventually(Duration::from_secs(3), || std::future::ready(up.open.load(Ordering::SeqCst) == 0)).await,
         "upstream connections still open: {}",
         up.open.load(Ordering::SeqCst)
     );
@@ -164,7 +163,7 @@ async fn a_stalled_body_is_cut_after_timeout_ms_of_silence() {
     assert_eq!(reply.status(), 200, "{}", &reply.text[..reply.text.len().min(300)]);
     assert!(reply.closed, "a stalled body kept the downstream open for {:?}", reply.elapsed);
     assert!(reply.elapsed < BOUND, "cut after {:?}", reply.elapsed);
-    assert!(eventually(Duration::from_secs(2), || up.open.load(Ordering::SeqCst) == 0).await);
+    assert!(eventually(Duration::from_secs(2), || std::future::ready(up.open.load(Ordering::SeqCst) == 0)).await);
     base.assert_returned("stalled body", 2, Duration::from_secs(5)).await;
 }
 

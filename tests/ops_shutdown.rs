@@ -2,12 +2,12 @@
 //! SIGTERM/SIGINT stop accepting, in-flight calls (a slow upload among them)
 //! finish, the process exits 0 within the grace.
 
-mod support_ops;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support_ops::*;
+use support::ops::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -67,7 +67,7 @@ async fn sigterm_stops_accepting_lets_a_slow_upload_and_a_slow_answer_finish_the
     assert!(raw.starts_with("HTTP/1.1 200"), "upload answer: {raw}\n{}", gw.log());
     assert!(raw.contains(&format!(r#""bytes":{UPLOAD}"#)), "upstream got a partial body: {raw}");
     let answer = slow_answer.await.expect("slow answer task");
-    assert_eq!(answer.status, http::StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.status, http::StatusCode::OK, "{}", answer.text());
 
     gw.assert_exits_cleanly(Duration::from_secs(6));
     assert!(term_at.elapsed() < Duration::from_secs(5), "slower than the grace");

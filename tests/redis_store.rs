@@ -3,9 +3,7 @@
 //! `redis-server` on PATH the tests print a line and pass, unless
 //! `DESKGATE_REQUIRE_REDIS=1`.
 
-mod support {
-    pub mod redis;
-}
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

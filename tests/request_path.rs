@@ -16,7 +16,7 @@ async fn setup() -> (RecordingUpstream, TestGateway, TestClient) {
     (up, gw, client())
 }
 
-fn assert_refused(got: &Got, status: u16, code: &str) {
+fn assert_refused(got: &Reply, status: u16, code: &str) {
     assert_eq!(got.status.as_u16(), status, "{:?}", got.body);
     assert_eq!(got.header("content-type"), "application/json; charset=utf-8");
     let body = got.json();
