@@ -42,19 +42,26 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn an_unknown_host_is_404_and_never_forwarded() {
+        let logs = Logs::capture();
         let (up, gw, c) = setup(PATH).await;
         assert_refused(&get(&c, gw.addr, "nobody.example.com", "/api/v2/tickets").await, 404, "unknown_host");
         assert_eq!(up.count(), 0);
+        assert_refusal_counted(&gw, Some(&logs), "unknown", "other", 404, "unknown_host", 1).await;
     }
 
     #[tokio::test]
     async fn a_vanity_host_is_refused_before_budget_and_names_the_domain() {
+        let logs = Logs::capture();
         let (up, gw, c) = setup(PATH).await;
         let got = get(&c, gw.addr, "Support.Acme.com.:8080", "/api/v2/tickets").await;
         assert_refused(&got, 403, "vanity_host_not_supported");
         assert!(got.json()["message"].as_str().unwrap().contains("https://acme.freshdesk.com"));
         assert!(got.headers.get("x-ratelimit-remaining").is_none());
         assert_eq!(up.count(), 0);
+        assert_refusal_counted(&gw, Some(&logs), "acme", "other", 403, "vanity_host_not_supported", 1).await;
+        let ids = logs.assert_refused("acme", "vanity_host_not_supported", 403, 1);
+        assert_eq!(ids[0], got.header("x-request-id"), "the log line names the call's request id");
+        assert_eq!(used(gw.admin, "acme").await, 0);
         // The portal on a vanity host is fine.
         assert_eq!(get(&c, gw.addr, "support.acme.com", "/support/home").await.status, 200);
         assert_eq!(up.count(), 1);
@@ -68,11 +75,13 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn a_plan_without_api_access_is_require_feature() {
+        let logs = Logs::capture();
         let (up, gw, c) = setup(PATH).await;
         let got = get(&c, gw.addr, "seedling.freshdesk.com", "/api/v2/tickets").await;
         assert_refused(&got, 403, "require_feature");
         assert!(got.json()["message"].as_str().unwrap().contains("sprout"));
         assert_eq!(up.count(), 0);
+        assert_refusal_counted(&gw, Some(&logs), "seedling", "other", 403, "require_feature", 1).await;
     }
 
     #[tokio::test]
@@ -123,21 +132,28 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn a_call_without_credentials_is_401_in_the_helpdesk_wording() {
+        let logs = Logs::capture();
         let (up, gw, c) = setup(PATH).await;
         let got = call(&c, gw.addr, "GET", ACME, "/api/v2/tickets", &[("authorization", "Digest x")], b"").await;
         assert_refused(&got, 401, "invalid_credentials");
         assert_eq!(got.json()["message"], "You have to be logged in to perform this action.");
         assert_eq!(up.count(), 0);
+        assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_list", 401, "invalid_credentials", 1).await;
+        assert_eq!(used(gw.admin, "acme").await, 0);
     }
 
     #[tokio::test]
     async fn an_accept_that_excludes_json_is_406() {
+        let logs = Logs::capture();
         let (up, gw, c) = setup(PATH).await;
         assert_refused(
             &call(&c, gw.addr, "GET", ACME, "/api/v2/tickets", &[("accept", "application/xml")], b"").await,
             406,
             "invalid_accept_header",
         );
+        assert_eq!(up.count(), 0);
+        assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_list", 406, "invalid_accept_header", 1).await;
+        assert_eq!(used(gw.admin, "acme").await, 0);
         for ok in ["application/json", "application/*", "*/*", "text/html, application/json;q=0.5"] {
             assert_eq!(call(&c, gw.addr, "GET", ACME, "/api/v2/tickets", &[("accept", ok)], b"").await.status, 200, "{ok}");
         }
@@ -282,6 +298,7 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn a_429_is_never_charged_and_says_which_budget_ran_out() {
+        let logs = Logs::capture();
         let (up, gw, c) = setup(PATH).await;
         let tiny = "tiny.freshdesk.com";
         for _ in 0..3 {
@@ -297,6 +314,8 @@ support::on_both_paths! {
             assert_eq!(got.header("x-ratelimit-remaining"), "2");
             assert!(got.header("ratelimit").starts_with("\"ticket_list\";r=0;t="));
         }
+        assert_refusal_counted(&gw, Some(&logs), "tiny", "ticket_list", 429, "rate_limit_exceeded", 5).await;
+        assert_eq!(used(gw.admin, "tiny").await, 3);
         // The 429s cost nothing: two account credits are still there for other endpoints.
         assert_eq!(get(&c, gw.addr, tiny, "/api/v2/contacts").await.status, 200);
         assert_eq!(get(&c, gw.addr, tiny, "/api/v2/contacts").await.status, 200);
@@ -387,7 +406,7 @@ support::on_both_paths! {
     #[tokio::test]
     async fn retry_after_is_never_early_on_a_rolling_window() {
         let up = RecordingUpstream::start().await;
-        let gw = gateway_on(PATH, 
+        let gw = gateway_on(PATH,
             up.addr,
             "",
             "[[tenant]]\nname = \"short\"\ndomain = \"short.freshdesk.com\"\nplan = \"trial\"\nper_minute = 2\nwindow_seconds = 4\n",
@@ -412,7 +431,7 @@ support::on_both_paths! {
     #[tokio::test]
     async fn shadow_mode_forwards_over_budget_calls_with_honest_headers() {
         let up = RecordingUpstream::start().await;
-        let gw = gateway_on(PATH, 
+        let gw = gateway_on(PATH,
             up.addr,
             "",
             "[[tenant]]\nname = \"dry\"\ndomain = \"dry.freshdesk.com\"\nplan = \"trial\"\nper_minute = 1\nshadow = true\n",

@@ -56,15 +56,24 @@ impl Logs {
         self.lines().into_iter().filter(|l| l["message"] == message).collect()
     }
 
-    /// Asserts exactly one `refused` line for `tenant` with `reason` and
-    /// `status` and a request id, and returns that id.
-    pub fn assert_one_refused(&self, tenant: &str, reason: &str, status: u16) -> String {
-        let refused: Vec<Value> =
-            self.events("refused").into_iter().filter(|l| l["tenant"] == tenant && l["reason"] == reason).collect();
-        assert_eq!(refused.len(), 1, "one refused line for {tenant}/{reason}, got {:?}", self.lines());
-        assert_eq!(refused[0]["status"], status, "{}", refused[0]);
-        let id = refused[0]["request_id"].as_str().unwrap_or_default().to_owned();
-        assert!(!id.is_empty(), "a refused line without request_id: {}", refused[0]);
-        id
+    /// The `refused` lines for `tenant` with `reason`.
+    pub fn refused(&self, tenant: &str, reason: &str) -> Vec<Value> {
+        self.events("refused").into_iter().filter(|l| l["tenant"] == tenant && l["reason"] == reason).collect()
+    }
+
+    /// Asserts `times` `refused` lines for `tenant` with `reason`, each with
+    /// `status` and a request id; returns the ids.
+    pub fn assert_refused(&self, tenant: &str, reason: &str, status: u16, times: usize) -> Vec<String> {
+        let lines = self.refused(tenant, reason);
+        assert_eq!(lines.len(), times, "refused lines for {tenant}/{reason}: {:?}", self.lines());
+        lines
+            .iter()
+            .map(|l| {
+                assert_eq!(l["status"], status, "{l}");
+                let id = l["request_id"].as_str().unwrap_or_default().to_owned();
+                assert!(!id.is_empty(), "a refused line without request_id: {l}");
+                id
+            })
+            .collect()
     }
 }

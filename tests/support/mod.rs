@@ -151,3 +151,37 @@ pub async fn gateway(upstream: SocketAddr, server_extra: &str, rest: &str) -> Te
     let gw = Gateway::start(cfg).await.unwrap();
     TestGateway { addr: gw.api_addr, admin: gw.admin_addr, gw, dir }
 }
+
+/// Asserts what one refused API call leaves behind on `gw`: its answer
+/// counted for the tenant (`deskgate_requests_total{tenant,endpoint,status}`),
+/// the refusal counted (`deskgate_rate_limited_total{tenant,endpoint}` for a
+/// 429, `deskgate_rejected_total{tenant,reason}` otherwise), each exactly
+/// `times`, and (when `logs` captured the gateway) one `refused` line with
+/// tenant, reason, status and request id.
+pub async fn assert_refusal_counted(
+    gw: &TestGateway,
+    logs: Option<&Logs>,
+    tenant: &str,
+    endpoint: &str,
+    status: u16,
+    reason: &str,
+    times: u32,
+) {
+    let samples = metrics::scrape(gw.admin).await;
+    let status_s = status.to_string();
+    let answered = metrics::value(
+        &samples,
+        "deskgate_requests_total",
+        &[("tenant", tenant), ("endpoint", endpoint), ("status", &status_s)],
+    );
+    assert_eq!(answered, Some(f64::from(times)), "deskgate_requests_total{{{tenant},{endpoint},{status}}}");
+    let refused = if status == 429 {
+        metrics::value(&samples, "deskgate_rate_limited_total", &[("tenant", tenant), ("endpoint", endpoint)])
+    } else {
+        metrics::value(&samples, "deskgate_rejected_total", &[("tenant", tenant), ("reason", reason)])
+    };
+    assert_eq!(refused, Some(f64::from(times)), "the refusal counter of {tenant}/{reason}");
+    if let Some(logs) = logs {
+        logs.assert_refused(tenant, reason, status, times as usize);
+    }
+}
