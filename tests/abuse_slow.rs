@@ -249,6 +249,27 @@ support::on_both_paths! {
         assert!(metrics.contains(r#"deskgate_upstream_errors_total{kind="downstream_stalled"} 2"#), "{metrics}");
     }
 
+    /// A small upload that stalls is a refusal like any other, on both
+    /// paths: answered 408, counted for its tenant, logged.
+    #[tokio::test]
+    #[ignore = "needs the one-lifecycle refactor"]
+    async fn a_small_upload_that_stalls_is_answered_408_counted_and_logged() {
+        let _serial = serial().await;
+        let logs = Logs::capture();
+        let up = RecordingUpstream::start().await;
+        let gw = slow_gateway(PATH, up.addr).await;
+        let (_, answer) = stalled_upload(gw.addr, 10, 3).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+        // The upload never completed upstream (the fast path never sends it).
+        let seen: Vec<usize> = up.seen.lock().unwrap().iter().map(|r| r.body_len).collect();
+        assert!(seen.iter().all(|&n| n < 10), "the upstream got {seen:?}");
+        if PATH == Path::Fast {
+            assert!(seen.is_empty(), "the fast path sent a body it had not read whole: {seen:?}");
+        }
+        assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_create", 408, "request_timeout", 1).await;
+    }
+
     #[tokio::test]
     async fn a_long_upload_that_keeps_moving_is_not_timed_out() {
         let _serial = serial().await;

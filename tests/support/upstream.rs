@@ -59,7 +59,7 @@ pub fn body_hash(mut h: u64, bytes: &[u8]) -> u64 {
 pub const BODY_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// An upstream that answers 200 JSON, records every request and counts
-/// connections. Paths starting `/slow` wait 2 s before answering headers;
+/// connections. `?request_id=ID` answers with its own `X-Request-Id: ID`. Paths starting `/slow` wait 2 s before answering headers;
 /// `/status/NNN` answers NNN with a `Location` and `Link`; responses carry
 /// hop-by-hop headers so tests can see they are stripped.
 #[derive(Clone)]
@@ -129,6 +129,10 @@ async fn answer(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<R
         *rsp.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(200)).unwrap_or(StatusCode::OK);
         rsp.headers_mut().insert("location", "/api/v2/tickets/99".parse().unwrap());
         rsp.headers_mut().insert("link", "<https://x/api/v2/tickets?page=2>; rel=\"next\"".parse().unwrap());
+    }
+    // `?request_id=ID`: the upstream answers with an `X-Request-Id` of its own.
+    if let Some(id) = parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("request_id="))) {
+        rsp.headers_mut().insert("x-request-id", id.parse().unwrap());
     }
     rsp.headers_mut().insert("content-type", "application/json".parse().unwrap());
     rsp.headers_mut().insert("keep-alive", "timeout=5".parse().unwrap());
