@@ -70,3 +70,63 @@ pub fn head(method: &str, host: &str, path: &str) -> String {
 pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     exchange(addr, bytes, wait).await.text
 }
+
+// ---------------------------------------------------------------- one answer at a time on a kept-alive connection
+
+/// Reads into `buf` until it holds a whole head; the head's length, or
+/// `None` if the peer closed first.
+pub async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Sends `req` on `s` and reads one answer: head, then a body framed by
+/// content-length, chunked or close.
+pub async fn exchange_on(s: &mut TcpStream, req: &str) -> (String, Vec<u8>) {
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_answer(s, req.starts_with("HEAD")).await
+}
+
+pub async fn read_more(s: &mut TcpStream, body: &mut Vec<u8>) -> usize {
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
+    body.extend_from_slice(&chunk[..n]);
+    n
+}
+
+pub async fn read_answer(s: &mut TcpStream, head_only: bool) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), read_head(s, &mut buf)).await.unwrap().expect("an answer");
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    let mut body = buf[end..].to_vec();
+    let length =
+        head.lines().find_map(|l| l.strip_prefix("content-length: ")).map(|v| v.trim().parse::<usize>().unwrap());
+    if head_only || head.starts_with("http/1.1 204") {
+        return (head, body);
+    }
+    if head.contains("transfer-encoding: chunked") {
+        while !body.ends_with(b"\r\n\r\n") || !body.windows(3).any(|w| w == b"0\r\n") {
+            if read_more(s, &mut body).await == 0 {
+                break;
+            }
+        }
+    } else if let Some(n) = length {
+        while body.len() < n {
+            if read_more(s, &mut body).await == 0 {
+                break;
+            }
+        }
+    } else {
+        while read_more(s, &mut body).await > 0 {}
+    }
+    (head, body)
+}

@@ -375,3 +375,77 @@ impl StrictUpstream {
         self.received().into_iter().filter(|r| r.complete).collect()
     }
 }
+
+// ---------------------------------------------------------------- an upstream that answers hand-written bytes
+
+/// An upstream that reads each request head and answers with the bytes
+/// `script` returns for its path; `Close` after the answer closes the socket.
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub heads: Arc<Mutex<Vec<String>>>,
+}
+
+pub enum Answer {
+    KeepOpen(Vec<u8>),
+    Close(Vec<u8>),
+    /// Never answers (and keeps the socket open).
+    Hang,
+}
+
+impl ScriptedUpstream {
+    pub async fn start(script: fn(&str) -> Answer) -> ScriptedUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (c, h) = (connections.clone(), heads.clone());
+        accept_loop(listener, move |mut s| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let h = h.clone();
+            async move {
+                {
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(end) = super::raw::read_head(&mut s, &mut buf).await else { return };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        // Skip a body of declared length (these tests never chunk one).
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
+                            .map_or(0, |v| v.parse::<usize>().unwrap());
+                        while buf.len() < length {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.drain(..length);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        h.lock().unwrap().push(head);
+                        match script(&path) {
+                            Answer::KeepOpen(bytes) => {
+                                if s.write_all(&bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Answer::Close(bytes) => {
+                                let _ = s.write_all(&bytes).await;
+                                return;
+                            }
+                            Answer::Hang => {
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        ScriptedUpstream { addr, connections, heads }
+    }
+}
