@@ -79,6 +79,7 @@ support::on_both_paths! {
             assert_eq!(up.received().len(), before, "{shape}: something reached the upstream");
         }
         assert_nothing_smuggled(&up, "all shapes");
+        assert_eq!(used(gw.admin, "acme").await, 0, "a framing error charges nothing");
     }
 
     /// RFC 9112 §6.3: with both `Transfer-Encoding` and `Content-Length`, a
@@ -208,6 +209,7 @@ support::on_both_paths! {
             }
         }
         assert!(up.received().is_empty());
+        assert_eq!(used(gw.admin, "acme").await, 0, "a 431 charges nothing");
         // 10 refusals of up to 1 MiB each: the gateway buffers at most hyper's
         // ~400 KiB read buffer per connection, and gives it back.
         let grown = rss_kib().saturating_sub(rss_before);
@@ -217,6 +219,7 @@ support::on_both_paths! {
     #[tokio::test]
     async fn a_declared_body_over_the_limit_is_413_before_a_byte_of_it_is_sent() {
         let _serial = serial().await;
+        let logs = Logs::capture();
         let (up, gw) = setup(PATH).await;
         // Only the head is sent: the answer must not wait for the 10 GB.
         let bytes = post("Content-Length: 10000000000\r\n", "");
@@ -224,6 +227,8 @@ support::on_both_paths! {
         assert_eq!(reply.status(), 413, "{}", reply.text);
         assert!(reply.elapsed < Duration::from_secs(2), "413 took {:?}", reply.elapsed);
         assert!(up.received().is_empty());
+        assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_create", 413, "payload_too_large", 1).await;
+        assert_eq!(used(gw.admin, "acme").await, 0);
     }
 
     #[tokio::test]

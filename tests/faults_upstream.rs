@@ -52,6 +52,9 @@ support::on_both_paths! {
         let reply = one_call(&gw, "refused").await;
         assert_json_error(&reply, 502, "bad_gateway", "refused");
         assert!(reply.elapsed < Duration::from_millis(500) + Duration::from_secs(2), "{:?}", reply.elapsed);
+        // Both calls (the warm-up and this one) were admitted, charged, and counted as 502s.
+        assert_refusal_counted(&gw, None, "acme", "ticket_list", 502, "bad_gateway", 2).await;
+        assert_eq!(used(gw.admin, "acme").await, 2);
         base.assert_returned("refused", 2, Duration::from_secs(5)).await;
     }
 
@@ -65,6 +68,9 @@ support::on_both_paths! {
             let reply = one_call(&gw, "reset before headers").await;
             assert_json_error(&reply, 502, "bad_gateway", "reset before headers");
         }
+        assert_eq!(up.requests.load(Ordering::SeqCst), 6, "each call reached the upstream once");
+        assert_refusal_counted(&gw, None, "acme", "ticket_list", 502, "bad_gateway", 6).await;
+        assert_eq!(used(gw.admin, "acme").await, 6);
         assert!(eventually(Duration::from_secs(2), || std::future::ready(up.open.load(Ordering::SeqCst) == 0)).await);
         base.assert_returned("reset before headers", 2, Duration::from_secs(5)).await;
     }
@@ -87,6 +93,8 @@ support::on_both_paths! {
             assert!(reply.elapsed >= TIMEOUT - Duration::from_millis(50), "504 too early: {:?}", reply.elapsed);
             assert!(reply.elapsed < BOUND, "504 after {:?}", reply.elapsed);
         }
+        assert_refusal_counted(&gw, None, "acme", "ticket_list", 504, "gateway_timeout", 21).await;
+        assert_eq!(used(gw.admin, "acme").await, 21);
         // The gateway hangs up on the silent upstream rather than pooling it.
         assert!(
             eventually(Duration::from_secs(3), || std::future::ready(up.open.load(Ordering::SeqCst) == 0)).await,

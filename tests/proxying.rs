@@ -111,6 +111,7 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn an_unreachable_upstream_is_502() {
+        let logs = Logs::capture();
         // Bind then drop: a port nobody listens on.
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let gw = gateway_on(PATH, port, "", TENANTS).await;
@@ -118,6 +119,9 @@ support::on_both_paths! {
         assert_eq!(got.status, 502);
         assert_eq!(got.json()["code"], "bad_gateway");
         assert_eq!(got.header("x-ratelimit-total"), "400");
+        // The call was admitted (and charged) before the upstream failed it.
+        assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_list", 502, "bad_gateway", 1).await;
+        assert_eq!(used(gw.admin, "acme").await, 1);
     }
 
     #[tokio::test]
