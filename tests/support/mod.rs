@@ -57,7 +57,8 @@ impl Path {
 /// Runs every test inside on both paths: the items are written twice, into
 /// `mod fast` and `mod hyper`, each with `const PATH: Path` set, so a failure
 /// reads `fast::NAME` or `hyper::NAME`. Helpers stay outside (reached with
-/// `use super::*`) and take the path as a parameter.
+/// `use super::*`) and take the path as a parameter. Inside, `mod hyper`
+/// hides the crate of that name: write `::hyper::` for it.
 macro_rules! on_both_paths {
     ($($item:item)*) => {
         mod fast {
