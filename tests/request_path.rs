@@ -86,6 +86,7 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn plain_http_is_ssl_required_when_https_is_required() {
+        let logs = Logs::capture();
         let up = RecordingUpstream::start().await;
         let gw = gateway_on(PATH, up.addr, "require_https = true\ntrusted_proxies = []", TENANTS).await;
         let c = client();
@@ -96,6 +97,8 @@ support::on_both_paths! {
         let got = call(&c, gw.addr, "GET", ACME, "/api/v2/tickets", &[("x-forwarded-proto", "https")], b"").await;
         assert_eq!(got.status, 403);
         assert_eq!(up.count(), 0);
+        assert_refusal_counted(&gw, Some(&logs), "acme", "other", 403, "ssl_required", 2).await;
+        assert_eq!(used(gw.admin, "acme").await, 0);
     }
 
     #[tokio::test]
@@ -109,6 +112,7 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn a_wrong_method_on_a_known_resource_is_405_with_allow() {
+        let logs = Logs::capture();
         let (up, gw, c) = setup(PATH).await;
         let got = call(&c, gw.addr, "DELETE", ACME, "/api/v2/tickets", &[], b"").await;
         assert_refused(&got, 405, "method_not_allowed");
@@ -128,6 +132,17 @@ support::on_both_paths! {
         .await;
         assert_eq!(got.status, 200);
         assert_eq!(up.count(), 1);
+        assert_eq!(logs.refused("acme", "method_not_allowed").len(), 2, "{:?}", logs.lines());
+        assert_eq!(
+            metrics::value(
+                &metrics::scrape(gw.admin).await,
+                "deskgate_rejected_total",
+                &[("tenant", "acme"), ("reason", "method_not_allowed")]
+            ),
+            Some(2.0)
+        );
+        // Only the admitted POST was charged.
+        assert_eq!(used(gw.admin, "acme").await, 1);
     }
 
     #[tokio::test]
@@ -186,6 +201,7 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn a_declared_body_over_the_limit_is_413_without_reading_it() {
+        let logs = Logs::capture();
         let up = RecordingUpstream::start().await;
         let gw = gateway_on(PATH, up.addr, "max_body_bytes = 1000", TENANTS).await;
         let head = format!(
@@ -196,6 +212,8 @@ support::on_both_paths! {
         assert!(out.starts_with("HTTP/1.1 413"), "{out}");
         assert!(out.contains("payload_too_large"), "{out}");
         assert_eq!(up.count(), 0);
+        assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_create", 413, "payload_too_large", 1).await;
+        assert_eq!(used(gw.admin, "acme").await, 0);
     }
 
     #[tokio::test]
