@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::eventually;
+use super::upstream::accept_loop;
 
 // ---------------------------------------------------------------- resource probes
 
@@ -89,14 +90,14 @@ impl FaultProxy {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let blackhole = Arc::new(AtomicBool::new(false));
         let (d, b) = (delay_ms.clone(), blackhole.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((down, _)) = listener.accept().await else { continue };
-                let Ok(up) = TcpStream::connect(target).await else { continue };
+        accept_loop(listener, move |down| {
+            let (d, b) = (d.clone(), b.clone());
+            async move {
+                let Ok(up) = TcpStream::connect(target).await else { return };
                 let (dr, dw) = down.into_split();
                 let (ur, uw) = up.into_split();
-                tokio::spawn(pipe(dr, uw, d.clone(), b.clone()));
-                tokio::spawn(pipe(ur, dw, Arc::new(AtomicU64::new(0)), b.clone()));
+                tokio::spawn(pipe(dr, uw, d, b.clone()));
+                tokio::spawn(pipe(ur, dw, Arc::new(AtomicU64::new(0)), b));
             }
         });
         FaultProxy { addr, delay_ms, blackhole }
