@@ -23,10 +23,7 @@ use redis_server::RedisServer;
 use support::{ask, names};
 
 async fn store(server: &RedisServer, batches: bool) -> RedisStore {
-    // Read once, when the store connects (edition 2021: no unsafe needed).
-    std::env::set_var("DESKGATE_REDIS_BATCH", if batches { "1" } else { "0" });
-    let store = RedisStore::connect(&StoreKind::Redis { url: server.url() }, "bench").await;
-    std::env::remove_var("DESKGATE_REDIS_BATCH");
+    let store = RedisStore::connect(&StoreKind::Redis { url: server.url() }, "bench", batches).await;
     store.expect("a store for the bench's redis-server")
 }
 

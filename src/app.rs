@@ -113,10 +113,11 @@ impl Gateway {
         };
         let webhooks_addr = webhooks.as_ref().map(|w| w.addr);
         let header_read_timeout = config.server.header_read_timeout;
+        // `[server] fast_path = false` sends every call through hyper (A/B
+        // measurements, and the tests that run each suite on both paths).
+        let fast_enabled = config.server.fast_path;
         let shared =
             Arc::new(Shared { snapshot: ArcSwap::from_pointee(Snapshot::new(config)), limiter, upstream, metrics });
-        // DESKGATE_FAST_PATH=0 sends every call through hyper (for A/B measurements).
-        let fast_enabled = std::env::var("DESKGATE_FAST_PATH").map_or(true, |v| v != "0");
         let fast = FastPath::new(shared.clone(), fast_enabled);
         let opts = ListenerOptions { header_read_timeout, tls: tls.clone(), fast };
         let (shutdown, rx) = watch::channel(false);

@@ -74,6 +74,10 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Whether plain-TCP HTTP/1.1 connections start on the hand-written fast
+    /// path (`src/fast.rs`); `false` sends every call through hyper, which
+    /// answers the same way (the A/B switch of the load bench and the tests).
+    pub fast_path: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +98,12 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// How long an idle upstream connection is kept for reuse: below the
+    /// common upstream keep-alive timeouts (nginx closes after 75 s), so the
+    /// gateway drops a socket before the upstream can close it under a request.
+    pub pool_idle_timeout: Duration,
+    /// How many idle upstream connections are kept for reuse.
+    pub pool_max_idle: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +126,9 @@ pub struct LimiterConfig {
     pub store_timeout: Duration,
     pub key_prefix: String,
     pub charge_invalid: bool,
+    /// Whether calls decided in the same turn of the event loop share one
+    /// `EVALSHA` (standalone Redis only: a cluster spreads tenants over slots).
+    pub redis_batch: bool,
 }
 
 #[derive(Debug, Clone)]

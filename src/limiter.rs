@@ -214,7 +214,7 @@ impl Limiter {
     pub async fn from_config(cfg: &LimiterConfig) -> Result<Arc<Limiter>, StoreError> {
         let store = match &cfg.store {
             StoreKind::Memory => AnyStore::Memory(MemoryStore::new()),
-            kind => AnyStore::Redis(RedisStore::connect(kind, &cfg.key_prefix).await?),
+            kind => AnyStore::Redis(RedisStore::connect(kind, &cfg.key_prefix, cfg.redis_batch).await?),
         };
         Ok(Arc::new(Limiter::new(store, cfg)))
     }

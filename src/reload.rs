@@ -114,15 +114,19 @@ fn restart_only_changes(old: &Config, new: &Config, listener_tls: bool) -> Vec<&
     check(old.server.listen != new.server.listen, "server.listen");
     check(listener_tls != new.server.tls.is_some(), "server.tls (on/off)");
     check(old.server.header_read_timeout != new.server.header_read_timeout, "server.header_read_timeout_ms");
+    check(old.server.fast_path != new.server.fast_path, "server.fast_path");
     check(old.admin.listen != new.admin.listen, "admin.listen");
     check(old.upstream.url != new.upstream.url, "upstream.url");
     check(old.upstream.ca_file != new.upstream.ca_file, "upstream.ca_file");
     check(old.upstream.connect_timeout != new.upstream.connect_timeout, "upstream.connect_timeout_ms");
     check(old.upstream.timeout != new.upstream.timeout, "upstream.timeout_ms");
+    check(old.upstream.pool_idle_timeout != new.upstream.pool_idle_timeout, "upstream.pool_idle_timeout_ms");
+    check(old.upstream.pool_max_idle != new.upstream.pool_max_idle, "upstream.pool_max_idle");
     check(old.limiter.store != new.limiter.store, "limiter.store");
     check(old.limiter.on_store_error != new.limiter.on_store_error, "limiter.on_store_error");
     check(old.limiter.store_timeout != new.limiter.store_timeout, "limiter.store_timeout_ms");
     check(old.limiter.key_prefix != new.limiter.key_prefix, "limiter.key_prefix");
+    check(old.limiter.redis_batch != new.limiter.redis_batch, "limiter.redis_batch");
     check(
         old.webhooks.is_some() != new.webhooks.is_some()
             || old.webhooks.as_ref().zip(new.webhooks.as_ref()).is_some_and(|(a, b)| a.listen != b.listen),
@@ -369,5 +373,25 @@ mod tests {
         assert!(!is_change(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
         assert!(is_change(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
         assert!(is_change(&EventKind::Modify(notify::event::ModifyKind::Any)));
+    }
+
+    #[test]
+    fn changing_a_switch_or_pool_setting_is_named_as_needing_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let load = |text: &str| {
+            let path = dir.path().join("deskgate.toml");
+            std::fs::write(&path, text).expect("write config");
+            Config::load(&path).expect("config loads")
+        };
+        let old = load("");
+        let new = load(
+            "[server]\nfast_path = false\n[upstream]\npool_idle_timeout_ms = 1000\npool_max_idle = 8\n\
+             [limiter]\nredis_batch = false\n",
+        );
+        assert_eq!(
+            restart_only_changes(&old, &new, false),
+            ["server.fast_path", "upstream.pool_idle_timeout_ms", "upstream.pool_max_idle", "limiter.redis_batch"]
+        );
+        assert!(restart_only_changes(&old, &old, false).is_empty());
     }
 }

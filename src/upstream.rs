@@ -5,9 +5,9 @@
 //! - [`raw`]: a pool of plain keep-alive sockets the fast path writes a
 //!   request head to and reads an answer head from, for a plain-HTTP upstream.
 //!
-//! Both pools idle and size alike ([`POOL_IDLE_TIMEOUT`], [`POOL_MAX_IDLE`]),
-//! both send the fields [`forwarding`] rules, and both fail with one
-//! [`UpstreamError`].
+//! Both pools idle and size alike (`[upstream] pool_idle_timeout_ms` and
+//! `pool_max_idle`), both send and read what [`forwarding`] rules, and both
+//! fail with one [`UpstreamError`].
 
 pub mod chunked;
 pub mod forwarding;
@@ -25,13 +25,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::head::RequestId;
-
-/// Idle upstream connections are closed after this long, in both pools:
-/// before common upstream keep-alive timeouts (nginx: 75 s) close one under
-/// a request.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-/// Idle upstream connections kept at most, in each pool.
-pub const POOL_MAX_IDLE: usize = 1024;
 
 /// Why the upstream exchange failed; the `kind` label of
 /// `deskgate_upstream_errors_total`.
@@ -137,12 +130,13 @@ pub struct Forwarding<'a> {
 impl Upstream {
     /// Builds both clients. Fails on an unreadable `ca_file`.
     pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
-        let client = pooled_client(cfg.connect_timeout, cfg.ca_file.as_deref(), POOL_IDLE_TIMEOUT, POOL_MAX_IDLE)?;
+        let (idle, max_idle) = (cfg.pool_idle_timeout, cfg.pool_max_idle);
+        let client = pooled_client(cfg.connect_timeout, cfg.ca_file.as_deref(), idle, max_idle)?;
         let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = cfg.url.authority().cloned().ok_or_else(|| "upstream url has no host".to_owned())?;
         let raw = (scheme == Scheme::HTTP).then(|| {
             let port = authority.port_u16().unwrap_or(80);
-            raw::Pool::new(format!("{}:{port}", authority.host()), cfg.connect_timeout, cfg.timeout)
+            raw::Pool::new(format!("{}:{port}", authority.host()), cfg.connect_timeout, cfg.timeout, idle, max_idle)
         });
         let hyper = hyper::HyperClient { client, scheme, authority, timeout: cfg.timeout };
         Ok(Upstream { hyper, raw, timeout: cfg.timeout })

@@ -2,104 +2,23 @@
 //! with hand-written bytes: every way an HTTP/1.1 answer can be framed, a
 //! keep-alive socket the upstream closes while it sits in the pool, small
 //! request bodies, and a connection that moves from the fast path to hyper
-//! halfway through.
+//! halfway through. These tests are about the fast path itself and its
+//! hand-over to hyper, so unlike the SPEC suites they run once, on the
+//! default config (fast path on); where they compare with hyper they send
+//! the call hyper takes (a `Connection` field) or start a gateway with
+//! `fast_path = false`.
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const ACME: &str = "acme.freshdesk.com";
 const AUTH: &str = "Authorization: Basic YXBpa2V5Olg=\r\n";
-
-/// An upstream that reads each request head and answers with the bytes
-/// `script` returns for its path; `Close` after the answer closes the socket.
-struct Scripted {
-    addr: std::net::SocketAddr,
-    connections: Arc<AtomicUsize>,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-enum Answer {
-    KeepOpen(Vec<u8>),
-    Close(Vec<u8>),
-    /// Never answers (and keeps the socket open).
-    Hang,
-}
-
-async fn scripted(script: fn(&str) -> Answer) -> Scripted {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let heads = Arc::new(Mutex::new(Vec::new()));
-    let (c, h) = (connections.clone(), heads.clone());
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            c.fetch_add(1, Ordering::SeqCst);
-            let h = h.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let Some(end) = read_head(&mut s, &mut buf).await else { return };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end);
-                    // Skip a body of declared length (these tests never chunk one).
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                        })
-                        .map_or(0, |v| v.parse::<usize>().unwrap());
-                    while buf.len() < length {
-                        let mut chunk = [0u8; 4096];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..length);
-                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-                    h.lock().unwrap().push(head);
-                    match script(&path) {
-                        Answer::KeepOpen(bytes) => {
-                            if s.write_all(&bytes).await.is_err() {
-                                return;
-                            }
-                        }
-                        Answer::Close(bytes) => {
-                            let _ = s.write_all(&bytes).await;
-                            return;
-                        }
-                        Answer::Hang => {
-                            tokio::time::sleep(Duration::from_secs(60)).await;
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Scripted { addr, connections, heads }
-}
-
-async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(i + 4);
-        }
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
 
 fn answers(path: &str) -> Answer {
     let body = br#"{"ok":true}"#;
@@ -134,6 +53,13 @@ fn answers(path: &str) -> Answer {
         "/api/v2/tickets?shape=bad-chunks" => {
             Answer::Close(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabc".to_vec())
         }
+        "/api/v2/tickets?shape=cased" => Answer::KeepOpen(
+            format!("HTTP/1.1 200 OK\r\nX-Upstream-Case: Kept\r\ncontent-length: {}\r\n\r\n", body.len())
+                .into_bytes()
+                .into_iter()
+                .chain(body.iter().copied())
+                .collect(),
+        ),
         "/api/v2/tickets?shape=garbage" => Answer::Close(b"SMTP ready\r\n\r\n".to_vec()),
         "/api/v2/tickets?shape=hang" => Answer::Hang,
         _ => Answer::KeepOpen(
@@ -146,59 +72,17 @@ fn answers(path: &str) -> Answer {
     }
 }
 
-/// Sends `req` on `s` and reads one answer: head, then a body framed by
-/// content-length, chunked or close.
-async fn exchange(s: &mut TcpStream, req: &str) -> (String, Vec<u8>) {
-    s.write_all(req.as_bytes()).await.unwrap();
-    read_answer(s, req.starts_with("HEAD")).await
-}
-
-async fn read_more(s: &mut TcpStream, body: &mut Vec<u8>) -> usize {
-    let mut chunk = [0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.unwrap().unwrap();
-    body.extend_from_slice(&chunk[..n]);
-    n
-}
-
-async fn read_answer(s: &mut TcpStream, head_only: bool) -> (String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let end = tokio::time::timeout(Duration::from_secs(5), read_head(s, &mut buf)).await.unwrap().expect("an answer");
-    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-    let mut body = buf[end..].to_vec();
-    let length =
-        head.lines().find_map(|l| l.strip_prefix("content-length: ")).map(|v| v.trim().parse::<usize>().unwrap());
-    if head_only || head.starts_with("http/1.1 204") {
-        return (head, body);
-    }
-    if head.contains("transfer-encoding: chunked") {
-        while !body.ends_with(b"\r\n\r\n") || !body.windows(3).any(|w| w == b"0\r\n") {
-            if read_more(s, &mut body).await == 0 {
-                break;
-            }
-        }
-    } else if let Some(n) = length {
-        while body.len() < n {
-            if read_more(s, &mut body).await == 0 {
-                break;
-            }
-        }
-    } else {
-        while read_more(s, &mut body).await > 0 {}
-    }
-    (head, body)
-}
-
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}\r\n")
 }
 
 #[tokio::test]
 async fn a_chunked_answer_passes_through_whole_and_its_connection_is_reused() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     let gw = gateway(up.addr, "", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     for _ in 0..3 {
-        let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=chunked")).await;
+        let (head, body) = exchange_on(&mut s, &get("/api/v2/tickets?shape=chunked")).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert!(head.contains("transfer-encoding: chunked"), "{head}");
         assert!(!head.contains("content-length"), "both framings passed on: {head}");
@@ -216,10 +100,10 @@ async fn a_chunked_answer_passes_through_whole_and_its_connection_is_reused() {
 
 #[tokio::test]
 async fn an_answer_delimited_by_close_is_copied_whole_and_the_connection_closes() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     let gw = gateway(up.addr, "", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=until-close")).await;
+    let (head, body) = exchange_on(&mut s, &get("/api/v2/tickets?shape=until-close")).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(body, b"[1,2,3]");
@@ -227,48 +111,49 @@ async fn an_answer_delimited_by_close_is_copied_whole_and_the_connection_closes(
 
 #[tokio::test]
 async fn hop_by_hop_fields_of_the_answer_are_dropped_and_interim_answers_skipped() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     let gw = gateway(up.addr, "", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=hop")).await;
+    let (head, body) = exchange_on(&mut s, &get("/api/v2/tickets?shape=hop")).await;
     assert!(head.starts_with("http/1.1 201 created"), "{head}");
     for gone in ["connection:", "x-secret:", "keep-alive:", "upgrade:"] {
         assert!(!head.contains(gone), "{gone} in {head}");
     }
     assert!(head.contains("x-kept: yes"), "{head}");
     assert_eq!(body, br#"{"ok":true}"#);
-    let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=hop2")).await;
+    let (head, body) = exchange_on(&mut s, &get("/api/v2/tickets?shape=hop2")).await;
     for gone in ["connection:", "x-one:", "x-two:"] {
         assert!(!head.contains(gone), "{gone} in {head}");
     }
     assert!(head.contains("x-kept: yes"), "{head}");
     assert_eq!(body, br#"{"ok":true}"#);
-    let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=continue")).await;
+    let (head, body) = exchange_on(&mut s, &get("/api/v2/tickets?shape=continue")).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(body, br#"{"ok":true}"#);
 }
 
 #[tokio::test]
 async fn a_head_request_gets_no_body_and_the_connection_stays_usable() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     let gw = gateway(up.addr, "", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let (head, body) = exchange(&mut s, &format!("HEAD /api/v2/tickets HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}\r\n")).await;
+    let (head, body) =
+        exchange_on(&mut s, &format!("HEAD /api/v2/tickets HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}\r\n")).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(body.is_empty(), "{body:?}");
-    let (head, body) = exchange(&mut s, &get("/api/v2/tickets")).await;
+    let (head, body) = exchange_on(&mut s, &get("/api/v2/tickets")).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert_eq!(body, br#"{"ok":true}"#);
 }
 
 #[tokio::test]
 async fn a_pooled_socket_the_upstream_closed_is_not_used_and_no_call_is_lost() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     let gw = gateway(up.addr, "", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     for _ in 0..5 {
         // The upstream answers with a length and then closes without saying so.
-        let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=closes-after")).await;
+        let (head, body) = exchange_on(&mut s, &get("/api/v2/tickets?shape=closes-after")).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert_eq!(body, br#"{"ok":true}"#);
     }
@@ -277,10 +162,10 @@ async fn a_pooled_socket_the_upstream_closed_is_not_used_and_no_call_is_lost() {
 
 #[tokio::test]
 async fn a_broken_upstream_gets_502_and_broken_chunks_end_the_downstream_stream() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     let gw = gateway(up.addr, "", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let (head, body) = exchange(&mut s, &get("/api/v2/tickets?shape=garbage")).await;
+    let (head, body) = exchange_on(&mut s, &get("/api/v2/tickets?shape=garbage")).await;
     assert!(head.starts_with("http/1.1 502"), "{head}");
     assert!(String::from_utf8_lossy(&body).contains("bad_gateway"), "{:?}", String::from_utf8_lossy(&body));
     // The head was already sent when the chunks broke: the stream is cut.
@@ -298,20 +183,20 @@ async fn a_broken_upstream_gets_502_and_broken_chunks_end_the_downstream_stream(
 /// allowance again, however long the connection has lived.
 #[tokio::test]
 async fn every_call_on_a_kept_alive_connection_gets_its_own_full_deadlines() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     // The upstream's timeout_ms is 1000 in these gateways.
     let gw = gateway(up.addr, "header_read_timeout_ms = 1000", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     // Idle for 0.6 s before each call: 1.8 s in all, longer than one allowance.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let (head, body) = exchange(&mut s, &get("/api/v2/tickets")).await;
+        let (head, body) = exchange_on(&mut s, &get("/api/v2/tickets")).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert_eq!(body, br#"{"ok":true}"#);
     }
     // An upstream that never answers: 504 after the full second, not at once.
     let asked = std::time::Instant::now();
-    let (head, _) = exchange(&mut s, &get("/api/v2/tickets?shape=hang")).await;
+    let (head, _) = exchange_on(&mut s, &get("/api/v2/tickets?shape=hang")).await;
     let waited = asked.elapsed();
     assert!(head.starts_with("http/1.1 504"), "{head}");
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(4), "504 after {waited:?}");
@@ -394,7 +279,7 @@ async fn a_small_body_may_arrive_in_pieces_and_a_refused_calls_body_is_skipped_n
     assert!(head.starts_with("http/1.1 415"), "{head}");
     assert!(String::from_utf8_lossy(&answer).contains("invalid_content_type"));
     // The connection is still in step: the next call is answered as itself.
-    let (head, answer) = exchange(&mut s, &get("/api/v2/tickets?after=1")).await;
+    let (head, answer) = exchange_on(&mut s, &get("/api/v2/tickets?after=1")).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(String::from_utf8_lossy(&answer).contains(r#""path":"/api/v2/tickets""#));
     let uris: Vec<String> = up.seen.lock().unwrap().iter().map(|r| r.uri.clone()).collect();
@@ -403,15 +288,15 @@ async fn a_small_body_may_arrive_in_pieces_and_a_refused_calls_body_is_skipped_n
 
 #[tokio::test]
 async fn the_upstream_sees_the_same_request_head_from_both_paths() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     let gw = gateway(up.addr, "", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     // Fast path: no body.
-    exchange(&mut s, &get("//API/v2/./tickets/?page=2")).await;
+    exchange_on(&mut s, &get("//API/v2/./tickets/?page=2")).await;
     // hyper (a Connection field is hyper's to honour): the same call.
     let req =
         format!("GET //API/v2/./tickets/?page=2 HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}connection: keep-alive\r\n\r\n");
-    exchange(&mut s, &req).await;
+    exchange_on(&mut s, &req).await;
     // Fast path with a small body; then hyper with a body above its limit.
     let small = post("/api/v2/tickets", JSON, b"{}");
     s.write_all(&small).await.unwrap();
@@ -440,12 +325,12 @@ async fn the_upstream_sees_the_same_request_head_from_both_paths() {
 /// for hyper into a header map: the client must not be able to tell which.
 #[tokio::test]
 async fn the_client_sees_the_same_answer_fields_from_both_paths() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     let gw = gateway(up.addr, "", TENANTS).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    let (fast, _) = exchange(&mut s, &get("/api/v2/tickets")).await;
+    let (fast, _) = exchange_on(&mut s, &get("/api/v2/tickets")).await;
     let req = format!("GET /api/v2/tickets HTTP/1.1\r\nHost: {ACME}\r\n{AUTH}connection: keep-alive\r\n\r\n");
-    let (slow, _) = exchange(&mut s, &req).await;
+    let (slow, _) = exchange_on(&mut s, &req).await;
     let fields = |h: &str| -> Vec<(String, String)> {
         let mut f: Vec<(String, String)> =
             h.lines().skip(1).filter_map(|l| l.split_once(": ")).map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
@@ -477,7 +362,7 @@ async fn the_client_sees_the_same_answer_fields_from_both_paths() {
 /// hyper as a response: status, fields and body must read the same.
 #[tokio::test]
 async fn the_client_sees_the_same_refusals_from_both_paths() {
-    let up = scripted(answers).await;
+    let up = ScriptedUpstream::start(answers).await;
     let gw = gateway(up.addr, "", TENANTS).await;
     // `connection: keep-alive` hands the connection to hyper for good: the
     // fast path's calls go on a connection of their own.
@@ -507,7 +392,7 @@ async fn the_client_sees_the_same_refusals_from_both_paths() {
     };
     let tiny = "tiny.freshdesk.com";
     for _ in 0..3 {
-        let (head, _) = exchange(&mut s, &both("", tiny, AUTH, "GET").0).await;
+        let (head, _) = exchange_on(&mut s, &both("", tiny, AUTH, "GET").0).await;
         assert!(head.starts_with("http/1.1 200"), "{head}");
     }
     let cases = [
@@ -519,8 +404,8 @@ async fn the_client_sees_the_same_refusals_from_both_paths() {
     ];
     for (extra, host, auth, method, status) in cases {
         let (fast, slow) = both(extra, host, auth, method);
-        let (fast_head, fast_body) = exchange(&mut s, &fast).await;
-        let (slow_head, slow_body) = exchange(&mut hyper_s, &slow).await;
+        let (fast_head, fast_body) = exchange_on(&mut s, &fast).await;
+        let (slow_head, slow_body) = exchange_on(&mut hyper_s, &slow).await;
         assert!(fast_head.starts_with(&format!("http/1.1 {status}")), "{fast_head}");
         assert!(fast_head.contains("\r\ndate: "), "{fast_head}");
         assert_eq!(fast_head.matches("\r\nretry-after: ").count(), usize::from(status == "429"), "{fast_head}");
@@ -528,4 +413,23 @@ async fn the_client_sees_the_same_refusals_from_both_paths() {
     }
     // Nothing refused reached the upstream.
     assert_eq!(up.heads.lock().unwrap().len(), 3);
+}
+
+/// `[server] fast_path = false` serves a plain call — one the fast path would
+/// take — through hyper. The one difference a client can see: the fast path
+/// copies the upstream's field names as sent, hyper writes them lower case.
+#[tokio::test]
+async fn fast_path_false_in_config_serves_plain_calls_through_hyper() {
+    let up = ScriptedUpstream::start(answers).await;
+    for (fast_path, field) in [(true, "\r\nX-Upstream-Case: Kept\r\n"), (false, "\r\nx-upstream-case: Kept\r\n")] {
+        let gw = gateway(up.addr, &format!("fast_path = {fast_path}"), TENANTS).await;
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(get("/api/v2/tickets?shape=cased").as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(5), read_head(&mut s, &mut buf)).await.unwrap().unwrap();
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains(field), "fast_path = {fast_path}: {head}");
+    }
+    assert_eq!(up.heads.lock().unwrap().len(), 2);
 }

@@ -9,7 +9,6 @@
 //! seen from the network, and `CLIENT PAUSE` is Redis's own.
 
 mod support;
-mod support_faults;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -17,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::faults::*;
 use support::redis::RedisServer;
 use support::*;
-use support_faults::*;
 
 const STORE_TIMEOUT_MS: u64 = 50;
 /// Per-call latency bound while the store misbehaves: the store timeout plus

@@ -10,13 +10,12 @@
 //! not slow the others more than an admitted one does.
 
 mod support;
-mod support_faults;
 
 use std::time::{Duration, Instant};
 
+use support::faults::*;
 use support::redis::RedisServer;
 use support::*;
-use support_faults::*;
 
 const NOISY: &str = "noisy.freshdesk.com";
 const BUSY: &str = "busy.freshdesk.com";

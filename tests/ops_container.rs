@@ -3,7 +3,7 @@
 //! path (`$DESKGATE_CONFIG`, no flags) as the image's non-root user, and the
 //! Dockerfile keeps its promises (multi-stage, non-root, both ports).
 
-mod support_ops;
+mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use http::StatusCode;
-use support_ops::*;
+use support::ops::*;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// distroless' `nonroot` user, as in the Dockerfile's `USER`.
@@ -102,11 +102,11 @@ async fn the_binary_starts_from_the_image_config_path_as_the_non_root_user() {
         assert_eq!(uid, NONROOT);
     }
     let ready = admin_get(gw.admin, "/readyz").await;
-    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
     let reply = send(gw.api, get("example.freshdesk.com", "/api/v2/tickets", Some(&basic_auth()))).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let cfg_view = admin_get(gw.admin, "/config").await;
-    assert!(cfg_view.body.contains("deskgate.toml"), "{}", cfg_view.body);
+    assert!(cfg_view.text().contains("deskgate.toml"), "{}", cfg_view.text());
 
     gw.signal("TERM");
     gw.assert_exits_cleanly(Duration::from_secs(5));

@@ -2,14 +2,14 @@
 //! tenant, endpoint, reason and request id, one debug line per call, and
 //! never an API key or `Authorization` value — even at `RUST_LOG=debug`.
 
-mod support_ops;
+mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
-use support_ops::*;
+use support::ops::*;
 
 const BEARER: &str = "bEaReR-tOkEn-9f8e7d6c5b4a";
 

@@ -2,7 +2,7 @@
 //! label values only from config, probes, `/tenants/{name}` reading without
 //! consuming, `/config` redacted, nothing of it on the API listener.
 
-mod support_ops;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use deskgate::app::Gateway;
 use deskgate::config::Config;
 use deskgate::limiter::Limiter;
 use http::StatusCode;
-use support_ops::*;
+use support::ops::*;
 
 async fn gateway(dir: &ConfigDir) -> Gateway {
     let upstream = start_upstream().await;
@@ -53,7 +53,7 @@ async fn metrics_count_exactly_the_known_traffic_with_labels_from_config_only() 
     let text = admin_get(gw.admin_addr, "/metrics").await;
     assert_eq!(text.status, StatusCode::OK);
     assert!(text.header("content-type").starts_with("text/plain"), "{:?}", text.headers);
-    let text = text.body;
+    let text = text.text();
     assert!(!text.to_ascii_lowercase().contains("evil-unknown"), "raw Host leaked into labels");
     let m = parse_metrics(&text);
 
@@ -127,7 +127,7 @@ async fn an_unreachable_upstream_counts_one_connect_error() {
     let gw = Gateway::start(Config::load(&path).expect("config")).await.expect("start");
     let reply = tickets(&gw, "acme.freshdesk.com", Some(&basic_auth())).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    let m = parse_metrics(&admin_get(gw.admin_addr, "/metrics").await.body);
+    let m = parse_metrics(&admin_get(gw.admin_addr, "/metrics").await.text());
     assert_eq!(value(&m, "deskgate_upstream_errors_total", &[("kind", "connect")]), Some(1.0));
     assert_eq!(
         value(&m, "deskgate_requests_total", &[("tenant", "acme"), ("endpoint", "ticket_list"), ("status", "502")]),
@@ -141,9 +141,9 @@ async fn healthz_and_readyz_answer_on_the_admin_listener() {
     let dir = ConfigDir::new();
     let gw = gateway(&dir).await;
     let h = admin_get(gw.admin_addr, "/healthz").await;
-    assert_eq!((h.status, h.body.as_str()), (StatusCode::OK, "ok\n"));
+    assert_eq!((h.status, h.text().as_str()), (StatusCode::OK, "ok\n"));
     let r = admin_get(gw.admin_addr, "/readyz").await;
-    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ready\n"));
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ready\n"));
     let nf = admin_get(gw.admin_addr, "/nope").await;
     assert_eq!(nf.status, StatusCode::NOT_FOUND);
     gw.shutdown().await;
@@ -160,8 +160,8 @@ fn window<'a>(v: &'a serde_json::Value, policy: &str) -> &'a serde_json::Value {
 
 async fn tenant_json(gw: &Gateway, name: &str) -> serde_json::Value {
     let r = admin_get(gw.admin_addr, &format!("/tenants/{name}")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    serde_json::from_str(&r.body).expect("JSON")
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    serde_json::from_str(&r.text()).expect("JSON")
 }
 
 #[tokio::test]
@@ -201,7 +201,7 @@ async fn tenant_view_shows_plan_budgets_used_and_left_without_consuming() {
 
     let missing = admin_get(gw.admin_addr, "/tenants/nobody").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    assert!(missing.body.contains("nobody"));
+    assert!(missing.text().contains("nobody"));
     gw.shutdown().await;
 }
 
@@ -223,11 +223,11 @@ async fn config_view_is_the_config_in_force_with_secrets_redacted() {
     let r = admin_get(gw.admin_addr, "/config").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.header("content-type").starts_with("application/json"));
-    assert!(!r.body.contains("hunter2-SECRET"), "{}", r.body);
-    let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    assert!(!r.text().contains("hunter2-SECRET"), "{}", r.text());
+    let v: serde_json::Value = serde_json::from_str(&r.text()).expect("JSON");
     let url = v["limiter"]["redis_url"].as_str().expect("redis_url");
     assert!(url.starts_with("redis://") && url.contains("127.0.0.1:6379"), "{url}");
-    assert!(r.body.contains("acme.freshdesk.com"), "{}", r.body);
+    assert!(r.text().contains("acme.freshdesk.com"), "{}", r.text());
     gw.shutdown().await;
 }
 
@@ -239,8 +239,8 @@ async fn admin_paths_are_never_served_on_the_api_listener() {
         let r = send(gw.api_addr, get("acme.freshdesk.com", path, None)).await;
         // Portal traffic: forwarded to the upstream untouched, answered by it.
         assert_eq!(r.status, StatusCode::OK, "{path}");
-        assert!(r.body.contains(&format!(r#""path":"{path}""#)), "{path}: {}", r.body);
-        assert!(!r.body.contains("deskgate_"), "{path}: {}", r.body);
+        assert!(r.text().contains(&format!(r#""path":"{path}""#)), "{path}: {}", r.text());
+        assert!(!r.text().contains("deskgate_"), "{path}: {}", r.text());
     }
     gw.shutdown().await;
 }
@@ -270,12 +270,12 @@ async fn readyz_turns_503_while_in_flight_calls_drain() {
     assert!(
         eventually(Duration::from_secs(2), || async {
             let r = admin_get(admin, "/readyz").await;
-            r.status == StatusCode::SERVICE_UNAVAILABLE && r.body == "shutting down\n"
+            r.status == StatusCode::SERVICE_UNAVAILABLE && r.text() == "shutting down\n"
         })
         .await,
         "readyz never reported the drain"
     );
     let reply = slow.await.expect("slow call");
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("shutdown in time").expect("shutdown");
 }

@@ -2,14 +2,14 @@
 //! swap the config atomically; a broken one is refused with PATH:LINE:COL and
 //! the old one stays; consumed budget and in-flight calls survive.
 
-mod support_ops;
+mod support;
 
 use std::time::Duration;
 
 use deskgate::app::Gateway;
 use deskgate::config::Config;
 use http::StatusCode;
-use support_ops::*;
+use support::ops::*;
 
 const WATCH_LIMIT: Duration = Duration::from_secs(5);
 
@@ -25,13 +25,13 @@ fn config_with(upstream: &str, top: &str, n: u32) -> String {
 }
 
 async fn reloads(gw: &Gateway, result: &str) -> f64 {
-    let m = parse_metrics(&admin_get(gw.admin_addr, "/metrics").await.body);
+    let m = parse_metrics(&admin_get(gw.admin_addr, "/metrics").await.text());
     value(&m, "deskgate_config_reloads_total", &[("result", result)]).unwrap_or(-1.0)
 }
 
 async fn ticket_list_budget(gw: &Gateway) -> (u64, u64) {
     let r = admin_get(gw.admin_addr, "/tenants/acme").await;
-    let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    let v: serde_json::Value = serde_json::from_str(&r.text()).expect("JSON");
     let w = v["windows"]
         .as_array()
         .expect("windows")
@@ -83,11 +83,11 @@ async fn a_changed_config_file_applies_its_new_budget_and_keeps_consumed_budget_
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
 
     let slow = in_flight.await.expect("in-flight call");
-    assert_eq!(slow.status, StatusCode::OK, "{}", slow.body);
+    assert_eq!(slow.status, StatusCode::OK, "{}", slow.text());
 
     // The per-call series run on across the reload: one series per label
     // set, whichever snapshot counted the call.
-    let m = parse_metrics(&admin_get(gw.admin_addr, "/metrics").await.body);
+    let m = parse_metrics(&admin_get(gw.admin_addr, "/metrics").await.text());
     let answered = |status| {
         value(&m, "deskgate_requests_total", &[("tenant", "acme"), ("endpoint", "ticket_list"), ("status", status)])
     };
@@ -168,7 +168,7 @@ async fn a_tenant_file_added_to_tenants_dir_is_picked_up_and_a_removed_one_is_dr
         "the new tenant file was never picked up"
     );
     let t = admin_get(gw.admin_addr, "/tenants/beta").await;
-    assert!(t.body.contains(r#""plan": "trial""#), "{}", t.body);
+    assert!(t.text().contains(r#""plan": "trial""#), "{}", t.text());
 
     std::fs::remove_file(dir.path("tenants.d/beta.toml")).expect("rm");
     assert!(
@@ -176,7 +176,7 @@ async fn a_tenant_file_added_to_tenants_dir_is_picked_up_and_a_removed_one_is_dr
         "the removed tenant file still serves"
     );
     // Its budget gauge does not linger either.
-    let metrics = admin_get(gw.admin_addr, "/metrics").await.body;
+    let metrics = admin_get(gw.admin_addr, "/metrics").await.text();
     assert!(!metrics.contains("tenant=\"beta\",policy"), "{metrics}");
     gw.shutdown().await;
 }
@@ -193,7 +193,7 @@ async fn sighup_reloads_the_binary_and_a_broken_file_is_logged_with_path_line_co
     let gw = run_binary(&link, &[]);
     let tenants = |admin| async move {
         let r = admin_get(admin, "/tenants/acme").await;
-        r.body
+        r.text()
     };
     assert!(tenants(gw.admin).await.contains(r#""budget": 3,"#));
 
@@ -225,7 +225,7 @@ async fn sighup_reloads_the_binary_and_a_broken_file_is_logged_with_path_line_co
 
     // Still running with the last good config, both outcomes counted.
     assert!(tenants(gw.admin).await.contains(r#""budget": 7,"#));
-    let m = parse_metrics(&admin_get(gw.admin, "/metrics").await.body);
+    let m = parse_metrics(&admin_get(gw.admin, "/metrics").await.text());
     assert_eq!(value(&m, "deskgate_config_reloads_total", &[("result", "success")]), Some(1.0));
     assert_eq!(value(&m, "deskgate_config_reloads_total", &[("result", "failure")]), Some(1.0));
 }

@@ -1,7 +1,7 @@
 //! TLS (SPEC §2 `[server].tls`, `require_https`, `trusted_proxies`; §3 step 2;
 //! an `https://` upstream with `ca_file`) through the real gateway.
 
-mod support_ops;
+mod support;
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use deskgate::config::Config;
 use http::{Request, StatusCode, Version};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support_ops::*;
+use support::ops::*;
 
 async fn tls_gateway(pki: &TestPki, dir: &ConfigDir, server: &str) -> Gateway {
     let upstream = start_upstream().await;
@@ -47,9 +47,9 @@ async fn an_h2_client_negotiates_h2_by_alpn_and_is_served_over_https() {
         .expect("in time")
         .expect("response");
         let reply = read(rsp).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         assert_eq!(reply.version, Version::HTTP_2);
-        assert!(reply.body.contains(r#""path":"/api/v2/tickets""#), "{}", reply.body);
+        assert!(reply.text().contains(r#""path":"/api/v2/tickets""#), "{}", reply.text());
         assert!(!reply.header("x-ratelimit-remaining").is_empty());
     }
     gw.shutdown().await;
@@ -68,7 +68,7 @@ async fn an_http11_client_is_served_over_https_when_it_offers_only_http11() {
     let mut req = api_request("/api/v2/tickets");
     req.headers_mut().insert("host", http::HeaderValue::from_static("acme.freshdesk.com"));
     let reply = read(tx.send_request(req).await.expect("response")).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.version, Version::HTTP_11);
     gw.shutdown().await;
 }
@@ -91,13 +91,13 @@ async fn plain_http_gets_ssl_required_unless_a_trusted_proxy_says_https() {
 
     let plain = send(gw.api_addr, get("acme.freshdesk.com", "/api/v2/tickets", Some(&auth))).await;
     assert_eq!(plain.status, StatusCode::FORBIDDEN);
-    assert!(plain.body.contains("ssl_required"), "{}", plain.body);
-    assert!(plain.body.contains("HTTPS is required in the API URL."), "{}", plain.body);
+    assert!(plain.text().contains("ssl_required"), "{}", plain.text());
+    assert!(plain.text().contains("HTTPS is required in the API URL."), "{}", plain.text());
 
     let mut via_ingress = get("acme.freshdesk.com", "/api/v2/tickets", Some(&auth));
     via_ingress.headers_mut().insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
     let ok = send(gw.api_addr, via_ingress).await;
-    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
 
     // The portal is not policed: plain HTTP passes.
     let portal = send(gw.api_addr, get("acme.freshdesk.com", "/support/home", None)).await;
@@ -118,7 +118,7 @@ async fn an_untrusted_peer_cannot_claim_https_with_x_forwarded_proto() {
     req.headers_mut().insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
     let reply = send(gw.api_addr, req).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
-    assert!(reply.body.contains("ssl_required"), "{}", reply.body);
+    assert!(reply.text().contains("ssl_required"), "{}", reply.text());
     gw.shutdown().await;
 }
 
@@ -134,15 +134,15 @@ async fn an_https_upstream_signed_by_ca_file_is_reached_and_an_unknown_issuer_is
         dir.write("with-ca.toml", &config_toml(&url, "", "", &format!("ca_file = {:?}", ca.display().to_string())));
     let gw = Gateway::start(Config::load(&with_ca).expect("config")).await.expect("start");
     let reply = send(gw.api_addr, get("acme.freshdesk.com", "/api/v2/tickets", Some(&basic_auth()))).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
-    assert!(reply.body.contains(r#""authorization":true"#), "{}", reply.body);
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.text().contains(r#""authorization":true"#), "{}", reply.text());
     gw.shutdown().await;
 
     // Without the CA the upstream's certificate is not trusted: no call leaks in clear.
     let without = dir.write("without-ca.toml", &config_toml(&url, "", "", ""));
     let gw = Gateway::start(Config::load(&without).expect("config")).await.expect("start");
     let reply = send(gw.api_addr, get("acme.freshdesk.com", "/api/v2/tickets", Some(&basic_auth()))).await;
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
     gw.shutdown().await;
 }
 

@@ -3,9 +3,7 @@
 //! `redis-server` on PATH the tests print a line and pass, unless
 //! `DESKGATE_REQUIRE_REDIS=1`.
 
-mod support {
-    pub mod redis;
-}
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +30,7 @@ fn cfg(store: StoreKind, on_store_error: OnStoreError, timeout_ms: u64) -> Limit
         store_timeout: Duration::from_millis(timeout_ms),
         key_prefix: "deskgate".into(),
         charge_invalid: false,
+        redis_batch: true,
     }
 }
 
@@ -52,7 +51,7 @@ fn ask(tenant: &str, cost: u32, account: Policy, endpoint: Option<(Endpoint, Pol
 }
 
 async fn store(r: &RedisServer) -> RedisStore {
-    let s = RedisStore::connect(&single(r), "deskgate").await.expect("connect");
+    let s = RedisStore::connect(&single(r), "deskgate", true).await.expect("connect");
     assert!(s.is_connected());
     s
 }

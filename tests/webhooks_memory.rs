@@ -4,16 +4,15 @@
 //! (`window_seconds = 2`, `retry_schedule_s = [1, 1]`, `max_postpone_s = 3`).
 
 mod support;
-mod support_webhooks;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{client, gateway, get, RecordingUpstream, TestGateway};
-use support_webhooks::{
+use support::webhooks::{
     json_call, max_in_any_interval, metrics, parse_time, post_webhook, sample, wait_final, wait_status, Receiver,
 };
+use support::{client, gateway, get, RecordingUpstream, TestGateway};
 
 /// `acme`: 5 per 2 s; `roomy`: 100 per 2 s; `slowpoke`: 5 per 60 s;
 /// `seedling`: no API access.
@@ -352,6 +351,6 @@ async fn a_webhook_postponed_past_max_postpone_is_dropped_with_an_alert() {
 }
 
 async fn webhook_status_accepted(wh: SocketAddr, id: &str) -> String {
-    let v = support_webhooks::webhook_status(wh, id).await;
+    let v = support::webhooks::webhook_status(wh, id).await;
     v["accepted_at"].as_str().unwrap().to_owned()
 }

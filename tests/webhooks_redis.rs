@@ -5,7 +5,6 @@
 //! `redis-server` is missing, unless `DESKGATE_REQUIRE_REDIS=1`.
 
 mod support;
-mod support_webhooks;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,8 +16,8 @@ use std::time::{Duration, Instant};
 use deskgate::app::Gateway;
 use deskgate::config::Config;
 use serde_json::json;
+use support::webhooks::{max_in_any_interval, post_webhook, wait_final, Receiver, RedisServer};
 use support::{client, get, RecordingUpstream};
-use support_webhooks::{max_in_any_interval, post_webhook, wait_final, Receiver, RedisServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_deskgate");
 

@@ -108,9 +108,10 @@ store_timeout_ms = 200" > "$OUT/redis.toml"
 cp "$OUT/redis.toml" "$OUT/flood.toml"
 sed -i "s/$P_REDIS/$P_FLOOD/; s/$A_REDIS/$A_FLOOD/" "$OUT/flood.toml"
 # The same memory-store gateway with the fast path off: every call through hyper.
-sed "s/$P_MEM/$P_HYPER/; s/$A_MEM/$A_HYPER/" "$OUT/mem.toml" > "$OUT/hyper.toml"
+sed "s/$P_MEM/$P_HYPER/; s/$A_MEM/$A_HYPER/; s/^\[server\]\$/[server]\nfast_path = false/" "$OUT/mem.toml" > "$OUT/hyper.toml"
 # The same Redis-store gateway without batches: one EVALSHA per call.
-sed "s/$P_REDIS/$P_NOBATCH/; s/$A_REDIS/$A_NOBATCH/" "$OUT/redis.toml" > "$OUT/nobatch.toml"
+sed "s/$P_REDIS/$P_NOBATCH/; s/$A_REDIS/$A_NOBATCH/; s/^\[limiter\]\$/[limiter]\nredis_batch = false/" "$OUT/redis.toml" \
+    > "$OUT/nobatch.toml"
 # The older build's two gateways (BASE_BIN), configured like mem and redis.
 sed "s/$P_MEM/$P_BMEM/; s/$A_MEM/$A_BMEM/" "$OUT/mem.toml" > "$OUT/bmem.toml"
 sed "s/$P_REDIS/$P_BREDIS/; s/$A_REDIS/$A_BREDIS/" "$OUT/redis.toml" > "$OUT/bredis.toml"
@@ -119,11 +120,9 @@ declare -A PID
 GATEWAYS=(mem redis flood hyper nobatch)
 [ -n "$BASE_BIN" ] && GATEWAYS+=(bmem bredis)
 for g in "${GATEWAYS[@]}"; do
-    fast=1 batch=1 bin=$BIN
-    [ "$g" = hyper ] && fast=0
-    [ "$g" = nobatch ] && batch=0
+    bin=$BIN
     [ "$g" = bmem ] || [ "$g" = bredis ] && bin=$BASE_BIN
-    DESKGATE_FAST_PATH=$fast DESKGATE_REDIS_BATCH=$batch RUST_LOG=warn DESKGATE_WORKERS=1 taskset -c "$SERVE_CPU" "$bin" --log-format json --config "$OUT/$g.toml" \
+    RUST_LOG=warn DESKGATE_WORKERS=1 taskset -c "$SERVE_CPU" "$bin" --log-format json --config "$OUT/$g.toml" \
         2>"$OUT/$g.log" &
     PIDS+=($!)
     PID[$g]=$!

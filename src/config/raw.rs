@@ -49,6 +49,7 @@ pub(super) struct RawServer {
     pub max_body_bytes: Option<Spanned<i64>>,
     pub header_read_timeout_ms: Option<Spanned<i64>>,
     pub shutdown_grace_ms: Option<Spanned<i64>>,
+    pub fast_path: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,6 +72,8 @@ pub(super) struct RawUpstream {
     pub ca_file: Option<Spanned<String>>,
     pub connect_timeout_ms: Option<Spanned<i64>>,
     pub timeout_ms: Option<Spanned<i64>>,
+    pub pool_idle_timeout_ms: Option<Spanned<i64>>,
+    pub pool_max_idle: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -97,6 +100,7 @@ pub(super) struct RawLimiter {
     pub store_timeout_ms: Option<Spanned<i64>>,
     pub key_prefix: Option<Spanned<String>>,
     pub charge_invalid: Option<bool>,
+    pub redis_batch: Option<bool>,
 }
 
 /// `[plans.NAME]`; the name is the map key.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::{Config, EndpointBudgets, OnStoreError, Plan, StoreKind, Tenant};
+use super::{Config, EndpointBudgets, LimiterConfig, OnStoreError, Plan, StoreKind, Tenant};
 use crate::endpoint::Endpoint;
 
 /// Replaces the password of a URL's userinfo with `***`
@@ -59,6 +59,19 @@ fn store_text(store: &StoreKind) -> String {
     }
 }
 
+/// `redis_batch` only acts on a standalone Redis; say so rather than show a
+/// switch that does nothing.
+fn batch_text(l: &LimiterConfig) -> String {
+    match (&l.store, l.redis_batch) {
+        (StoreKind::Redis { .. }, b) => format!("redis_batch {b}"),
+        (StoreKind::RedisCluster { .. }, true) => {
+            "redis_batch true (ignored: a cluster decides one call per EVALSHA)".to_owned()
+        }
+        (StoreKind::RedisCluster { .. }, false) => "redis_batch false".to_owned(),
+        (StoreKind::Memory, b) => format!("redis_batch {b} (no Redis)"),
+    }
+}
+
 fn plan_json(p: &Plan) -> Value {
     json!({
         "api_access": p.api_access,
@@ -98,17 +111,18 @@ impl Config {
         };
         let _ = writeln!(
             s,
-            "store: {}; on_store_error {on_err}, store_timeout {}ms, key_prefix \"{}\", charge_invalid {}",
+            "store: {}; on_store_error {on_err}, store_timeout {}ms, key_prefix \"{}\", charge_invalid {}, {}",
             store_text(&l.store),
             l.store_timeout.as_millis(),
             l.key_prefix,
-            l.charge_invalid
+            l.charge_invalid,
+            batch_text(l)
         );
         let api_scheme = if self.server.tls.is_some() { "https" } else { "http" };
         let _ = writeln!(
             s,
-            "api listener: {} ({api_scheme}, require_https {})",
-            self.server.listen, self.server.require_https
+            "api listener: {} ({api_scheme}, require_https {}, fast_path {})",
+            self.server.listen, self.server.require_https, self.server.fast_path
         );
         let _ = writeln!(s, "admin listener: {}", self.admin.listen);
         match &self.webhooks {
@@ -119,7 +133,14 @@ impl Config {
                 let _ = writeln!(s, "webhooks: off");
             }
         }
-        let _ = writeln!(s, "upstream: {}", redact_url(&self.upstream.url.to_string()));
+        let u = &self.upstream;
+        let _ = writeln!(
+            s,
+            "upstream: {} (pool idle {}ms, max idle {})",
+            redact_url(&u.url.to_string()),
+            u.pool_idle_timeout.as_millis(),
+            u.pool_max_idle
+        );
 
         if self.tenants.is_empty() {
             let _ = writeln!(s, "tenants: none (every API call will be answered 404 unknown_host)");
@@ -172,6 +193,7 @@ impl Config {
             "store_timeout_ms": self.limiter.store_timeout.as_millis() as u64,
             "key_prefix": self.limiter.key_prefix,
             "charge_invalid": self.limiter.charge_invalid,
+            "redis_batch": self.limiter.redis_batch,
         });
         if let (Some(l), Value::Object(st)) = (limiter.as_object_mut(), store) {
             l.extend(st);
@@ -200,6 +222,7 @@ impl Config {
                 "max_body_bytes": srv.max_body_bytes,
                 "header_read_timeout_ms": srv.header_read_timeout.as_millis() as u64,
                 "shutdown_grace_ms": srv.shutdown_grace.as_millis() as u64,
+                "fast_path": srv.fast_path,
             },
             "admin": { "listen": self.admin.listen.to_string() },
             "upstream": {
@@ -207,6 +230,8 @@ impl Config {
                 "ca_file": self.upstream.ca_file.as_ref().map(|p| p.display().to_string()),
                 "connect_timeout_ms": self.upstream.connect_timeout.as_millis() as u64,
                 "timeout_ms": self.upstream.timeout.as_millis() as u64,
+                "pool_idle_timeout_ms": self.upstream.pool_idle_timeout.as_millis() as u64,
+                "pool_max_idle": self.upstream.pool_max_idle,
             },
             "limiter": limiter,
             "plans": self.plans.iter().map(|(k, p)| (k.clone(), plan_json(p))).collect::<serde_json::Map<_, _>>(),

@@ -32,6 +32,10 @@ const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8081";
 const DEFAULT_TRUSTED_PROXY: &str = "127.0.0.1/32";
 const DEFAULT_MAX_BODY_BYTES: u64 = 20_971_520;
 const DEFAULT_KEY_PREFIX: &str = "deskgate";
+/// Below the common upstream keep-alive timeouts (nginx's is 75 s): the
+/// gateway closes an idle socket before the upstream can close it under a request.
+const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 50_000;
+const DEFAULT_POOL_MAX_IDLE: u64 = 1024;
 
 /// One file's text, so that byte spans become `PATH:LINE:COL`.
 struct Source {
@@ -300,6 +304,7 @@ fn server(src: &Source, raw: RawServer, base_dir: &Path) -> Result<(ServerConfig
             false,
         )?,
         shutdown_grace: millis(src, raw.shutdown_grace_ms.as_ref(), "server.shutdown_grace_ms", 30_000, true)?,
+        fast_path: raw.fast_path.unwrap_or(true),
     };
     Ok((server, raw.listen.as_ref().map(Spanned::span)))
 }
@@ -394,6 +399,22 @@ fn upstream(src: &Source, raw: RawUpstream, base_dir: &Path) -> Result<UpstreamC
         ca_file,
         connect_timeout: millis(src, raw.connect_timeout_ms.as_ref(), "upstream.connect_timeout_ms", 2_000, false)?,
         timeout: millis(src, raw.timeout_ms.as_ref(), "upstream.timeout_ms", 30_000, false)?,
+        pool_idle_timeout: millis(
+            src,
+            raw.pool_idle_timeout_ms.as_ref(),
+            "upstream.pool_idle_timeout_ms",
+            DEFAULT_POOL_IDLE_TIMEOUT_MS,
+            false,
+        )?,
+        // Zero is allowed: it means no connection is kept for reuse.
+        pool_max_idle: count(
+            src,
+            raw.pool_max_idle.as_ref(),
+            "upstream.pool_max_idle",
+            "connections",
+            DEFAULT_POOL_MAX_IDLE,
+            true,
+        )? as usize,
     })
 }
 
@@ -452,6 +473,7 @@ fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> 
         store_timeout: millis(src, raw.store_timeout_ms.as_ref(), "limiter.store_timeout_ms", 50, false)?,
         key_prefix,
         charge_invalid: raw.charge_invalid.unwrap_or(false),
+        redis_batch: raw.redis_batch.unwrap_or(true),
     })
 }
 
@@ -803,6 +825,45 @@ mod tests {
         assert!(c.tenants.is_empty());
         assert_eq!(c.plans.len(), 8);
         assert!(c.summary().contains("tenants: none"));
+    }
+
+    #[test]
+    fn switches_and_pool_settings_default_to_on_and_the_documented_values() {
+        let c = load_str("");
+        assert!(c.server.fast_path);
+        assert!(c.limiter.redis_batch);
+        assert_eq!(c.upstream.pool_idle_timeout, Duration::from_millis(50_000));
+        assert_eq!(c.upstream.pool_max_idle, 1024);
+        let c = load_str(
+            "[server]\nfast_path = false\n[limiter]\nredis_batch = false\n\
+             [upstream]\npool_idle_timeout_ms = 5000\npool_max_idle = 0\n",
+        );
+        assert!(!c.server.fast_path);
+        assert!(!c.limiter.redis_batch);
+        assert_eq!(c.upstream.pool_idle_timeout, Duration::from_millis(5000));
+        assert_eq!(c.upstream.pool_max_idle, 0);
+        let json = c.redacted_json();
+        assert_eq!(json["server"]["fast_path"], false);
+        assert_eq!(json["limiter"]["redis_batch"], false);
+        assert_eq!(json["upstream"]["pool_idle_timeout_ms"], 5000);
+        assert_eq!(json["upstream"]["pool_max_idle"], 0);
+        let summary = c.summary();
+        assert!(summary.contains("fast_path false"), "{summary}");
+        assert!(summary.contains("pool idle 5000ms, max idle 0"), "{summary}");
+    }
+
+    #[test]
+    fn a_switch_or_pool_setting_of_the_wrong_type_is_an_error_with_its_position() {
+        let e = error("[server]\nfast_path = \"no\"\n");
+        assert!(e.starts_with("t.toml:2:13: invalid type: string \"no\", expected a boolean"), "{e}");
+        let e = error("[limiter]\nredis_batch = 0\n");
+        assert!(e.starts_with("t.toml:2:15: invalid type: integer `0`, expected a boolean"), "{e}");
+        let e = error("[upstream]\npool_idle_timeout_ms = 0\n");
+        assert_eq!(e, "t.toml:2:24: upstream.pool_idle_timeout_ms: must be a positive number of milliseconds, got 0");
+        let e = error("[upstream]\npool_max_idle = -1\n");
+        assert_eq!(e, "t.toml:2:17: upstream.pool_max_idle: must be a non-negative number of connections, got -1");
+        let e = error("[upstream]\npool_max_idle = \"many\"\n");
+        assert!(e.starts_with("t.toml:2:17: invalid type: string \"many\""), "{e}");
     }
 
     #[test]

@@ -49,8 +49,8 @@
 //! Every call still costs at most one round trip, and a batch is atomic like
 //! a single call, so exactness across replicas is unchanged. A key of
 //! another type fails only its own call. A cluster gets no batches (each
-//! tenant's key lives in its own slot); `DESKGATE_REDIS_BATCH=0` turns them
-//! off for comparison.
+//! tenant's key lives in its own slot); `[limiter] redis_batch = false` turns
+//! them off for comparison.
 //!
 //! # Connections
 //!
@@ -146,8 +146,9 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// A store for `kind` (`Redis` or `RedisCluster`). Fails only for a
     /// config it cannot use (a bad URL, the memory kind); an unreachable
-    /// Redis is retried in the background.
-    pub async fn connect(kind: &StoreKind, key_prefix: &str) -> Result<RedisStore, StoreError> {
+    /// Redis is retried in the background. `batch` (`[limiter] redis_batch`)
+    /// lets calls of one turn share an `EVALSHA`; a cluster ignores it.
+    pub async fn connect(kind: &StoreKind, key_prefix: &str, batch: bool) -> Result<RedisStore, StoreError> {
         let target = match kind {
             StoreKind::Redis { url } => Target::Single(redis::Client::open(url.as_str()).map_err(backend)?),
             StoreKind::RedisCluster { urls } => Target::Cluster(
@@ -162,8 +163,7 @@ impl RedisStore {
             ),
             StoreKind::Memory => return Err(StoreError::Backend("the memory store is not a Redis store".into())),
         };
-        let batch =
-            matches!(target, Target::Single(_)) && std::env::var_os("DESKGATE_REDIS_BATCH").is_none_or(|v| v != "0");
+        let batch = batch && matches!(target, Target::Single(_));
         let inner = Arc::new(Inner {
             target,
             conn: ArcSwapOption::empty(),

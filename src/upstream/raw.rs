@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::chunked::Chunked;
-use super::{forwarding, UpstreamError, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE};
+use super::{forwarding, UpstreamError};
 use crate::fields::RawFields;
 use crate::h1::{self, Date};
 
@@ -43,13 +43,23 @@ pub struct Pool {
     connect_timeout: Duration,
     timeout: Duration,
     idle: Mutex<Vec<Conn>>,
+    /// `[upstream] pool_idle_timeout_ms` and `pool_max_idle`.
+    idle_timeout: Duration,
+    max_idle: usize,
     /// Requests sent again on a fresh connection (`deskgate_upstream_resends_total`).
     resends: Counter,
 }
 
 impl Pool {
-    pub fn new(authority: String, connect_timeout: Duration, timeout: Duration) -> Pool {
-        Pool { authority, connect_timeout, timeout, idle: Mutex::new(Vec::new()), resends: Counter::default() }
+    pub fn new(
+        authority: String,
+        connect_timeout: Duration,
+        timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Pool {
+        let idle = Mutex::new(Vec::new());
+        Pool { authority, connect_timeout, timeout, idle, idle_timeout, max_idle, resends: Counter::default() }
     }
 
     /// Counts requests sent again (see [`Pool::exchange`]), for the metrics.
@@ -65,7 +75,7 @@ impl Pool {
     fn checkout(&self) -> Option<Conn> {
         loop {
             let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            if conn.idle_since.elapsed() >= POOL_IDLE_TIMEOUT {
+            if conn.idle_since.elapsed() >= self.idle_timeout {
                 // Everything below is older still.
                 self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 return None;
@@ -83,7 +93,7 @@ impl Pool {
         conn.idle_since = Instant::now();
         conn.buf.clear();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < POOL_MAX_IDLE {
+        if idle.len() < self.max_idle {
             idle.push(conn);
         }
     }

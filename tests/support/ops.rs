@@ -1,8 +1,13 @@
 //! Helpers for the operations tests (`tests/ops_*.rs`): config files in a
-//! temp dir, an echoing upstream (plain or TLS), a tiny HTTP client, test
-//! certificates, a Prometheus text parser and a child-process runner for the
-//! built binary. Everything binds `127.0.0.1:0`.
-#![allow(dead_code)]
+//! temp dir, an echoing upstream (plain or TLS), test certificates and a
+//! child-process runner for the built binary. Everything binds
+//! `127.0.0.1:0`. The client, the metrics reader and `eventually` are the
+//! kit's own, re-exported here so an ops test needs one `use`.
+
+pub use super::client::{admin_get, read, send, Reply};
+pub use super::eventually;
+pub use super::metrics::{parse_metrics, value, Sample};
+use super::upstream::accept_loop;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -140,69 +145,26 @@ pub async fn start_upstream_with(tls: Option<rustls::ServerConfig>) -> SocketAdd
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let acceptor = tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let builder = auto::Builder::new(TokioExecutor::new());
-                match acceptor {
-                    None => {
-                        let _ = builder.serve_connection(TokioIo::new(stream), service_fn(echo)).await;
-                    }
-                    Some(a) => {
-                        if let Ok(s) = a.accept(stream).await {
-                            let _ = builder.serve_connection(TokioIo::new(s), service_fn(echo)).await;
-                        }
+    accept_loop(listener, move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match acceptor {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), service_fn(echo)).await;
+                }
+                Some(a) => {
+                    if let Ok(s) = a.accept(stream).await {
+                        let _ = builder.serve_connection(TokioIo::new(s), service_fn(echo)).await;
                     }
                 }
-            });
+            }
         }
     });
     addr
 }
 
-// ---------------------------------------------------------------- client
-
-/// A response read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: http::HeaderMap,
-    pub version: http::Version,
-    pub body: String,
-}
-
-impl Reply {
-    pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-    }
-}
-
-/// Sends one HTTP/1.1 request on a fresh connection to `addr`.
-pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(conn);
-    let rsp = tokio::time::timeout(Duration::from_secs(10), tx.send_request(req))
-        .await
-        .expect("response in time")
-        .expect("response");
-    read(rsp).await
-}
-
-pub async fn read(rsp: Response<Incoming>) -> Reply {
-    let (parts, body) = rsp.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        version: parts.version,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
+// ---------------------------------------------------------------- requests
 
 /// `GET path` with `Host: host` and, if given, `Authorization`.
 pub fn get(host: &str, path: &str, auth: Option<&str>) -> Request<Full<Bytes>> {
@@ -211,29 +173,6 @@ pub fn get(host: &str, path: &str, auth: Option<&str>) -> Request<Full<Bytes>> {
         b = b.header("authorization", a);
     }
     b.body(Full::new(Bytes::new())).expect("request")
-}
-
-/// `GET path` on the admin listener.
-pub async fn admin_get(addr: SocketAddr, path: &str) -> Reply {
-    send(addr, get(&addr.to_string(), path, None)).await
-}
-
-/// Polls `f` until it returns true or `limit` passes.
-pub async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + limit;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // ---------------------------------------------------------------- TLS
@@ -333,52 +272,6 @@ impl TestPki {
     pub fn cert_der(&self) -> Vec<u8> {
         rustls_pemfile::certs(&mut self.cert_pem.as_bytes()).next().expect("a cert").expect("cert").as_ref().to_vec()
     }
-}
-
-// ---------------------------------------------------------------- metrics
-
-/// One sample of the Prometheus text format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// Parses the Prometheus text exposition (enough of it for our output).
-pub fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("sample line");
-        let value: f64 = value.parse().expect("sample value");
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_owned(), BTreeMap::new()),
-            Some((name, rest)) => {
-                let rest = rest.strip_suffix('}').expect("closing brace");
-                let mut labels = BTreeMap::new();
-                let mut s = rest;
-                while !s.is_empty() {
-                    let (k, v) = s.split_once("=\"").expect("label");
-                    let end = v.find('"').expect("label end");
-                    labels.insert(k.trim_start_matches(',').to_owned(), v[..end].to_owned());
-                    s = v[end + 1..].trim_start_matches(',');
-                }
-                (name.to_owned(), labels)
-            }
-        };
-        out.push(Sample { name, labels, value });
-    }
-    out
-}
-
-/// The value of `name{labels}` (labels exactly), if present.
-pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    samples.iter().find(|s| s.name == name && s.labels == want).map(|s| s.value)
 }
 
 // ---------------------------------------------------------------- binary

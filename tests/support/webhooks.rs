@@ -1,7 +1,6 @@
 //! Webhook test support: a real receiving HTTP server that records every
 //! delivery, JSON helpers for the webhook listener, a budget check over
-//! timestamps, and a real `redis-server` on a free loopback port.
-#![allow(dead_code)]
+//! timestamps.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,7 +19,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::support::{client, Got, TestClient};
+pub use crate::support::metrics::sample;
+pub use crate::support::redis::RedisServer;
+use crate::support::upstream::accept_loop;
+use crate::support::{client, Reply, TestClient};
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
@@ -73,16 +75,11 @@ impl Receiver {
             overlaps: Arc::default(),
         };
         let rr = r.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let rr = rr.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| rr.clone().answer(req));
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
-                });
+        accept_loop(listener, move |stream| {
+            let rr = rr.clone();
+            async move {
+                let svc = service_fn(move |req| rr.clone().answer(req));
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
             }
         });
         r
@@ -166,7 +163,7 @@ pub async fn json_call(
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
-) -> Got {
+) -> Reply {
     let bytes = body.map(|b| b.to_string()).unwrap_or_default();
     let req = Request::builder()
         .method(method)
@@ -174,13 +171,11 @@ pub async fn json_call(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(bytes)))
         .unwrap();
-    let rsp = c.request(req).await.unwrap();
-    let (parts, body) = rsp.into_parts();
-    Got { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+    crate::support::client::read(c.request(req).await.unwrap()).await
 }
 
 /// `POST /webhooks`.
-pub async fn post_webhook(addr: SocketAddr, v: serde_json::Value) -> Got {
+pub async fn post_webhook(addr: SocketAddr, v: serde_json::Value) -> Reply {
     json_call(&client(), addr, "POST", "/webhooks", Some(&v)).await
 }
 
@@ -217,13 +212,7 @@ pub async fn wait_final(addr: SocketAddr, id: &str, within: Duration) -> serde_j
 
 /// The Prometheus text of an admin listener.
 pub async fn metrics(admin: SocketAddr) -> String {
-    let got = json_call(&client(), admin, "GET", "/metrics", None).await;
-    String::from_utf8_lossy(&got.body).into_owned()
-}
-
-/// The value of one sample line of `text` (`name{labels}` exactly as rendered).
-pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    crate::support::metrics::metrics_text(admin).await
 }
 
 /// The largest number of `times` in any interval of length `span` (closed
@@ -245,64 +234,4 @@ pub fn max_in_any_interval(times: &[Instant], span: Duration) -> usize {
 /// Parses an RFC 3339 time as the gateway writes it.
 pub fn parse_time(s: &str) -> SystemTime {
     humantime::parse_rfc3339(s).unwrap_or_else(|e| panic!("bad time {s:?}: {e}"))
-}
-
-/// A real `redis-server` on a free loopback port (never 6379), killed on drop.
-pub struct RedisServer {
-    pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    /// `None` (with a printed line) when `redis-server` is missing, unless
-    /// `DESKGATE_REQUIRE_REDIS=1`, then it panics.
-    pub fn start(test: &str) -> Option<RedisServer> {
-        let present = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !present {
-            if std::env::var("DESKGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
-                panic!("{test}: redis-server is not on PATH and DESKGATE_REQUIRE_REDIS=1");
-            }
-            println!("skipping {test}: redis-server is not on PATH");
-            return None;
-        }
-        let port = loop {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let p = l.local_addr().unwrap().port();
-            if p != 6379 {
-                break p;
-            }
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--dir", &dir.path().display().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(RedisServer { port, child, _dir: dir })
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

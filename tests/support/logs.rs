@@ -1,0 +1,79 @@
+//! The gateway's log lines, captured in-process.
+//!
+//! [`Logs::capture`] installs a JSON subscriber as the *thread's* default
+//! (`tracing::subscriber::set_default`): on a current-thread tokio runtime
+//! (plain `#[tokio::test]`) the gateway's tasks run on the test's thread, so
+//! every line the gateway logs during the test lands here, and tests running
+//! in parallel on other threads never mix in. A multi-thread test would see
+//! nothing from the worker threads: assert logs only in current-thread tests.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+/// Log lines captured while this lives.
+pub struct Logs {
+    buf: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Starts capturing `info` and above, as the binary logs with `--log-format json`.
+    pub fn capture() -> Logs {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        Logs { buf, _guard: tracing::subscriber::set_default(subscriber) }
+    }
+
+    /// Every line so far, parsed.
+    pub fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.buf.lock().expect("log buffer")).into_owned();
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+    }
+
+    /// The lines whose message is `message` (e.g. `"refused"`).
+    pub fn events(&self, message: &str) -> Vec<Value> {
+        self.lines().into_iter().filter(|l| l["message"] == message).collect()
+    }
+
+    /// The `refused` lines for `tenant` with `reason`.
+    pub fn refused(&self, tenant: &str, reason: &str) -> Vec<Value> {
+        self.events("refused").into_iter().filter(|l| l["tenant"] == tenant && l["reason"] == reason).collect()
+    }
+
+    /// Asserts `times` `refused` lines for `tenant` with `reason`, each with
+    /// `status` and a request id; returns the ids.
+    pub fn assert_refused(&self, tenant: &str, reason: &str, status: u16, times: usize) -> Vec<String> {
+        let lines = self.refused(tenant, reason);
+        assert_eq!(lines.len(), times, "refused lines for {tenant}/{reason}: {:?}", self.lines());
+        lines
+            .iter()
+            .map(|l| {
+                assert_eq!(l["status"], status, "{l}");
+                let id = l["request_id"].as_str().unwrap_or_default().to_owned();
+                assert!(!id.is_empty(), "a refused line without request_id: {l}");
+                id
+            })
+            .collect()
+    }
+}
