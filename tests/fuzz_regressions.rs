@@ -69,3 +69,65 @@ fn two_different_content_lengths_past_u64_are_refused() {
         Err(Reject::PayloadTooLarge { .. } | Reject::BadRequest { .. })
     ));
 }
+
+// The differential targets' properties are shared with the fuzz targets
+// (fuzz/properties/), so every input kept for them — seeds and findings — is
+// replayed here through exactly what the fuzzer checks.
+
+#[path = "../fuzz/properties/fast_head.rs"]
+mod fast_head;
+
+#[path = "../fuzz/properties/chunked_end.rs"]
+mod chunked_end;
+
+/// The seeds and findings of `target`, by file name.
+fn kept_inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+    let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut inputs = Vec::new();
+    for dir in [fuzz.join("seeds").join(target), fuzz.join("regressions")] {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if dir.ends_with("regressions") && !name.starts_with(&format!("{target}-")) {
+                continue;
+            }
+            inputs.push((name, std::fs::read(&path).unwrap()));
+        }
+    }
+    inputs
+}
+
+#[test]
+fn fast_head_inputs_read_as_httparse_and_http_read_them() {
+    let inputs = kept_inputs("fast_head");
+    assert!(inputs.len() >= 5, "the seeds are missing");
+    for (name, bytes) in inputs {
+        // Every prefix too: a head arrives in pieces.
+        for end in 0..=bytes.len() {
+            let outcome = std::panic::catch_unwind(|| fast_head::check(&bytes[..end]));
+            assert!(outcome.is_ok(), "{name}, first {end} bytes");
+        }
+    }
+}
+
+#[test]
+fn chunked_end_inputs_end_where_the_reference_reading_ends() {
+    let inputs = kept_inputs("chunked_end");
+    assert!(inputs.len() >= 3, "the seeds are missing");
+    for (name, bytes) in inputs {
+        let outcome = std::panic::catch_unwind(|| chunked_end::check(&bytes));
+        assert!(outcome.is_ok(), "{name}");
+    }
+    // The reference reading itself, on bodies whose end is known.
+    use chunked_end::{reference, Reading};
+    let body = b"5\r\nhello\r\n1a;ext=1\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nt: v\r\n\r\n";
+    assert_eq!(reference(body), Reading::End(body.len()));
+    for cut in 0..body.len() {
+        assert_eq!(reference(&body[..cut]), Reading::More, "first {cut} bytes");
+    }
+    for bad in
+        [&b"x\r\n"[..], b"5\nhello", b"2\r\nabX\r\n", b"ffffffffffffffff0\r\n", b"0\r\n\r\r", b"0\r\nt\nv\r\n\r\n"]
+    {
+        assert_eq!(reference(bad), Reading::Bad, "{:?}", String::from_utf8_lossy(bad));
+    }
+}
