@@ -16,6 +16,13 @@
 
 use deskgate::upstream::chunked::Chunked;
 
+/// The decoder takes a bare LF inside a trailer line (and a line that is
+/// only LF) as part of the line, where the RFC allows none: see
+/// `tests/fuzz_regressions.rs`, `a_bare_lf_in_a_chunked_trailer_is_taken_as_part_of_a_line`.
+/// Reported, not yet decided; until then the reference reading allows it,
+/// so the fuzzer looks past it for other disagreements.
+pub const ALLOW_BARE_LF_IN_TRAILERS: bool = true;
+
 /// What a reading makes of a body's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reading {
@@ -40,7 +47,7 @@ pub fn check(data: &[u8]) {
     }
     pieces.push(left);
 
-    let expected = reference(body);
+    let expected = reference(body, ALLOW_BARE_LF_IN_TRAILERS);
     assert_eq!(decode(&[body]), expected, "whole body {:?}", String::from_utf8_lossy(body));
     assert_eq!(decode(&pieces), expected, "split at {lengths:?}: {:?}", String::from_utf8_lossy(body));
 }
@@ -75,8 +82,10 @@ pub fn decode(pieces: &[&[u8]]) -> Reading {
 /// is copied through unread, so it is not judged, except that it holds no CR
 /// or LF (a line ends with CRLF, and only there). An extension starts at
 /// `;` or at whitespace after the size (`BWS ";"`). A size has at most 15
-/// hex digits (the decoder's bound: sizes up to 2^60, no overflow).
-pub fn reference(b: &[u8]) -> Reading {
+/// hex digits (the decoder's bound: sizes up to 2^60, no overflow). With
+/// `bare_lf_in_trailers`, a trailer line may hold LF (see
+/// [`ALLOW_BARE_LF_IN_TRAILERS`]).
+pub fn reference(b: &[u8], bare_lf_in_trailers: bool) -> Reading {
     let mut i = 0;
     // Expects CRLF at `i`.
     let crlf = |i: usize| match (b.get(i), b.get(i + 1)) {
@@ -126,7 +135,7 @@ pub fn reference(b: &[u8]) -> Reading {
                 Err(r) => r,
             };
         }
-        let line = b[i..].iter().take_while(|&&c| c != b'\r' && c != b'\n').count();
+        let line = b[i..].iter().take_while(|&&c| c != b'\r' && (bare_lf_in_trailers || c != b'\n')).count();
         i += line;
         i = match crlf(i) {
             Ok(i) => i,
