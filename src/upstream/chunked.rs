@@ -100,20 +100,19 @@ impl Chunked {
                         return Err(BadChunk);
                     }
                 }
-                State::TrailerStart => {
-                    if b == b'\r' {
-                        State::EndLf
-                    } else {
-                        State::TrailerLine
-                    }
-                }
-                State::TrailerLine => {
-                    if b == b'\r' {
-                        State::TrailerLf
-                    } else {
-                        State::TrailerLine
-                    }
-                }
+                // A bare LF ends a line for some readers and not for others
+                // (RFC 9112 §2.2): they would disagree on where the answer
+                // ends, and the rest would meet the next call on the socket.
+                State::TrailerStart => match b {
+                    b'\r' => State::EndLf,
+                    b'\n' => return Err(BadChunk),
+                    _ => State::TrailerLine,
+                },
+                State::TrailerLine => match b {
+                    b'\r' => State::TrailerLf,
+                    b'\n' => return Err(BadChunk),
+                    _ => State::TrailerLine,
+                },
                 State::TrailerLf => {
                     if b == b'\n' {
                         State::TrailerStart
