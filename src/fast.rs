@@ -25,7 +25,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderName;
 use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -314,8 +313,8 @@ impl<'c, 'b> Wire for FastWire<'c, 'b, '_> {
         answer.status()
     }
 
-    fn answer_has(answer: &Exchange<'c>, name: &HeaderName) -> bool {
-        answer.has(name)
+    fn answer_has_request_id(answer: &Exchange<'c>) -> bool {
+        answer.has_request_id()
     }
 
     async fn answer(&mut self, mut answer: Exchange<'c>, ours: impl FnOnce(&mut RawFields)) -> bool {

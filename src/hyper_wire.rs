@@ -5,13 +5,14 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::HeaderMap;
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
 
 use crate::body::Body;
 use crate::checks;
+use crate::head::names::X_REQUEST_ID;
 use crate::proxy::{self, ConnInfo, Wire};
 use crate::reject::Reject;
 use crate::state::Shared;
@@ -58,8 +59,8 @@ impl Wire for HyperWire<'_> {
         answer.status().as_u16()
     }
 
-    fn answer_has(answer: &Response<Body>, name: &HeaderName) -> bool {
-        answer.headers().contains_key(name)
+    fn answer_has_request_id(answer: &Response<Body>) -> bool {
+        answer.headers().contains_key(&X_REQUEST_ID)
     }
 
     async fn answer(&mut self, mut answer: Response<Body>, ours: impl FnOnce(&mut HeaderMap)) -> Response<Body> {

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderName;
 use tokio::time::Instant;
 
 use crate::config::{Config, Tenant};
@@ -59,8 +58,8 @@ pub(crate) trait Wire {
 
     fn status(answer: &Self::Answer) -> u16;
 
-    /// Whether the upstream's answer carries a field named `name`.
-    fn answer_has(answer: &Self::Answer, name: &HeaderName) -> bool;
+    /// Whether the upstream's answer carries its own `X-Request-Id`.
+    fn answer_has_request_id(answer: &Self::Answer) -> bool;
 
     /// Writes the upstream's answer downstream, with the fields `ours` sets.
     async fn answer(&mut self, answer: Self::Answer, ours: impl FnOnce(&mut Self::Fields)) -> Self::Output;
@@ -98,7 +97,7 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
         Ok(answer) => {
             let status = W::status(&answer);
             // The upstream's own id reaches the client; ours only where it sent none.
-            let own_id = !W::answer_has(&answer, &X_REQUEST_ID);
+            let own_id = !W::answer_has_request_id(&answer);
             wire.answer(answer, |h| finish(shared, &cx, status, own_id, h)).await
         }
         Err(reject) => {

@@ -198,23 +198,31 @@ pub fn write_request_head(
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let told = Told::of(fields, f);
-    // A field `Connection` names is hop-by-hop too. The fast path, the one
-    // writer of raw heads, hands every head with `Connection` to hyper, so
-    // this finds none there (and costs one scan of the fields).
-    let connection = fields.has(&CONNECTION);
-    for (name, value) in fields.all() {
-        if set_here(name)
-            || is_hop_by_hop(name)
-            || withheld(name, f)
-            || (connection && fields.values(&CONNECTION).any(|c| lists(c, name)))
-        {
-            continue;
+    // A field `Connection` names is hop-by-hop too. Heads with `Connection`
+    // are rare here (the fast path hands them to hyper), so the fields are
+    // written in one pass, and written again only if `Connection` turns up.
+    let start = out.len();
+    for connection in [false, true] {
+        let mut named = false;
+        for (name, value) in fields.all() {
+            if is_hop_by_hop(name) {
+                named |= name.eq_ignore_ascii_case(b"connection");
+                continue;
+            }
+            if set_here(name) || withheld(name, f) || (connection && fields.values(&CONNECTION).any(|c| lists(c, name)))
+            {
+                continue;
+            }
+            // Names go out lower-case, as hyper's client writes them.
+            out.extend(name.iter().map(u8::to_ascii_lowercase));
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
         }
-        // Names go out lower-case, as hyper's client writes them.
-        out.extend(name.iter().map(u8::to_ascii_lowercase));
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        if !named || connection {
+            break;
+        }
+        out.truncate(start);
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = told.chain {
@@ -249,6 +257,18 @@ pub enum AnswerBody {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadAnswer;
 
+/// What the gateway reads of an upstream answer's head, in one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnswerHead {
+    pub body: AnswerBody,
+    /// `Content-Length`, one number, when it goes downstream ([`relays_length`]).
+    pub relayed_length: Option<u64>,
+    /// `Connection: close`: the upstream will not take another request on it.
+    pub close: bool,
+    /// The answer carries its own `X-Request-Id`.
+    pub request_id: bool,
+}
+
 /// The one reading of an upstream answer's framing, for both clients: the
 /// downstream must be able to read the answer exactly as the upstream sent
 /// it, and nothing of it may be left on a pooled connection for the next
@@ -256,18 +276,23 @@ pub struct BadAnswer;
 /// `Content-Length` that is not one plain number (`+5`, `5, 6`; repeats of
 /// one number are that number). With `Transfer-Encoding`, `Content-Length`
 /// is not the framing and is not relayed ([`relays_length`]).
-pub fn answer_body<'a>(
+pub fn read_answer<'a>(
     status: u16,
     head_only: bool,
     fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-) -> Result<AnswerBody, BadAnswer> {
+) -> Result<AnswerHead, BadAnswer> {
     if status == 101 {
         return Err(BadAnswer);
     }
     let mut length: Option<u64> = None;
     let mut coded: Option<bool> = None;
+    let (mut close, mut request_id) = (false, false);
     for (name, value) in fields {
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"connection") {
+            close |= lists(value, b"close");
+        } else if name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()) {
+            request_id = true;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             for n in value.split(|&b| b == b',') {
                 let n = plain_length(n.trim_ascii()).ok_or(BadAnswer)?;
                 match length {
@@ -280,7 +305,7 @@ pub fn answer_body<'a>(
             coded = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
         }
     }
-    Ok(if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+    let body = if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
         AnswerBody::None
     } else {
         match (coded, length) {
@@ -288,7 +313,9 @@ pub fn answer_body<'a>(
             (Some(false), _) | (None, None) => AnswerBody::UntilClose,
             (None, Some(n)) => AnswerBody::Length(n),
         }
-    })
+    };
+    let relayed_length = length.filter(|_| relays_length(status, head_only, body, coded.is_some()));
+    Ok(AnswerHead { body, relayed_length, close, request_id })
 }
 
 /// Whether an answer's `Content-Length` goes downstream (as one number):
@@ -310,19 +337,15 @@ fn plain_length(v: &[u8]) -> Option<u64> {
     Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// hyper's answer head, made what [`answer_body`] says may be relayed:
+/// hyper's answer head, made what [`read_answer`] says may be relayed:
 /// `Content-Length` one number or gone, hop-by-hop fields gone, the version
 /// the gateway speaks.
 pub fn edit_answer(parts: &mut http::response::Parts, head_only: bool) -> Result<(), BadAnswer> {
     let h = &mut parts.headers;
     let status = parts.status.as_u16();
-    let body = answer_body(status, head_only, h.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())))?;
-    let coded = h.contains_key(&head::names::TRANSFER_ENCODING);
-    let length = h
-        .get(&head::names::CONTENT_LENGTH)
-        .and_then(|v| v.as_bytes().split(|&b| b == b',').next().map(<[u8]>::trim_ascii).and_then(plain_length));
+    let read = read_answer(status, head_only, h.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())))?;
     h.remove(&head::names::CONTENT_LENGTH);
-    if let (Some(n), true) = (length, relays_length(status, head_only, body, coded)) {
+    if let Some(n) = read.relayed_length {
         h.insert(head::names::CONTENT_LENGTH.clone(), HeaderValue::from(n));
     }
     strip_hop_by_hop(h);

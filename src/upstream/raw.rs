@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::header::HeaderName;
 use http::StatusCode;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -180,6 +179,8 @@ struct ResponseHead {
     reusable: bool,
     /// The answer's `Content-Length`, when it goes downstream (one number).
     relayed_length: Option<u64>,
+    /// The answer carries its own `X-Request-Id`.
+    request_id: bool,
 }
 
 async fn read_response_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, Broken> {
@@ -229,21 +230,11 @@ fn parse_response(buf: &[u8], head_only: bool, at: &mut Vec<FieldAt>) -> Result<
         let (name, value) = (offset(f.name.as_bytes()), offset(f.value));
         FieldAt { name: name..name + f.name.len(), value: value..value + f.value.len() }
     }));
-    let fields = || rsp.headers.iter().map(|f| (f.name.as_bytes(), f.value));
-    let body = forwarding::answer_body(status.as_u16(), head_only, fields()).map_err(|_| Broken)?;
-    let (mut length, mut coded) = (None, false);
-    for (name, value) in fields() {
-        if name.eq_ignore_ascii_case(b"connection") && forwarding::lists(value, b"close") {
-            reusable = false;
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            // `answer_body` has checked it is one number, however often repeated.
-            length =
-                value.split(|&b| b == b',').next().and_then(|n| std::str::from_utf8(n.trim_ascii()).ok()?.parse().ok());
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            coded = true;
-        }
-    }
-    let relayed_length = length.filter(|_| forwarding::relays_length(status.as_u16(), head_only, body, coded));
+    let read =
+        forwarding::read_answer(status.as_u16(), head_only, rsp.headers.iter().map(|f| (f.name.as_bytes(), f.value)))
+            .map_err(|_| Broken)?;
+    reusable &= !read.close;
+    let (body, relayed_length, request_id) = (read.body, read.relayed_length, read.request_id);
     let framing = match body {
         // Late bytes after an answer without a body (a buggy upstream's
         // body to a HEAD, a 204 or a 304) would reach the next call on this
@@ -259,7 +250,7 @@ fn parse_response(buf: &[u8], head_only: bool, at: &mut Vec<FieldAt>) -> Result<
     if matches!(framing, Framing::Close) {
         reusable = false;
     }
-    Ok(Some(ResponseHead { status, len, framing, reusable, relayed_length }))
+    Ok(Some(ResponseHead { status, len, framing, reusable, relayed_length, request_id }))
 }
 
 /// One answered exchange: the head is parsed, the body not yet copied.
@@ -275,11 +266,9 @@ impl Exchange<'_> {
         self.head.status.as_u16()
     }
 
-    /// Whether the answer carries a field named `name`.
-    pub fn has(&self, name: &HeaderName) -> bool {
-        let Some(conn) = &self.conn else { return false };
-        let name = name.as_str().as_bytes();
-        conn.fields.iter().any(|f| conn.buf[f.name.clone()].eq_ignore_ascii_case(name))
+    /// Whether the answer carries its own `X-Request-Id`.
+    pub fn has_request_id(&self) -> bool {
+        self.head.request_id
     }
 
     /// The downstream head: the upstream's status and fields, minus
