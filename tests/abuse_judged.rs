@@ -411,6 +411,7 @@ support::on_both_paths! {
             }
         }
         assert_eq!(left(gw.admin, "acme", "ticket_list").await, 100, "no ticket list was charged");
+        assert_eq!(used(gw.admin, "acme").await, 4, "only the four follow-ups were charged");
     }
 
     /// Item 8: a call the upstream read and dropped without answering is 502,
