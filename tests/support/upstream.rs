@@ -391,6 +391,10 @@ pub enum Answer {
     Close(Vec<u8>),
     /// Never answers (and keeps the socket open).
     Hang,
+    /// Writes the first bytes, then after the pause the second ones (bytes
+    /// no request asked for, arriving once the answer looks complete), and
+    /// keeps the socket open.
+    Late(Vec<u8>, Duration, Vec<u8>),
 }
 
 impl ScriptedUpstream {
@@ -440,6 +444,15 @@ impl ScriptedUpstream {
                             Answer::Hang => {
                                 tokio::time::sleep(Duration::from_secs(60)).await;
                                 return;
+                            }
+                            Answer::Late(first, pause, late) => {
+                                if s.write_all(&first).await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(pause).await;
+                                if s.write_all(&late).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                     }
