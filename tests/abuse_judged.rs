@@ -539,7 +539,6 @@ mod late_bytes {
     }
 
     #[tokio::test]
-    #[ignore = "BUG: hyper's client pool reuses the socket of an answer to HEAD; a call sent before the upstream's late bytes arrive (round 0 ms) reads them as its answer (tiny got \"POISON\"); once they are on the idle socket (round 400 ms) hyper drops it"]
     async fn hyper() {
         late_bytes_after_head_reach_nobody(Path::Hyper).await;
     }

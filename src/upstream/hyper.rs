@@ -14,6 +14,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::client::legacy::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -75,7 +76,16 @@ impl HyperClient {
                 Err(e) => e,
             })
             .boxed();
-        let req = Request::from_parts(parts, body);
+        // Late bytes after an answer without a body (a buggy upstream's body
+        // to a HEAD, a 204, a 304) would reach the next call on a reused
+        // connection, maybe another tenant's: a HEAD's connection closes
+        // after its answer, and one that brought a 204 or 304 is poisoned
+        // (never handed out again), as the raw pool drops such a socket.
+        if head_only {
+            parts.headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        let mut req = Request::from_parts(parts, body);
+        let connection = capture_connection(&mut req);
         // `timeout_ms` runs while the call waits on the upstream, not on the
         // client: an upload that takes longer but keeps moving is not a 504,
         // and an upstream that stops reading the body is.
@@ -85,6 +95,11 @@ impl HyperClient {
         };
         let rsp = rsp.map_err(|e| classify_error(&e))?;
         let (mut parts, incoming) = rsp.into_parts();
+        if matches!(parts.status.as_u16(), 204 | 304) {
+            if let Some(c) = connection.connection_metadata().as_ref() {
+                c.poison();
+            }
+        }
         forwarding::edit_answer(&mut parts, head_only).map_err(|_| UpstreamError::Protocol)?;
         let body = IdleCut::new(incoming, self.timeout, |idle| {
             BoxError::from(format!("upstream body stalled for {} ms", idle.as_millis()))
