@@ -5,12 +5,19 @@
 //!
 //! # Request flow
 //!
-//! `server` accepts a connection and hands each request to `proxy::handle`,
-//! which loads one config `Snapshot` and walks SPEC §3 top to bottom:
-//! `tenant::resolve` (1) → HTTPS (2) → API access (3) → `endpoint::classify` (4)
-//! → `checks` (5–8) → `limiter::Limiter::acquire` (9) → `forward::Upstream::send`
-//! (10). Every refusal is a `reject::Reject`; one exit (`proxy::finish`) adds
-//! the rate-limit headers (`headers`), counts (`metrics`) and logs.
+//! `server` accepts a connection. A plain-TCP one starts on the fast path
+//! (`fast::serve`: `fast::head::parse` reads each head in place); a TLS or h2
+//! one, or one the fast path hands over, is served by hyper
+//! (`hyper_wire::handle`). Either way each call enters `proxy::serve_call`
+//! once, with a `proxy::Wire` that knows only how the call's bytes move:
+//! request id → `decide` (request form, framing, `Connection`, `Host`, path;
+//! `tenant` (1) → HTTPS (2) → API access (3) → `endpoint::classify` (4) →
+//! `checks` (5–8) → `limiter::Limiter::acquire` (9)) → `wire.exchange` (10,
+//! through `upstream::raw` or `upstream::hyper`, with the fields
+//! `upstream::forwarding` rules) → an upstream error becomes a
+//! `reject::Reject` → `wire.answer` or `wire.refuse`, with `finish` adding
+//! the rate-limit headers (`headers`) and the request id, counting
+//! (`metrics`) and logging, once. Nothing below `proxy` calls back into it.
 //!
 //! # Layout
 //!
@@ -18,18 +25,28 @@
 //! - `config` (+ `raw`, `validate`, `plans`, `summary`): TOML → validated types
 //! - `state`: `Shared` and the swappable `Snapshot`
 //! - `server`: accept loop, TLS, HTTP/1.1 + h2; `tls`: rustls configs
-//! - `proxy`: the straight line; `tenant`, `endpoint`, `checks`: steps 1–8 (pure);
-//!   `host`: the one normal form of a host name (configured and requested)
+//! - `proxy`: the one call lifecycle and the `Wire` trait
+//! - `fast` (+ `head`): the HTTP/1.1 fast path — which path a connection and
+//!   a request take, the connection loop, its `Wire`, the head codec;
+//!   `hyper_wire`: hyper's `Wire`; `h1`: the HTTP/1 writer both hand-written
+//!   sides share
+//! - `upstream` (+ `forwarding`, `raw`, `hyper`, `chunked`): both upstream
+//!   clients, the one hop-by-hop table and forwarding rules, `UpstreamError`
+//! - `head`: a request head's fields, every field-name static, `RequestId`
+//! - `tenant`, `endpoint`, `checks`: the steps (pure); `host`: the one
+//!   normal form of a host name (configured and requested)
 //! - `limiter` (+ `window`, `memory`, `redis`, `store`): budgets; one decision
 //!   logic over a memory or Redis store (`AnyStore`), answering data
-//! - `forward`: pooled upstream client, hop-by-hop, `X-Forwarded-*`
-//! - `headers`: decision → rate-limit headers; `reject`: refusals → responses;
-//!   `fields`: where both write (a response's `HeaderMap` or the fast path's text)
+//! - `headers`: decision → rate-limit headers; `reject`: every refusal, built
+//!   from the steps', the limiter's and the upstream's data; `fields`: where
+//!   both write (a `HeaderMap` or the fast path's text)
 //! - `metrics`, `admin`: Prometheus registry and the admin listener
 //! - `reload`: SIGHUP and file changes → load → atomic swap
 //! - `demo`: `deskgate demo`
 //! - `webhooks` (+ `api`, `dispatch`, `deliver`, `queue`, `redis_queue`): webhook
-//!   egress on its own listener, spending the same budgets (SPEC §6)
+//!   egress on its own listener, spending the same budgets
+//!
+//! `scripts/module-cycles` checks that no module imports another in a circle.
 #![forbid(unsafe_code)]
 
 pub mod admin;
