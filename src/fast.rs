@@ -1,4 +1,4 @@
-//! The HTTP/1.1 fast path: a connection loop and a [`Wire`] that moves the
+//! The HTTP/1.1 fast path: a connection loop and a `Wire` that moves the
 //! common call's bytes by hand — a plain-TCP request without a body or with
 //! a small one of declared length, forwarded to a plain-HTTP upstream.
 //!

@@ -1,4 +1,4 @@
-//! The hyper path's [`Wire`]: calls that hyper's server carries (TLS, h2,
+//! The hyper path's `Wire`: calls that hyper's server carries (TLS, h2,
 //! streamed bodies, whatever the fast path hands over), sent through
 //! hyper's pooled client (`upstream::hyper`). Bodies stream both ways.
 

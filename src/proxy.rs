@@ -1,10 +1,10 @@
 //! One call, one straight line (SPEC §3). Every call, whichever transport
-//! carries it, is served by [`serve_call`]: request id → [`decide`] (steps
+//! carries it, is served by `serve_call`: request id → `decide` (steps
 //! 1–9) → forwarding → the timed exchange with the upstream → an upstream
 //! error becomes a refusal → the answer or the refusal is written, with
-//! [`finish`] adding the gateway's fields, counting and logging, once.
+//! `finish` adding the gateway's fields, counting and logging, once.
 //!
-//! How a call's bytes move is the transport's business, behind [`Wire`]:
+//! How a call's bytes move is the transport's business, behind `Wire`:
 //! the fast path's raw HTTP/1.1 (`fast`) and hyper's server and client
 //! (`hyper_wire`). The lifecycle never asks which one it runs on.
 

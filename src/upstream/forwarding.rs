@@ -81,7 +81,7 @@ fn set_here(name: &[u8]) -> bool {
 pub static METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// Whether a downstream request field is kept from the upstream (besides
-/// hop-by-hop fields and those [`set_here`]), for a call `f` describes.
+/// hop-by-hop fields and those `set_here`), for a call `f` describes.
 pub fn withheld(name: &[u8], f: &Forwarding<'_>) -> bool {
     let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
     if name.contains(&b'_') {
@@ -98,7 +98,7 @@ pub fn withheld(name: &[u8], f: &Forwarding<'_>) -> bool {
 }
 
 /// What the upstream is told about a call, from the downstream's fields and
-/// what the gateway resolved: the values of the fields [`set_here`] names.
+/// what the gateway resolved: the values of the fields `set_here` names.
 struct Told<'a> {
     /// A trusted proxy's `X-Forwarded-For` chain, extended with the peer.
     chain: Option<&'a str>,
