@@ -180,6 +180,11 @@ fn answers(path: &str) -> Answer {
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 8\r\n\r\n\"POISON\"".to_vec(),
         ),
         "/api/v2/tickets/7" => Answer::KeepOpen(JSON_7.to_vec()),
+        // Trailer fields, one that would reframe the answer: none is relayed.
+        "/api/v2/tickets/8" => Answer::KeepOpen(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Content-Length\r\n\r\n5\r\nhello\r\n0\r\nContent-Length: 99\r\nX-Sum: 1\r\n\r\n"
+                .to_vec(),
+        ),
         // Reads the call, then closes without a byte: the call ran, its answer is lost.
         "/api/v2/tickets/42" => Answer::Close(Vec::new()),
         _ => Answer::KeepOpen(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec()),
@@ -464,6 +469,14 @@ support::on_both_paths! {
         let got = one(gw.addr, &req("GET", "/api/v2/tickets/5", "", "")).await;
         assert_eq!(got.status, 204, "{}", got.text());
         assert!(got.fields("content-length").is_empty(), "{}", got.text());
+
+        // Trailer fields are not relayed: the body ends with the last chunk
+        // and an empty trailer section.
+        let got = one(gw.addr, &req("GET", "/api/v2/tickets/8", "", "")).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert!(got.body.ends_with(b"0\r\n\r\n"), "{}", got.text());
+        assert!(!got.text().contains("99") && !got.text().contains("X-Sum"), "{}", got.text());
+        assert_eq!(dechunk(&got.body), b"hello", "{}", got.text());
     }
 
     /// Item 10: request framing and targets the gateway answers itself.

@@ -38,11 +38,13 @@ enum State {
 #[derive(Debug, Clone, Copy)]
 pub struct Chunked {
     state: State,
+    /// Where, in the bytes last fed, the trailer section began.
+    trailer_at: Option<usize>,
 }
 
 impl Default for Chunked {
     fn default() -> Chunked {
-        Chunked { state: State::Size { size: 0, digits: 0 } }
+        Chunked { state: State::Size { size: 0, digits: 0 }, trailer_at: None }
     }
 }
 
@@ -52,9 +54,22 @@ impl Chunked {
         self.state == State::Done
     }
 
+    /// Whether the last chunk (`0`) has been read: what follows is the
+    /// trailer section and the final CRLF.
+    pub fn in_trailer(&self) -> bool {
+        matches!(self.state, State::TrailerStart | State::TrailerLine | State::TrailerLf | State::EndLf | State::Done)
+    }
+
+    /// Where, in the bytes of the last [`Chunked::feed`], the trailer
+    /// section began (just after the last chunk's line), if it began there.
+    pub fn trailer_at(&self) -> Option<usize> {
+        self.trailer_at
+    }
+
     /// Consumes the framing in `bytes` up to the end of the body and returns
     /// how many bytes belong to it. `Err` on framing that is not chunked.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<usize, BadChunk> {
+        self.trailer_at = None;
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -82,7 +97,10 @@ impl Chunked {
                     _ => State::Extension { size },
                 },
                 State::SizeLf { size } => match b {
-                    b'\n' if size == 0 => State::TrailerStart,
+                    b'\n' if size == 0 => {
+                        self.trailer_at = Some(i + 1);
+                        State::TrailerStart
+                    }
                     b'\n' => State::Data { left: size },
                     _ => return Err(BadChunk),
                 },
@@ -165,6 +183,29 @@ mod tests {
             assert!(!c.done());
             assert_eq!(c.feed(&body[cut..]), Ok(body.len() - cut));
             assert!(c.done(), "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn the_trailer_section_is_found_wherever_the_bytes_are_cut() {
+        let body = b"5\r\nhello\r\n0\r\nContent-Length: 99\r\n\r\n";
+        let at = b"5\r\nhello\r\n0\r\n".len();
+        for cut in 0..body.len() {
+            let mut c = Chunked::default();
+            let n = c.feed(&body[..cut]).unwrap();
+            let first = c.trailer_at();
+            assert_eq!(first.is_some(), cut >= at, "cut {cut}");
+            let in_trailer = c.in_trailer();
+            let m = c.feed(&body[cut..]).unwrap();
+            assert_eq!(n + m, body.len());
+            assert!(c.done());
+            // Found in the piece where it began, once.
+            match (first, c.trailer_at()) {
+                (Some(i), None) => assert_eq!(i, at),
+                (None, Some(i)) => assert_eq!(cut + i, at, "cut {cut}"),
+                other => panic!("cut {cut}: {other:?}"),
+            }
+            assert_eq!(in_trailer, cut >= at);
         }
     }
 

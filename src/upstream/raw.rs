@@ -353,23 +353,39 @@ impl Exchange<'_> {
         loop {
             // The body bytes already read, up to the end of this answer.
             let avail = &conn.buf[start..];
+            let mut copy = usize::MAX;
             let (take, done) = match framing {
                 Framing::Length(_) => {
                     let take = avail.len().min(usize::try_from(left).unwrap_or(usize::MAX));
                     left -= take as u64;
                     (take, left == 0)
                 }
-                Framing::Chunked => match chunked.feed(avail) {
-                    Ok(n) => (n, chunked.done()),
-                    Err(_) => {
-                        // Broken framing: what was sent cannot be completed.
-                        let _ = down.write_all(out).await;
-                        return false;
+                Framing::Chunked => {
+                    let in_trailer = chunked.in_trailer();
+                    match chunked.feed(avail) {
+                        Ok(n) => {
+                            // Trailer fields are not relayed (hyper's server
+                            // sends none either): a `Content-Length` or a
+                            // `Transfer-Encoding` there could reframe the
+                            // answer for a downstream that honours it. The
+                            // body ends with the last chunk and an empty
+                            // trailer section.
+                            copy = if in_trailer { 0 } else { chunked.trailer_at().unwrap_or(n) };
+                            (n, chunked.done())
+                        }
+                        Err(_) => {
+                            // Broken framing: what was sent cannot be completed.
+                            let _ = down.write_all(out).await;
+                            return false;
+                        }
                     }
-                },
+                }
                 Framing::Close => (avail.len(), false),
             };
-            out.extend_from_slice(&avail[..take]);
+            out.extend_from_slice(&avail[..copy.min(take)]);
+            if done && matches!(framing, Framing::Chunked) {
+                out.extend_from_slice(b"\r\n");
+            }
             let extra = avail.len() > take;
             if done {
                 if down.write_all(out).await.is_err() {
