@@ -198,8 +198,9 @@ fn the_judged_forwarded_seeds_are_judged_as_the_gateway_answers_them() {
 
 /// judged_forwarded: a portal page asked for in absolute form is judged by
 /// the target's authority (RFC 9112 §3.2.2: it wins over `Host`) but goes
-/// upstream with the downstream's `Host` field as sent, or with none when it
-/// sent none (hyper's client then writes the upstream's own address), where
+/// upstream with the downstream's `Host` field as sent, or with none from the
+/// forwarding rules when it sent none (hyper's client, which carries every
+/// absolute-form call, then writes the upstream's own address), where
 /// RFC 9112 §3.2.2 has a proxy generate `Host` from the target. Found by the
 /// target's `absolute_portal` seed, minimised to `GET http://b/` + `Host: a`.
 /// Harmless today — portal traffic is neither charged nor policed by host,
