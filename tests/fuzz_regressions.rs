@@ -183,6 +183,7 @@ fn the_judged_forwarded_seeds_are_judged_as_the_gateway_answers_them() {
     assert_eq!(api("underscore"), Some((acme(), Endpoint::TicketCreate, 1)));
     assert_eq!(api("claims"), Some((acme(), Endpoint::TicketList, 1)));
     assert_eq!(api("override"), Some((acme(), Endpoint::Other, 1)));
+    assert_eq!(api("contacts"), Some(("globex.freshdesk.com".to_owned(), Endpoint::ContactList, 1)));
     // `/API//V2/./%74ickets/42.json/`: the ticket view, 3 includes.
     let spelled = judged("spelling").unwrap();
     assert_eq!(spelled.api, Some((acme(), Endpoint::Other, 4)));
