@@ -15,7 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 secs=${FUZZ_SECONDS:-60}
-targets=${FUZZ_TARGETS:-"path_classify host_resolve header_checks config_parse fast_head chunked_end"}
+targets=${FUZZ_TARGETS:-"path_classify host_resolve header_checks config_parse fast_head chunked_end judged_forwarded"}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
