@@ -145,6 +145,10 @@ struct Plan {
     https: bool,
     /// The tenant it was charged to; `None` for portal traffic.
     tenant: Option<Arc<Tenant>>,
+    /// A portal page asked for with an authority (absolute form, h2's
+    /// `:authority`): the host it was judged by, which the upstream is told
+    /// (RFC 9112 §3.2.2), not a `Host` field that disagrees or is missing.
+    authority: Option<String>,
     /// The normalised path, when it differs from the one received.
     path: Option<String>,
 }
@@ -155,7 +159,7 @@ impl Plan {
             peer: conn.peer,
             https: self.https,
             peer_trusted: is_trusted(cfg, conn.peer),
-            host: self.tenant.as_ref().map(|t| &*t.domain),
+            host: self.tenant.as_ref().map(|t| &*t.domain).or(self.authority.as_deref()),
             path: self.path.as_deref(),
             request_id,
             max_body_bytes: cfg.server.max_body_bytes,
@@ -204,7 +208,8 @@ async fn decide(
         // the API but normalises outside it (`/api/v2/../../x`): the upstream
         // gets the normalised path, so it cannot read an API call into it.
         let path = normalized.filter(|_| req.path().to_ascii_lowercase().contains("api"));
-        return Ok(Plan { https, tenant: None, path });
+        let authority = req.authority().map(str::to_owned);
+        return Ok(Plan { https, tenant: None, authority, path });
     }
     cx.api = true;
     let entry = snap.hosts.get(&*host);
@@ -265,7 +270,7 @@ async fn decide(
         }
         tracing::info!(tenant = %tenant.name, endpoint = endpoint.as_str(), request_id = cx.request_id.as_str(), "shadow: would answer 429");
     }
-    Ok(Plan { https, tenant: Some(tenant), path: normalized })
+    Ok(Plan { https, tenant: Some(tenant), authority: None, path: normalized })
 }
 
 fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {

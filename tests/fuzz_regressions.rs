@@ -197,19 +197,17 @@ fn the_judged_forwarded_seeds_are_judged_as_the_gateway_answers_them() {
     }
 }
 
-/// judged_forwarded: a portal page asked for in absolute form is judged by
-/// the target's authority (RFC 9112 §3.2.2: it wins over `Host`) but goes
-/// upstream with the downstream's `Host` field as sent, or with none from the
-/// forwarding rules when it sent none (hyper's client, which carries every
-/// absolute-form call, then writes the upstream's own address), where
-/// RFC 9112 §3.2.2 has a proxy generate `Host` from the target. Found by the
-/// target's `absolute_portal` seed, minimised to `GET http://b/` + `Host: a`.
-/// Harmless today — portal traffic is neither charged nor policed by host,
-/// and an API call in the same form is forwarded to the tenant it was
-/// charged to (below) — so current behaviour is pinned, and the property
-/// allows it (`ALLOW_PORTAL_HOST_FIELD_OVER_AUTHORITY`).
+/// judged_forwarded: a portal page asked for in absolute form was judged by
+/// the target's authority (RFC 9112 §3.2.2: it wins over `Host`) but went
+/// upstream with the downstream's `Host` field as sent, or with none when it
+/// sent none (hyper's client then wrote the upstream's own address). Found
+/// by the target's `absolute_portal` seed, minimised to `GET http://b/` +
+/// `Host: a`. Fixed: `proxy` hands the judged authority to the forwarding
+/// rules as the host to tell (`Plan::authority`), as it hands a tenant's
+/// domain on an API call; the property no longer allows the old reading
+/// (`ALLOW_PORTAL_HOST_FIELD_OVER_AUTHORITY = false`).
 #[test]
-fn a_portal_page_in_absolute_form_is_forwarded_with_its_host_field() {
+fn a_portal_page_in_absolute_form_is_forwarded_with_the_host_it_was_judged_by() {
     use deskgate::head::RequestId;
     use deskgate::tenant::requested_host;
     use deskgate::upstream::forwarding::{edit_request, write_request_head};
@@ -255,12 +253,13 @@ fn a_portal_page_in_absolute_form_is_forwarded_with_its_host_field() {
         assert_eq!(map.get("host").map(|v| v.to_str().unwrap().to_owned()), host, "the two writers agree");
         (requested_host(&parts).unwrap().into_owned(), host)
     };
-    // Judged globex, told acme.
-    let portal = forward("http://globex.freshdesk.com/support/home", Some("acme.freshdesk.com"), None);
-    assert_eq!(portal, ("globex.freshdesk.com".to_owned(), Some("acme.freshdesk.com".to_owned())));
-    // Judged globex, told nothing.
-    let portal = forward("http://globex.freshdesk.com/support/home", None, None);
-    assert_eq!(portal, ("globex.freshdesk.com".to_owned(), None));
+    // Judged globex, told globex, whatever `Host` said (the authority is
+    // what `proxy` passes as the host for a portal page).
+    let authority = Some("globex.freshdesk.com");
+    let portal = forward("http://globex.freshdesk.com/support/home", Some("acme.freshdesk.com"), authority);
+    assert_eq!(portal, ("globex.freshdesk.com".to_owned(), Some("globex.freshdesk.com".to_owned())));
+    let portal = forward("http://globex.freshdesk.com/support/home", None, authority);
+    assert_eq!(portal, ("globex.freshdesk.com".to_owned(), Some("globex.freshdesk.com".to_owned())));
     // An API call in the same form is told the tenant it was charged to.
     let api =
         forward("http://globex.freshdesk.com/api/v2/tickets", Some("acme.freshdesk.com"), Some("globex.freshdesk.com"));

@@ -76,7 +76,7 @@ const HOSTS: [(&str, bool); 3] =
 /// compares the forwarded head's judgement with that of the same request in
 /// origin form. See `tests/fuzz_regressions.rs`,
 /// `a_portal_page_in_absolute_form_is_forwarded_with_its_host_field`.
-pub const ALLOW_PORTAL_HOST_FIELD_OVER_AUTHORITY: bool = true;
+pub const ALLOW_PORTAL_HOST_FIELD_OVER_AUTHORITY: bool = false;
 
 const MAX_BODY_BYTES: u64 = 1 << 20;
 const PEER: &str = "192.0.2.1:5555";
@@ -236,7 +236,7 @@ pub fn check(data: &[u8]) {
         peer: PEER.parse().expect("a socket address"),
         https: judged.https,
         peer_trusted: trusted,
-        host: judged.api.as_ref().map(|(domain, _, _)| domain.as_str()),
+        host: judged.api.as_ref().map(|(domain, _, _)| domain.as_str()).or(parts.uri.authority().map(|a| a.as_str())),
         path: (judged.path != parts.uri.path()).then_some(judged.path.as_str()),
         request_id: &request_id,
         max_body_bytes: MAX_BODY_BYTES,
