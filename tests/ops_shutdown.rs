@@ -108,6 +108,9 @@ async fn sigint_shuts_down_like_sigterm() {
     let dir = ConfigDir::new();
     let path = dir.write("deskgate.toml", &config_toml("http://127.0.0.1:9", "", "", ""));
     let mut gw = run_binary(&path, &[]);
+    // Before its handler is installed, SIGINT would end the process the
+    // default way (a signal exit, not a clean one): wait until it serves.
+    assert!(gw.wait_line(Duration::from_secs(10), |l| l.contains("deskgate listening")).is_some(), "{}", gw.log());
     gw.signal("INT");
     gw.assert_exits_cleanly(Duration::from_secs(5));
 }
