@@ -42,10 +42,10 @@ pub fn is_api(normalized: &str) -> bool {
 
 /// Whether a normalised path holds a `;` (raw, or `%3B` as normalisation
 /// spells it): segment parameters, which some servers strip before routing.
-/// One `memchr` per byte sought; most paths have neither.
 pub fn has_params(normalized: &str) -> bool {
     let b = normalized.as_bytes();
-    b.contains(&b';') || (b.contains(&b'%') && b.windows(3).any(|w| w == b"%3B"))
+    // One pass for both bytes; most paths have neither.
+    b.iter().any(|&c| c == b';' || c == b'%') && (b.contains(&b';') || b.windows(3).any(|w| w == b"%3B"))
 }
 
 /// Whether a normalised path that is not an API call would be one to a

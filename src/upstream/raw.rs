@@ -285,6 +285,15 @@ impl Exchange<'_> {
         let mut connection = fields.clone().filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"));
         let options = connection.next().map(|(_, value)| value);
         let more_options = connection.next().is_some();
+        // `keep-alive` and `close` name no field but hop-by-hop ones: an
+        // upstream that sends only those (nearly all) makes the per-field
+        // lookup below needless.
+        let names_fields = more_options
+            || options.is_some_and(|v| {
+                v.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|o| {
+                    !(o.is_empty() || o.eq_ignore_ascii_case(b"keep-alive") || o.eq_ignore_ascii_case(b"close"))
+                })
+            });
         let named = |name: &[u8]| {
             let listed = |value: &[u8]| forwarding::lists(value, name);
             match options {
@@ -312,7 +321,7 @@ impl Exchange<'_> {
             // `Transfer-Encoding` goes with it; every other hop-by-hop field stays.
             let relayed_framing =
                 name.eq_ignore_ascii_case(b"transfer-encoding") && matches!(self.head.framing, Framing::Chunked);
-            if ours_too || (forwarding::is_hop_by_hop(name) && !relayed_framing) || named(name) {
+            if ours_too || (forwarding::is_hop_by_hop(name) && !relayed_framing) || (names_fields && named(name)) {
                 continue;
             }
             // With Transfer-Encoding the length is not the framing (RFC 9112
