@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
 use crate::fields::Fields;
-use crate::head::names::{X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::head::names::{AUTHORIZATION, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::head::{self, RequestFields, RequestHead, RequestId};
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{Name, TenantReason, TenantSeries};
@@ -82,6 +82,18 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             let waited = start.elapsed();
             cx.upstream = Some(waited);
             shared.metrics.upstream_duration.observe(waited.as_secs_f64());
+            // What is charged (README, "Budgets"): a call the helpdesk
+            // refused as unauthenticated, or never received, is given back.
+            // A timeout or a broken answer stays charged: the helpdesk may
+            // have counted it.
+            let refund = match &answer {
+                Ok(a) if W::status(a) == 401 => Some("upstream_401"),
+                Err(UpstreamError::Connect) => Some("upstream_unreachable"),
+                _ => None,
+            };
+            if let Some(reason) = refund {
+                give_back(shared, cfg, &mut cx, &plan, wire.head(), reason).await;
+            }
             answer.map_err(|e| {
                 shared.metrics.count_upstream_error(e);
                 Reject::for_upstream(
@@ -107,6 +119,39 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             wire.refuse(reject, |h| finish(shared, &cx, status, true, h)).await
         }
     }
+}
+
+/// Gives back what an API call was charged (`reason`: why, for the metric),
+/// so its answer shows the refunded budget; after an upstream 401, also
+/// remembers the credential as refused (answered 401 here for
+/// `refused_credential_ttl_ms`). Rare: costs one store call, only here.
+async fn give_back(
+    shared: &Shared,
+    cfg: &Config,
+    cx: &mut Call,
+    plan: &Plan,
+    req: &impl RequestFields,
+    reason: &'static str,
+) {
+    // Portal traffic is neither charged nor policed.
+    let Some(tenant) = plan.tenant.as_ref() else { return };
+    if reason == "upstream_401" {
+        if let Some(credential) = req.first(&AUTHORIZATION) {
+            shared.limiter.remember_refused_credential(&tenant.name, credential, cfg.limiter.refused_credential_ttl);
+        }
+    }
+    let Some(charged) = cx.decision else { return };
+    if let Some(after) = shared.limiter.refund(&Ask::new(tenant, cx.endpoint, charged.cost), &charged).await {
+        cx.decision = Some(after);
+        shared.metrics.refunds.get_or_create(&TenantReason { tenant: Name(tenant.name.clone()), reason }).inc();
+    }
+}
+
+/// Whether `req`'s credential is one the helpdesk refused for `tenant` a
+/// moment ago. While none is remembered this is one atomic load.
+fn credential_refused(shared: &Shared, tenant: &Tenant, req: &impl RequestFields) -> bool {
+    shared.limiter.remembers_refused_credentials()
+        && req.first(&AUTHORIZATION).is_some_and(|v| shared.limiter.credential_refused(&tenant.name, v, Instant::now()))
 }
 
 /// What the single exit needs to know about one call.
@@ -231,15 +276,22 @@ async fn decide(
     if let Ok((endpoint, _)) = route {
         cx.endpoint = endpoint;
     }
+    // A credential the helpdesk has just refused is answered 401 here,
+    // uncharged (even with `charge_invalid`): the helpdesk would refuse it.
+    let mut refused_credential = false;
     let valid = route.clone().and_then(|_| {
         checks::authorization(req)?; // 5
+        if !cfg.limiter.refused_credential_ttl.is_zero() && credential_refused(shared, &tenant, req) {
+            refused_credential = true;
+            return Err(Reject::InvalidCredentials);
+        }
         checks::accept(req)?; // 6
         checks::bodiless(req.method(), body_present)?; // 7
         checks::content_type_given(req, body_present)?; // 7
         checks::content_length(req, cfg.server.max_body_bytes) // 8
     });
     if let Err(reject) = valid {
-        if cfg.limiter.charge_invalid && reject.chargeable_as_invalid() {
+        if cfg.limiter.charge_invalid && reject.chargeable_as_invalid() && !refused_credential {
             // "Even invalid requests count": charge what fits, refuse as before.
             let cost = route.as_ref().map_or(1, |r| r.1);
             if let Ok(d) = shared.limiter.acquire(&Ask::new(&tenant, cx.endpoint, cost)).await {
