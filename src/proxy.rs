@@ -53,6 +53,12 @@ pub(crate) trait Wire {
     /// Whether the request carries a body (declared, or h2 data frames).
     fn body_present(&self) -> bool;
 
+    /// The call's `Authorization` value, also once the exchange has taken
+    /// the head (to remember a credential the upstream refused).
+    fn credential(&self) -> Option<&[u8]> {
+        self.head().first(&AUTHORIZATION)
+    }
+
     /// Sends the judged call upstream as `fwd` says and waits for the
     /// answer's head, within the upstream timeout.
     async fn exchange(&mut self, fwd: &Forwarding<'_>) -> Result<Self::Answer, UpstreamError>;
@@ -92,7 +98,7 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
                 _ => None,
             };
             if let Some(reason) = refund {
-                give_back(shared, cfg, &mut cx, &plan, wire.head(), reason).await;
+                give_back(shared, cfg, &mut cx, &plan, wire.credential(), reason).await;
             }
             answer.map_err(|e| {
                 shared.metrics.count_upstream_error(e);
@@ -130,13 +136,13 @@ async fn give_back(
     cfg: &Config,
     cx: &mut Call,
     plan: &Plan,
-    req: &impl RequestFields,
+    credential: Option<&[u8]>,
     reason: &'static str,
 ) {
     // Portal traffic is neither charged nor policed.
     let Some(tenant) = plan.tenant.as_ref() else { return };
     if reason == "upstream_401" {
-        if let Some(credential) = req.first(&AUTHORIZATION) {
+        if let Some(credential) = credential {
             shared.limiter.remember_refused_credential(&tenant.name, credential, cfg.limiter.refused_credential_ttl);
         }
     }
