@@ -29,6 +29,16 @@
 //! It answers with one packed string. It is sent as `EVALSHA`; on
 //! `NOSCRIPT` (a restarted or flushed Redis) it is loaded and sent again.
 //!
+//! # Refunds
+//!
+//! The script answers, per policy, the slot a charge went to (the
+//! [`PolicyState::slot`] of the decision). A call the helpdesk never
+//! received or answered 401 is given back by `refund.lua`: one more script
+//! call on the same key (so on a cluster it goes to the tenant's own slot),
+//! made only for such calls, that decrements exactly those slots, never
+//! below zero, does nothing for a slot that has left the window or a window
+//! restarted since, and never creates a key.
+//!
 //! # Batches
 //!
 //! With standalone Redis, calls that wait for the store at the same moment
