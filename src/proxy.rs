@@ -88,7 +88,7 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             let waited = start.elapsed();
             cx.upstream = Some(waited);
             shared.metrics.upstream_duration.observe(waited.as_secs_f64());
-            // What is charged (README, "Budgets"): a call the helpdesk
+            // What is charged (README, "What is charged"): a call the helpdesk
             // refused as unauthenticated, or never received, is given back.
             // A timeout or a broken answer stays charged: the helpdesk may
             // have counted it.
