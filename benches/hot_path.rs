@@ -30,6 +30,7 @@ fn decision() -> Decision {
         remaining: quota / 2,
         reset_ms: 12_000,
         retry_ms: None,
+        slot: 0,
     };
     Decision {
         allowed: true,

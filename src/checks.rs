@@ -120,6 +120,26 @@ pub fn transfer_coding(h: &(impl RequestFields + ?Sized)) -> Result<(), Reject> 
     Ok(())
 }
 
+/// [`transfer_coding`] and [`connection_options`] in one pass over the
+/// fields: every call meets them, and nearly none has either field.
+pub fn framing_and_connection(h: &(impl RequestFields + ?Sized)) -> Result<(), Reject> {
+    let (mut coded, mut connection) = (false, false);
+    for (name, _) in h.all() {
+        match name.first().map(u8::to_ascii_lowercase) {
+            Some(b't') => coded |= name.eq_ignore_ascii_case(b"transfer-encoding"),
+            Some(b'c') => connection |= name.eq_ignore_ascii_case(b"connection"),
+            _ => {}
+        }
+    }
+    if coded {
+        transfer_coding(h)?;
+    }
+    if connection {
+        connection_options(h)?;
+    }
+    Ok(())
+}
+
 /// Fields a `Connection` option may not name: the ones the gateway checks
 /// or sets. A proxy removes every field `Connection` names (RFC 9110
 /// §7.6.1), so `Connection: keep-alive, Authorization` would have step 5

@@ -129,6 +129,9 @@ pub struct LimiterConfig {
     /// Whether calls decided in the same turn of the event loop share one
     /// `EVALSHA` (standalone Redis only: a cluster spreads tenants over slots).
     pub redis_batch: bool,
+    /// How long a credential the helpdesk answered 401 is answered 401 by
+    /// the gateway itself (zero: never).
+    pub refused_credential_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -76,7 +76,7 @@ mod tests {
     use http::HeaderMap;
 
     fn state(name: &'static str, quota: u32, remaining: u32, reset_ms: u64, retry_ms: Option<u64>) -> PolicyState {
-        PolicyState { policy: Policy { name, quota, window_s: 60 }, remaining, reset_ms, retry_ms }
+        PolicyState { policy: Policy { name, quota, window_s: 60 }, remaining, reset_ms, retry_ms, slot: 0 }
     }
 
     #[test]

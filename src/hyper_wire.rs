@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
@@ -22,7 +22,7 @@ use crate::upstream::{Forwarding, UpstreamError};
 /// hyper's service for the API listener: one call through the lifecycle.
 pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let mut wire = HyperWire { parts, body: Some(body), client: &shared.upstream.hyper };
+    let mut wire = HyperWire { parts, body: Some(body), client: &shared.upstream.hyper, credential: None };
     Ok(proxy::serve_call(&shared, conn, &mut wire).await)
 }
 
@@ -32,6 +32,9 @@ struct HyperWire<'u> {
     /// The request body, until the exchange takes it.
     body: Option<Incoming>,
     client: &'u HyperClient,
+    /// The `Authorization` value, kept when the exchange takes the head (a
+    /// `HeaderValue` clone shares the request's bytes: nothing is copied).
+    credential: Option<HeaderValue>,
 }
 
 impl Wire for HyperWire<'_> {
@@ -51,8 +54,16 @@ impl Wire for HyperWire<'_> {
     async fn exchange(&mut self, fwd: &Forwarding<'_>) -> Result<Response<Body>, UpstreamError> {
         // The call is sent once: its head and body move into the upstream request.
         let body = self.body.take().ok_or(UpstreamError::Protocol)?;
+        self.credential = self.parts.headers.get(AUTHORIZATION).cloned();
         let parts = std::mem::replace(&mut self.parts, Request::new(()).into_parts().0);
         self.client.send(fwd, parts, body).await
+    }
+
+    fn credential(&self) -> Option<&[u8]> {
+        match &self.credential {
+            Some(v) => Some(v.as_bytes()),
+            None => self.parts.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes),
+        }
     }
 
     fn status(answer: &Response<Body>) -> u16 {

@@ -11,6 +11,7 @@
 mod deny;
 pub mod memory;
 pub mod redis;
+mod refused;
 pub mod store;
 pub mod window;
 
@@ -26,6 +27,7 @@ use crate::endpoint::Endpoint;
 use deny::DenyCache;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+use refused::RefusedCredentials;
 pub use store::{Store, StoreError};
 
 /// One budget: `quota` credits per `window_s` seconds.
@@ -71,6 +73,10 @@ pub struct PolicyState {
     /// If this policy refused the call: milliseconds until the call would fit
     /// (`u64::MAX`: its cost exceeds the quota itself).
     pub retry_ms: Option<u64>,
+    /// The slot of the store's window that a charge went to (0 when nothing
+    /// was charged): what a [`Limiter::refund`] gives back to, so a refund
+    /// credits that slot and no other. The store's own clock, not ours.
+    pub slot: u64,
 }
 
 impl PolicyState {
@@ -82,12 +88,18 @@ impl PolicyState {
             remaining: u32::try_from(left).unwrap_or(u32::MAX),
             reset_ms: reset_us.div_ceil(1000),
             retry_ms: (!v.fits).then(|| if v.retry_us == u64::MAX { u64::MAX } else { v.retry_us.div_ceil(1000) }),
+            slot: 0,
         }
+    }
+
+    /// The same, naming the slot its charge went to.
+    pub fn charged_to(self, slot: u64) -> PolicyState {
+        PolicyState { slot, ..self }
     }
 
     /// A policy nobody could read (store down, failing open): shown as untouched.
     pub fn unknown(policy: Policy) -> PolicyState {
-        PolicyState { policy, remaining: policy.quota, reset_ms: 0, retry_ms: None }
+        PolicyState { policy, remaining: policy.quota, reset_ms: 0, retry_ms: None, slot: 0 }
     }
 }
 
@@ -130,6 +142,22 @@ impl Decision {
             .max_by_key(|p| p.retry_ms)
     }
 
+    /// The decision as it reads once `back` was given back: nothing used by
+    /// this call, the credits returned to what is left.
+    pub fn refunded(&self, back: Refunded) -> Decision {
+        let give = |p: &PolicyState, n: u32| PolicyState {
+            remaining: p.remaining.saturating_add(n).min(p.policy.quota),
+            slot: 0,
+            ..*p
+        };
+        Decision {
+            cost: 0,
+            account: give(&self.account, back.account),
+            endpoint: self.endpoint.as_ref().map(|e| give(e, back.endpoint)),
+            ..*self
+        }
+    }
+
     /// Why the call was refused, as data for its 429 and `Retry-After`;
     /// `None` when it was let through (degraded or not).
     pub fn refusal(&self) -> Option<Refusal> {
@@ -147,6 +175,14 @@ impl Decision {
         };
         Some(Refusal { policy: p.policy, retry_after_s })
     }
+}
+
+/// What a refund gave back to each window (0 where the charge's slot had
+/// already left it: nothing to give back).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refunded {
+    pub account: u32,
+    pub endpoint: u32,
 }
 
 /// A refused call: the policy that keeps it out longest and when to retry.
@@ -189,6 +225,7 @@ pub struct Limiter {
     store_timeout: Duration,
     circuit: Circuit,
     denials: DenyCache,
+    refused: RefusedCredentials,
 }
 
 impl Limiter {
@@ -200,6 +237,7 @@ impl Limiter {
             store_timeout: cfg.store_timeout,
             circuit: Circuit::new(),
             denials: DenyCache::default(),
+            refused: RefusedCredentials::default(),
         }
     }
 
@@ -266,6 +304,65 @@ impl Limiter {
                 self.store_failed(ask, &e)
             }
         }
+    }
+
+    /// Gives back exactly what `charged` (this limiter's decision for `ask`)
+    /// charged, to the windows and slots it went to, in one store call; the
+    /// decision as it reads after the refund, or `None` when there was
+    /// nothing to give back or the store could not (logged: the call then
+    /// stays charged, the safe side). For a call the helpdesk never saw or
+    /// refused as unauthenticated. Refund a decision once: the store cannot
+    /// tell one call's credits from another's in the same slot.
+    ///
+    /// This replica's deny cache forgets the tenant, so the room made is
+    /// seen at once here; another replica's deny cache may still refuse
+    /// from memory until its entry's own reset (it errs on refusing).
+    pub async fn refund(&self, ask: &Ask<'_>, charged: &Decision) -> Option<Decision> {
+        if charged.charged() == 0 {
+            return None;
+        }
+        let back = match &self.store {
+            AnyStore::Memory(m) => m.refund_now(ask, charged),
+            AnyStore::Redis(r) => {
+                let start = Instant::now();
+                let mut permit = self.circuit.permit(start)?;
+                match r.refund_by(ask, charged, start + self.store_timeout).await {
+                    Ok(back) => {
+                        permit.succeeded();
+                        self.denials.forget(ask.tenant);
+                        back
+                    }
+                    Err(e) => {
+                        permit.failed(Instant::now(), &e);
+                        tracing::warn!(tenant = ask.tenant, error = %e, "rate-limit store failed; the call stays charged");
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(charged.refunded(back))
+    }
+
+    /// Whether any refused credential is remembered (one atomic load): when
+    /// not, a call skips the look-up, and even reading its `Authorization`.
+    pub fn remembers_refused_credentials(&self) -> bool {
+        self.refused.any()
+    }
+
+    /// Whether the helpdesk refused `credential` (an `Authorization` value)
+    /// for `tenant` less than the refused-credential TTL ago, on this replica.
+    pub fn credential_refused(&self, tenant: &str, credential: &[u8], now: Instant) -> bool {
+        self.refused.contains(tenant, credential, now)
+    }
+
+    /// Remembers that the helpdesk refused `credential` for `tenant`: it is
+    /// refused here for `ttl` (a keyed hash is kept, never the credential).
+    pub fn remember_refused_credential(&self, tenant: &str, credential: &[u8], ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        self.refused.insert(tenant, credential, now, now + ttl);
     }
 
     fn store_failed(&self, ask: &Ask<'_>, e: &StoreError) -> Result<Decision, StoreUnavailable> {

@@ -101,6 +101,9 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub rate_limited: Family<TenantEndpoint, Counter>,
     pub rejected: Family<TenantReason, Counter>,
+    /// `deskgate_refunds_total{tenant,reason}`: calls whose charge was given
+    /// back (`upstream_401`, `upstream_unreachable`).
+    pub refunds: Family<TenantReason, Counter>,
     /// Arrival → response headers (`{endpoint}` exactly as SPEC §5 lists it).
     /// `deskgate_request_duration_seconds` and `..._overhead_seconds` (the
     /// part the gateway added: total minus the upstream wait) of each endpoint
@@ -130,6 +133,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let rate_limited = Family::<TenantEndpoint, Counter>::default();
         let rejected = Family::<TenantReason, Counter>::default();
+        let refunds = Family::<TenantReason, Counter>::default();
         let request_duration =
             Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let request_overhead =
@@ -168,6 +172,11 @@ impl Metrics {
             "deskgate_rejected",
             "API calls answered with an error other than 429 (refusals, upstream failures), by reason",
             rejected.clone(),
+        );
+        registry.register(
+            "deskgate_refunds",
+            "API calls whose charge was given back: the helpdesk answered 401 (upstream_401) or was never reached (upstream_unreachable), by tenant and reason",
+            refunds.clone(),
         );
         // Two families rather than one with a `kind` label: SPEC §5 fixes the
         // labels of `deskgate_request_duration_seconds` to `{endpoint}`, and a
@@ -209,6 +218,7 @@ impl Metrics {
             requests,
             rate_limited,
             rejected,
+            refunds,
             call_histograms,
             upstream_duration,
             upstream_errors,

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
 use crate::fields::Fields;
-use crate::head::names::{X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::head::names::{AUTHORIZATION, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::head::{self, RequestFields, RequestHead, RequestId};
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{Name, TenantReason, TenantSeries};
@@ -52,6 +52,12 @@ pub(crate) trait Wire {
     /// Whether the request carries a body (declared, or h2 data frames).
     fn body_present(&self) -> bool;
 
+    /// The call's `Authorization` value, also once the exchange has taken
+    /// the head (to remember a credential the upstream refused).
+    fn credential(&self) -> Option<&[u8]> {
+        self.head().first(&AUTHORIZATION)
+    }
+
     /// Sends the judged call upstream as `fwd` says and waits for the
     /// answer's head, within the upstream timeout.
     async fn exchange(&mut self, fwd: &Forwarding<'_>) -> Result<Self::Answer, UpstreamError>;
@@ -81,6 +87,18 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             let waited = start.elapsed();
             cx.upstream = Some(waited);
             shared.metrics.upstream_duration.observe(waited.as_secs_f64());
+            // What is charged (README, "What is charged"): a call the helpdesk
+            // refused as unauthenticated, or never received, is given back.
+            // A timeout or a broken answer stays charged: the helpdesk may
+            // have counted it.
+            let refund = match &answer {
+                Ok(a) if W::status(a) == 401 => Some("upstream_401"),
+                Err(UpstreamError::Connect) => Some("upstream_unreachable"),
+                _ => None,
+            };
+            if let Some(reason) = refund {
+                give_back(shared, cfg, &mut cx, &plan, wire.credential(), reason).await;
+            }
             answer.map_err(|e| {
                 shared.metrics.count_upstream_error(e);
                 Reject::for_upstream(
@@ -106,6 +124,39 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             wire.refuse(reject, |h| finish(shared, &cx, status, true, h)).await
         }
     }
+}
+
+/// Gives back what an API call was charged (`reason`: why, for the metric),
+/// so its answer shows the refunded budget; after an upstream 401, also
+/// remembers the credential as refused (answered 401 here for
+/// `refused_credential_ttl_ms`). Rare: costs one store call, only here.
+async fn give_back(
+    shared: &Shared,
+    cfg: &Config,
+    cx: &mut Call,
+    plan: &Plan,
+    credential: Option<&[u8]>,
+    reason: &'static str,
+) {
+    // Portal traffic is neither charged nor policed.
+    let Some(tenant) = plan.tenant.as_ref() else { return };
+    if reason == "upstream_401" {
+        if let Some(credential) = credential {
+            shared.limiter.remember_refused_credential(&tenant.name, credential, cfg.limiter.refused_credential_ttl);
+        }
+    }
+    let Some(charged) = cx.decision else { return };
+    if let Some(after) = shared.limiter.refund(&Ask::new(tenant, cx.endpoint, charged.cost), &charged).await {
+        cx.decision = Some(after);
+        shared.metrics.refunds.get_or_create(&TenantReason { tenant: Name(tenant.name.clone()), reason }).inc();
+    }
+}
+
+/// Whether `req`'s credential is one the helpdesk refused for `tenant` a
+/// moment ago. While none is remembered this is one atomic load.
+fn credential_refused(shared: &Shared, tenant: &Tenant, req: &impl RequestFields) -> bool {
+    shared.limiter.remembers_refused_credentials()
+        && req.first(&AUTHORIZATION).is_some_and(|v| shared.limiter.credential_refused(&tenant.name, v, Instant::now()))
 }
 
 /// What the single exit needs to know about one call.
@@ -182,8 +233,7 @@ async fn decide(
     // Refused whatever the path: what no upstream should be left to make
     // sense of, API call or portal page.
     checks::request_form(req)?;
-    checks::transfer_coding(req)?;
-    checks::connection_options(req)?;
+    checks::framing_and_connection(req)?;
     // RFC 9112 §3.2: no `Host`, two, or a malformed one is 400 on any path.
     let host = tenant::requested_host(req)?;
     let https = is_https(cfg, conn, req);
@@ -235,15 +285,22 @@ async fn decide(
     if let Ok((endpoint, _)) = route {
         cx.endpoint = endpoint;
     }
+    // A credential the helpdesk has just refused is answered 401 here,
+    // uncharged (even with `charge_invalid`): the helpdesk would refuse it.
+    let mut refused_credential = false;
     let valid = route.clone().and_then(|_| {
         checks::authorization(req)?; // 5
+        if !cfg.limiter.refused_credential_ttl.is_zero() && credential_refused(shared, &tenant, req) {
+            refused_credential = true;
+            return Err(Reject::InvalidCredentials);
+        }
         checks::accept(req)?; // 6
         checks::bodiless(req.method(), body_present)?; // 7
         checks::content_type_given(req, body_present)?; // 7
         checks::content_length(req, cfg.server.max_body_bytes) // 8
     });
     if let Err(reject) = valid {
-        if cfg.limiter.charge_invalid && reject.chargeable_as_invalid() {
+        if cfg.limiter.charge_invalid && reject.chargeable_as_invalid() && !refused_credential {
             // "Even invalid requests count": charge what fits, refuse as before.
             let cost = route.as_ref().map_or(1, |r| r.1);
             if let Ok(d) = shared.limiter.acquire(&Ask::new(&tenant, cx.endpoint, cost)).await {

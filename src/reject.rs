@@ -380,6 +380,7 @@ mod tests {
             remaining: 1,
             reset_ms: 4_000,
             retry_ms,
+            slot: 0,
         };
         // (account's wait, the endpoint's wait) → the seconds and policy told.
         for (account, endpoint, seconds, policy) in [

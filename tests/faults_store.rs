@@ -35,7 +35,14 @@ async fn redis_gateway(redis_url: &str, on_error: &str) -> TestGateway {
          endpoints = {{ ticket_list = 1000000, ticket_create = 800, ticket_update = 800, contact_list = 400 }}\n\n\
          [[tenant]]\nname = \"small\"\ndomain = \"{SMALL}\"\nplan = \"trial\"\nper_minute = {SMALL_BUDGET}\n"
     );
-    gateway("127.0.0.1:9".parse().unwrap(), "", &rest).await
+    // The upstream answers every call 502 at once: an admitted call is a
+    // 502 that stays charged. (A closed port would not do: a call the
+    // upstream never received is given back.)
+    let up = ScriptedUpstream::start(|_| {
+        Answer::KeepOpen(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n".to_vec())
+    })
+    .await;
+    gateway(up.addr, "", &rest).await
 }
 
 /// What one phase of load saw.
@@ -70,7 +77,7 @@ impl Load {
                     let mut out = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
                         let start = Instant::now();
-                        // The upstream is a closed port: an admitted call is a 502,
+                        // The upstream answers 502 at once: an admitted call is a 502,
                         // which is all this load needs to tell admitted from refused.
                         let got = get(&c, addr, BIG, "/api/v2/tickets").await;
                         let degraded = got.header("x-ratelimit-used-currentrequest") == "0";

@@ -119,9 +119,11 @@ support::on_both_paths! {
         assert_eq!(got.status, 502);
         assert_eq!(got.json()["code"], "bad_gateway");
         assert_eq!(got.header("x-ratelimit-total"), "400");
-        // The call was admitted (and charged) before the upstream failed it.
+        // The call was admitted before the upstream failed it, and given
+        // back: the helpdesk never received it.
         assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_list", 502, "bad_gateway", 1).await;
-        assert_eq!(used(gw.admin, "acme").await, 1);
+        assert_eq!(got.header("x-ratelimit-used-currentrequest"), "0");
+        assert_eq!(used(gw.admin, "acme").await, 0);
     }
 
     #[tokio::test]

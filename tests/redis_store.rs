@@ -31,6 +31,7 @@ fn cfg(store: StoreKind, on_store_error: OnStoreError, timeout_ms: u64) -> Limit
         key_prefix: "deskgate".into(),
         charge_invalid: false,
         redis_batch: true,
+        refused_credential_ttl: Duration::from_secs(10),
     }
 }
 
@@ -145,15 +146,16 @@ fn expected(wa: &mut Window, we: &mut Window, a: &Ask<'_>, now: u64) -> Decision
     let av = wa.judge(now, a.account.quota, a.cost);
     let ev = we.judge(now, ep.quota, a.cost);
     let allowed = av.fits && ev.fits;
+    let (mut sa, mut se) = (0, 0);
     if allowed && a.cost > 0 {
-        wa.charge(now, a.cost);
-        we.charge(now, a.cost);
+        sa = wa.charge(now, a.cost);
+        se = we.charge(now, a.cost);
     }
     Decision {
         allowed,
         cost: a.cost,
-        account: PolicyState::new(a.account, &av, allowed, a.cost, wa.reset_us(now)),
-        endpoint: Some(PolicyState::new(ep, &ev, allowed, a.cost, we.reset_us(now))),
+        account: PolicyState::new(a.account, &av, allowed, a.cost, wa.reset_us(now)).charged_to(sa),
+        endpoint: Some(PolicyState::new(ep, &ev, allowed, a.cost, we.reset_us(now)).charged_to(se)),
         degraded: false,
     }
 }
@@ -300,13 +302,14 @@ async fn runs_of_the_same_call_in_a_batch_are_decided_as_if_alone() {
 fn expected_any(wa: &mut Window, we: Option<&mut Window>, a: &Ask<'_>, now: u64) -> Decision {
     let Some(we) = we else {
         let av = wa.judge(now, a.account.quota, a.cost);
+        let mut sa = 0;
         if av.fits && a.cost > 0 {
-            wa.charge(now, a.cost);
+            sa = wa.charge(now, a.cost);
         }
         return Decision {
             allowed: av.fits,
             cost: a.cost,
-            account: PolicyState::new(a.account, &av, av.fits, a.cost, wa.reset_us(now)),
+            account: PolicyState::new(a.account, &av, av.fits, a.cost, wa.reset_us(now)).charged_to(sa),
             endpoint: None,
             degraded: false,
         };
@@ -910,4 +913,120 @@ async fn a_store_started_before_redis_connects_when_redis_comes_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(limiter.store_healthy());
+}
+
+/// Refunds through `refund.lua` give back exactly what window.rs gives back
+/// (the slot each charge went to, nothing once it left, never below zero),
+/// and the decisions after them agree call by call: random charges, refunds
+/// of earlier charges (some already out of the window, some refunded twice),
+/// with and without an endpoint, and wide counters.
+#[tokio::test]
+async fn refunds_agree_with_the_rust_window_step_by_step() {
+    let Some(r) = RedisServer::start("refunds_agree_with_the_rust_window_step_by_step") else {
+        return;
+    };
+    let s = store(&r).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let mut refunded = 0;
+    for (window_s, qa, qe, unit) in
+        [(10u32, 20u32, 8u32, 1u32), (60, 400, 100, 1), (1, 5, 3, 1), (10, 900_000, 300_000, 20_000)]
+    {
+        let tenant = format!("r{window_s}-{qa}");
+        let (acc, list) = (account(qa, window_s), ep(Endpoint::ContactList, qe, window_s));
+        let (mut wa, mut we) = (Window::new(window_s), Window::new(window_s));
+        let mut now = T0 + rng.gen_range(0..S);
+        let span = u64::from(window_s) * S;
+        let mut charges: Vec<(Decision, bool)> = Vec::new();
+        for step in 0..800 {
+            now += clock_step(&mut rng, span, span / 20);
+            let with_endpoint = rng.gen_range(0..4) != 0;
+            let cost = unit * [1, 1, 2, 3][rng.gen_range(0..4)];
+            let a = ask(&tenant, cost, acc, if with_endpoint { list } else { None });
+            let want = expected_any(&mut wa, with_endpoint.then_some(&mut we), &a, now);
+            let got = s.acquire_at(&a, now).await.unwrap_or_else(|e| panic!("step {step}: {e}"));
+            assert_eq!(got, want, "window {window_s}s, step {step}, now {now}");
+            if got.charged() > 0 {
+                charges.push((got, with_endpoint));
+            }
+            if !charges.is_empty() && rng.gen_range(0..3) == 0 {
+                let (d, with_endpoint) = charges[rng.gen_range(0..charges.len())];
+                let a = ask(&tenant, d.cost, acc, if with_endpoint { list } else { None });
+                let want_a = wa.refund(now, d.account.slot, d.cost);
+                let want_e = d.endpoint.map_or(0, |e| we.refund(now, e.slot, d.cost));
+                let back = s.refund_at(&a, &d, now).await.unwrap_or_else(|e| panic!("step {step}: {e}"));
+                assert_eq!((back.account, back.endpoint), (want_a, want_e), "window {window_s}s, step {step}");
+                refunded += u64::from(back.account);
+            }
+        }
+    }
+    assert!(refunded > 100, "only {refunded} credits refunded");
+}
+
+/// A refund on a tenant with no key (expired, or never charged here) creates
+/// nothing; on a key of another type it fails without touching it.
+#[tokio::test]
+async fn a_refund_never_creates_a_key() {
+    let Some(r) = RedisServer::start("a_refund_never_creates_a_key") else {
+        return;
+    };
+    let s = store(&r).await;
+    let (acc, list) = (account(10, 60), ep(Endpoint::TicketList, 5, 60));
+    let d = s.acquire_at(&ask("acme", 2, acc, list), T0).await.unwrap();
+    r.cli(&["DEL", &s.key("acme")]);
+    let back = s.refund_at(&ask("acme", 2, acc, list), &d, T0).await.unwrap();
+    assert_eq!((back.account, back.endpoint), (0, 0));
+    assert_eq!(r.cli(&["EXISTS", &s.key("acme")]), "0");
+}
+
+/// Through the limiter: a refund makes room at once, also when this
+/// replica's deny cache had just remembered the tenant as exhausted.
+#[tokio::test]
+async fn a_refund_makes_room_past_the_deny_cache() {
+    let Some(r) = RedisServer::start("a_refund_makes_room_past_the_deny_cache") else {
+        return;
+    };
+    let limiter = Limiter::from_config(&cfg(single(&r), OnStoreError::FailClosed, 2000)).await.unwrap();
+    let (acc, list) = (account(10, 60), ep(Endpoint::TicketList, 3, 60));
+    let mut charged = Vec::new();
+    for _ in 0..3 {
+        let d = limiter.acquire(&ask("acme", 1, acc, list)).await.unwrap();
+        assert!(d.allowed);
+        charged.push(d);
+    }
+    assert!(!limiter.acquire(&ask("acme", 1, acc, list)).await.unwrap().allowed);
+    // Refused again from memory (the deny cache), without Redis.
+    let calls = evalsha_calls(&r);
+    assert!(!limiter.acquire(&ask("acme", 1, acc, list)).await.unwrap().allowed);
+    assert_eq!(evalsha_calls(&r), calls);
+    let after = limiter.refund(&ask("acme", 1, acc, list), &charged[2]).await.expect("refunded");
+    assert_eq!(after.charged(), 0);
+    assert_eq!((after.account.remaining, after.endpoint.unwrap().remaining), (8, 1));
+    let d = limiter.acquire(&ask("acme", 1, acc, list)).await.unwrap();
+    assert!(d.allowed, "the refund made room: {d:?}");
+    assert_eq!((d.account.remaining, d.endpoint.unwrap().remaining), (7, 0));
+    assert!(!limiter.acquire(&ask("acme", 1, acc, list)).await.unwrap().allowed);
+}
+
+/// On a cluster the refund goes to the tenant's own slot (its hash tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_refunds_to_the_tenants_own_key() {
+    let Some(c) = RedisCluster::start("a_cluster_refunds_to_the_tenants_own_key") else {
+        return;
+    };
+    let kind = StoreKind::RedisCluster { urls: c.urls() };
+    let limiter = Limiter::from_config(&cfg(kind, OnStoreError::FailClosed, 5000)).await.unwrap();
+    let acc = account(5, 60);
+    for tenant in ["acme", "globex", "we{ir}d"] {
+        let a = ask(tenant, 2, acc, ep(Endpoint::TicketCreate, 4, 60));
+        let first = limiter.acquire(&a).await.unwrap();
+        let second = limiter.acquire(&a).await.unwrap();
+        assert!(first.allowed && second.allowed);
+        assert!(!limiter.acquire(&a).await.unwrap().allowed, "{tenant}: the endpoint budget is spent");
+        // The refunded call's answer reads as if it had never been charged.
+        let after = limiter.refund(&a, &first).await.expect("refunded");
+        assert_eq!((after.account.remaining, after.endpoint.unwrap().remaining), (5, 4), "{tenant}");
+        let d = limiter.acquire(&a).await.unwrap();
+        assert!(d.allowed, "{tenant}: {d:?}");
+        assert_eq!((d.account.remaining, d.endpoint.unwrap().remaining), (1, 0), "{tenant}");
+    }
 }

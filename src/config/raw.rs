@@ -101,6 +101,7 @@ pub(super) struct RawLimiter {
     pub key_prefix: Option<Spanned<String>>,
     pub charge_invalid: Option<bool>,
     pub redis_batch: Option<bool>,
+    pub refused_credential_ttl_ms: Option<Spanned<i64>>,
 }
 
 /// `[plans.NAME]`; the name is the map key.

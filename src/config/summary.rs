@@ -111,11 +111,12 @@ impl Config {
         };
         let _ = writeln!(
             s,
-            "store: {}; on_store_error {on_err}, store_timeout {}ms, key_prefix \"{}\", charge_invalid {}, {}",
+            "store: {}; on_store_error {on_err}, store_timeout {}ms, key_prefix \"{}\", charge_invalid {}, refused_credential_ttl {}ms, {}",
             store_text(&l.store),
             l.store_timeout.as_millis(),
             l.key_prefix,
             l.charge_invalid,
+            l.refused_credential_ttl.as_millis(),
             batch_text(l)
         );
         let api_scheme = if self.server.tls.is_some() { "https" } else { "http" };
@@ -194,6 +195,7 @@ impl Config {
             "key_prefix": self.limiter.key_prefix,
             "charge_invalid": self.limiter.charge_invalid,
             "redis_batch": self.limiter.redis_batch,
+            "refused_credential_ttl_ms": self.limiter.refused_credential_ttl.as_millis() as u64,
         });
         if let (Some(l), Value::Object(st)) = (limiter.as_object_mut(), store) {
             l.extend(st);

@@ -474,7 +474,26 @@ fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> 
         key_prefix,
         charge_invalid: raw.charge_invalid.unwrap_or(false),
         redis_batch: raw.redis_batch.unwrap_or(true),
+        refused_credential_ttl: refused_credential_ttl(src, raw.refused_credential_ttl_ms.as_ref())?,
     })
+}
+
+/// Longest `refused_credential_ttl_ms`: a credential refused by mistake (a
+/// key the helpdesk refused while it was being rotated) is shut out no
+/// longer than this.
+const MAX_REFUSED_CREDENTIAL_TTL_MS: i64 = 600_000;
+
+fn refused_credential_ttl(src: &Source, v: Option<&Spanned<i64>>) -> Result<Duration, ConfigError> {
+    if let Some(v) = v.filter(|v| *v.get_ref() > MAX_REFUSED_CREDENTIAL_TTL_MS) {
+        return Err(src.at(
+            v,
+            format!(
+                "limiter.refused_credential_ttl_ms: must be at most {MAX_REFUSED_CREDENTIAL_TTL_MS} milliseconds, got {}",
+                v.get_ref()
+            ),
+        ));
+    }
+    millis(src, v, "limiter.refused_credential_ttl_ms", 10_000, true)
 }
 
 fn webhooks(src: &Source, raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
@@ -816,6 +835,7 @@ mod tests {
         assert_eq!(c.limiter.store_timeout, Duration::from_millis(50));
         assert_eq!(c.limiter.key_prefix, "deskgate");
         assert!(!c.limiter.charge_invalid);
+        assert_eq!(c.limiter.refused_credential_ttl, Duration::from_secs(10));
         assert_eq!(c.server.max_body_bytes, 20_971_520);
         assert_eq!(c.server.header_read_timeout, Duration::from_millis(10_000));
         assert_eq!(c.server.shutdown_grace, Duration::from_millis(30_000));
@@ -1026,6 +1046,10 @@ mod tests {
     fn negative_or_invalid_durations_are_errors() {
         let e = error("[upstream]\ntimeout_ms = -5\n");
         assert_eq!(e, "t.toml:2:14: upstream.timeout_ms: must be a positive number of milliseconds, got -5");
+        let e = error("[limiter]\nrefused_credential_ttl_ms = -1\n");
+        assert!(e.starts_with("t.toml:2:29: limiter.refused_credential_ttl_ms: must be a non-negative"), "{e}");
+        let e = error("[limiter]\nrefused_credential_ttl_ms = 600001\n");
+        assert!(e.starts_with("t.toml:2:29: limiter.refused_credential_ttl_ms: must be at most 600000"), "{e}");
         let e = error("[limiter]\nstore_timeout_ms = 0\n");
         assert!(e.starts_with("t.toml:2:20: limiter.store_timeout_ms"), "{e}");
         let e = error("[server]\nshutdown_grace_ms = \"30s\"\n");

@@ -9,7 +9,10 @@
 //! by the store too. The cache answers only calls no dearer than the refused
 //! one, whose `Retry-After` is therefore never early (a cheaper call that
 //! fits still goes to the store; a dearer one asks the store for its own
-//! retry time). Times are bracketed conservatively: validity runs from the
+//! retry time). A refund breaks the premise (it frees credits before
+//! `reset`), so it makes the limiter forget the tenant here; another
+//! replica's entry still refuses until its own `reset`, which errs on the
+//! side of refusing. Times are bracketed conservatively: validity runs from the
 //! call's start (earlier than the store's clock read), retry instants from
 //! the reply's arrival (later).
 
@@ -89,6 +92,7 @@ impl DenyCache {
                 remaining: k.state.remaining,
                 reset_ms: k.state.reset_ms.saturating_sub(elapsed_ms),
                 retry_ms: k.block.filter(|_| blocks(k)).map(|b| ceil_ms(b.retry_at.saturating_duration_since(now))),
+                slot: 0,
             }
         };
         let account = view(account?);
@@ -126,6 +130,14 @@ impl DenyCache {
                 t.endpoints[i] = Some(known(s));
             }
         }
+    }
+}
+
+impl DenyCache {
+    /// Forgets what the store said about `tenant`: a refund made room, so
+    /// "nothing can leave the window before `reset`" no longer holds.
+    pub(super) fn forget(&self, tenant: &str) {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant);
     }
 }
 

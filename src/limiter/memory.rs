@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::store::{Store, StoreError};
 use super::window::Window;
-use super::{Ask, Decision, Policy, PolicyState};
+use super::{Ask, Decision, Policy, PolicyState, Refunded};
 use crate::endpoint::Endpoint;
 
 /// Windows of one tenant: the account and, lazily, each endpoint class.
@@ -79,18 +79,50 @@ impl MemoryStore {
         let av = t.account.judge(now, ask.account.quota, ask.cost);
         let ev = endpoint.as_mut().map(|(w, p)| w.judge(now, p.quota, ask.cost));
         let allowed = av.fits && ev.is_none_or(|v| v.fits);
+        let (mut account_slot, mut endpoint_slot) = (0, 0);
         if allowed && ask.cost > 0 {
-            t.account.charge(now, ask.cost);
+            account_slot = t.account.charge(now, ask.cost);
             if let Some((w, _)) = endpoint.as_mut() {
-                w.charge(now, ask.cost);
+                endpoint_slot = w.charge(now, ask.cost);
             }
         }
-        let account = PolicyState::new(ask.account, &av, allowed, ask.cost, t.account.reset_us(now));
+        let account =
+            PolicyState::new(ask.account, &av, allowed, ask.cost, t.account.reset_us(now)).charged_to(account_slot);
         let endpoint = endpoint.zip(ev).map(|((w, p), v)| {
             let reset = w.reset_us(now);
-            PolicyState::new(p, &v, allowed, ask.cost, reset)
+            PolicyState::new(p, &v, allowed, ask.cost, reset).charged_to(endpoint_slot)
         });
         Decision { allowed, cost: ask.cost, account, endpoint, degraded: false }
+    }
+
+    /// Gives back what `charged` (a decision for `ask`) charged, to the slots
+    /// it went to (see [`Window::refund`]), both windows under one lock.
+    pub fn refund_now(&self, ask: &Ask<'_>, charged: &Decision) -> Refunded {
+        let cost = charged.charged();
+        if cost == 0 {
+            return Refunded::default();
+        }
+        let now = self.now_us();
+        let tenant = self.tenant(ask);
+        let mut guard = tenant.lock().unwrap_or_else(|e| e.into_inner());
+        let t = &mut *guard;
+        // A window restarted by a reload (another length) no longer holds the charge.
+        let give = |w: &mut Window, p: Policy, slot: u64| {
+            if w.slot_width_us() == super::window::slot_us(p.window_s) {
+                w.refund(now, slot, cost)
+            } else {
+                0
+            }
+        };
+        let account = give(&mut t.account, ask.account, charged.account.slot);
+        let endpoint = match (ask.endpoint, &charged.endpoint) {
+            (Some((e, p)), Some(s)) => match t.endpoints[e.index().unwrap_or(0)].as_deref_mut() {
+                Some(w) => give(w, p, s.slot),
+                None => 0,
+            },
+            _ => 0,
+        };
+        Refunded { account, endpoint }
     }
 }
 
@@ -105,5 +137,9 @@ fn refit(w: &mut Window, p: Policy) {
 impl Store for MemoryStore {
     async fn acquire(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
         Ok(self.acquire_now(ask))
+    }
+
+    async fn refund(&self, ask: &Ask<'_>, charged: &Decision) -> Result<Refunded, StoreError> {
+        Ok(self.refund_now(ask, charged))
     }
 }

@@ -29,6 +29,16 @@
 //! It answers with one packed string. It is sent as `EVALSHA`; on
 //! `NOSCRIPT` (a restarted or flushed Redis) it is loaded and sent again.
 //!
+//! # Refunds
+//!
+//! The script answers, per policy, the slot a charge went to (the
+//! [`PolicyState::slot`] of the decision). A call the helpdesk never
+//! received or answered 401 is given back by `refund.lua`: one more script
+//! call on the same key (so on a cluster it goes to the tenant's own slot),
+//! made only for such calls, that decrements exactly those slots, never
+//! below zero, does nothing for a slot that has left the window or a window
+//! restarted since, and never creates a key.
+//!
 //! # Batches
 //!
 //! With standalone Redis, calls that wait for the store at the same moment
@@ -76,7 +86,7 @@ use tokio::time::Instant;
 
 use super::store::{Store, StoreError};
 use super::window::{self, Verdict};
-use super::{Ask, Decision, Policy, PolicyState};
+use super::{Ask, Decision, Policy, PolicyState, Refunded};
 use crate::config::StoreKind;
 
 /// How long the first connection attempt may take before `connect` returns
@@ -95,6 +105,9 @@ pub const MAX_BATCH: usize = 64;
 
 /// The script, loaded once per Redis and then called by its SHA1.
 const WINDOW_LUA: &str = include_str!("window.lua");
+/// Gives back one call's charge (rare: a call the helpdesk never received or
+/// refused as unauthenticated), on the same key.
+const REFUND_LUA: &str = include_str!("refund.lua");
 
 #[derive(Clone)]
 enum Conn {
@@ -112,6 +125,7 @@ struct Inner {
     conn: ArcSwapOption<Conn>,
     connecting: AtomicBool,
     script: redis::Script,
+    refund: redis::Script,
     /// Calls waiting for the next batch. A std mutex: held only to push or
     /// to take, never across an await.
     queue: Mutex<Vec<Waiting>>,
@@ -169,6 +183,7 @@ impl RedisStore {
             conn: ArcSwapOption::empty(),
             connecting: AtomicBool::new(true),
             script: redis::Script::new(WINDOW_LUA),
+            refund: redis::Script::new(REFUND_LUA),
             queue: Mutex::new(Vec::new()),
             batch,
         });
@@ -271,6 +286,64 @@ impl RedisStore {
         decide(ask, &reply)
     }
 
+    /// Like [`Store::refund`], answered by `deadline` at the latest: one
+    /// script call (`refund.lua`) on the tenant's key, which decrements
+    /// exactly the slots `charged` names.
+    pub async fn refund_by(
+        &self,
+        ask: &Ask<'_>,
+        charged: &Decision,
+        deadline: Instant,
+    ) -> Result<Refunded, StoreError> {
+        tokio::time::timeout_at(deadline, self.refund_run(ask, charged, None)).await.unwrap_or(Err(StoreError::Timeout))
+    }
+
+    /// Like [`Store::refund`], on a given store clock (tests).
+    #[doc(hidden)]
+    pub async fn refund_at(&self, ask: &Ask<'_>, charged: &Decision, now_us: u64) -> Result<Refunded, StoreError> {
+        self.refund_run(ask, charged, Some(now_us)).await
+    }
+
+    async fn refund_run(&self, ask: &Ask<'_>, charged: &Decision, now_us: Option<u64>) -> Result<Refunded, StoreError> {
+        let cost = charged.charged();
+        if cost == 0 {
+            return Ok(Refunded::default());
+        }
+        let mut args = Vec::with_capacity(5 + 2 * 15);
+        args.extend_from_slice(&cost.to_be_bytes());
+        let policies = [
+            Some((0u8, ask.account, charged.account.slot)),
+            ask.endpoint.zip(charged.endpoint).map(|((e, p), s)| (e.index().map_or(0, |i| i as u8 + 1), p, s.slot)),
+        ];
+        args.push(policies.iter().flatten().count() as u8);
+        for (id, p, slot) in policies.into_iter().flatten() {
+            let slot_us = u32::try_from(window::slot_us(p.window_s))
+                .map_err(|_| StoreError::Backend(format!("window of {} s is too long", p.window_s)))?;
+            args.push(id);
+            args.extend_from_slice(&p.window_s.to_be_bytes());
+            args.extend_from_slice(&slot_us.to_be_bytes());
+            // The script's slots are u48: ~9e15 slots, far beyond any clock.
+            args.extend_from_slice(&slot.to_be_bytes()[2..]);
+        }
+        let mut conn = self.conn()?;
+        let mut inv = self.inner.refund.key(self.key(ask.tenant));
+        inv.arg(args);
+        if let Some(now) = now_us {
+            inv.arg(now);
+        }
+        let reply: Vec<u8> = match &mut conn {
+            Conn::Single(c) => inv.invoke_async(&mut **c).await,
+            Conn::Cluster(c) => inv.invoke_async(c).await,
+        }
+        .map_err(backend)?;
+        let int = |b: &[u8]| b.iter().fold(0u32, |v, &x| (v << 8) | u32::from(x));
+        match (reply.len(), charged.endpoint.is_some() && ask.endpoint.is_some()) {
+            (4, false) => Ok(Refunded { account: int(&reply[..4]), endpoint: 0 }),
+            (8, true) => Ok(Refunded { account: int(&reply[..4]), endpoint: int(&reply[4..]) }),
+            (n, _) => Err(StoreError::Backend(format!("unexpected refund reply of {n} bytes"))),
+        }
+    }
+
     fn conn(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.inner.conn.load().as_deref() {
             return Ok(c.clone());
@@ -287,6 +360,10 @@ impl Store for RedisStore {
     /// [`RedisStore::acquire_by`] with the configured `store_timeout_ms`.
     async fn acquire(&self, ask: &Ask<'_>) -> Result<Decision, StoreError> {
         self.acquire_by(ask, Instant::now() + RESPONSE_TIMEOUT).await
+    }
+
+    async fn refund(&self, ask: &Ask<'_>, charged: &Decision) -> Result<Refunded, StoreError> {
+        self.refund_by(ask, charged, Instant::now() + RESPONSE_TIMEOUT).await
     }
 }
 
@@ -526,8 +603,8 @@ fn pack_args(ask: &Ask<'_>) -> Result<Args, StoreError> {
 }
 
 /// Bytes per policy in the script's reply: fits u8, left u32, retry i64
-/// (-1: the cost exceeds the quota), reset i64, big-endian.
-const POLICY_REPLY: usize = 1 + 4 + 8 + 8;
+/// (-1: the cost exceeds the quota), reset i64, charged slot u48, big-endian.
+const POLICY_REPLY: usize = 1 + 4 + 8 + 8 + 6;
 
 /// The length of the script's answer to `ask`.
 fn reply_len(ask: &Ask<'_>) -> usize {
@@ -556,7 +633,7 @@ fn decide(ask: &Ask<'_>, r: &[u8]) -> Result<Decision, StoreError> {
             retry_us: int(&v[5..13]),
             reset_us: 0,
         };
-        PolicyState::new(policy, &verdict, allowed, ask.cost, int(&v[13..21]))
+        PolicyState::new(policy, &verdict, allowed, ask.cost, int(&v[13..21])).charged_to(int(&v[21..27]))
     };
     Ok(Decision {
         allowed,
@@ -615,7 +692,7 @@ mod tests {
         let now = Instant::now();
         let call = |deadline| {
             let (tx, rx) = oneshot::channel();
-            (Waiting { key: "k".into(), args: super::Args { len: 0, bytes: [0; 31] }, reply_len: 22, deadline, tx }, rx)
+            (Waiting { key: "k".into(), args: super::Args { len: 0, bytes: [0; 31] }, reply_len: 28, deadline, tx }, rx)
         };
         let (gone, rx_gone) = call(now + Duration::from_secs(9));
         drop(rx_gone);

@@ -13,7 +13,7 @@
 
 use std::future::Future;
 
-use super::{Ask, Decision};
+use super::{Ask, Decision, Refunded};
 
 /// Why a store could not answer. Converted to fail-open/fail-closed by `Limiter`.
 #[derive(Debug, thiserror::Error)]
@@ -32,4 +32,9 @@ pub trait Store: Send + Sync + 'static {
     /// Judges `ask` and, if every window fits `ask.cost`, charges all of them.
     /// A cost of 0 reads the windows without changing anything.
     fn acquire(&self, ask: &Ask<'_>) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+
+    /// Gives back what `charged` (this store's decision for `ask`) charged,
+    /// to the same windows and the same slots, atomically, never below zero;
+    /// a slot that has left its window gets nothing back.
+    fn refund(&self, ask: &Ask<'_>, charged: &Decision) -> impl Future<Output = Result<Refunded, StoreError>> + Send;
 }

@@ -13,7 +13,9 @@
 --
 -- Returns one packed big-endian string, the calls' answers one after the
 -- other: allowed u8, then per policy fits u8, left_before_charge u32,
--- retry_us i64 (-1: the cost exceeds the quota), reset_us_after_charge i64.
+-- retry_us i64 (-1: the cost exceeds the quota), reset_us_after_charge i64,
+-- charged_slot u48 (the slot the charge went to, 0 when nothing was
+-- charged: what refund.lua needs to give it back).
 -- A call whose key holds another type answers allowed = 2 and zeros (the
 -- same length), or, alone, the error itself.
 --
@@ -259,9 +261,9 @@ for i = 1, nk do
       local le = q2 - tote
       if offe == 0 then heade = heade + cost end
       tote, cure = tote + cost, cure + cost
-      reply = pack('>BBI4i8i8BI4i8i8', 1, 1, la, 0, rsa, 1, le, 0, (hie - offe + RING) * slot2 - te)
+      reply = pack('>BBI4i8i8I6BI4i8i8I6', 1, 1, la, 0, rsa, hia, 1, le, 0, (hie - offe + RING) * slot2 - te, hie)
     else
-      reply = pack('>BBI4i8i8', 1, 1, la, 0, rsa)
+      reply = pack('>BBI4i8i8I6', 1, 1, la, 0, rsa, hia)
     end
     stale = true
     out[i] = reply
@@ -298,7 +300,7 @@ for i = 1, nk do
     if type(h) == 'table' then
       if nk == 1 then return h end
       -- Marker 2 in place of `allowed`, padded to the reply's usual length.
-      reply = string.char(2) .. string.rep('\0', 21 * n)
+      reply = string.char(2) .. string.rep('\0', 27 * n)
     else
       if #h < hend then h = h .. string.rep('\0', hend - #h) end
 
@@ -366,14 +368,16 @@ for i = 1, nk do
         if nd ~= deadline then call('PEXPIRE', key, nd - floor(now / 1000)) end
       end
 
-      local rsa = 0
+      local rsa, csa, cse = 0, 0, 0
       if tota > 0 then rsa = (hia - offa + RING) * slot1 - ta end
+      -- A charge went to the slot `hi` (the newest seen: never one passed over).
+      if allowed == 1 and cost > 0 then csa, cse = hia, hie end
       if n == 2 then
         local rse = 0
         if tote > 0 then rse = (hie - offe + RING) * slot2 - te end
-        reply = pack('>BBI4i8i8BI4i8i8', allowed, fa, la, ra, rsa, fe, le, re, rse)
+        reply = pack('>BBI4i8i8I6BI4i8i8I6', allowed, fa, la, ra, rsa, csa, fe, le, re, rse, cse)
       else
-        reply = pack('>BBI4i8i8', allowed, fa, la, ra, rsa)
+        reply = pack('>BBI4i8i8I6', allowed, fa, la, ra, rsa, csa)
       end
     end
     if nk == 1 then return reply end

@@ -137,13 +137,36 @@ impl Window {
         0
     }
 
-    /// Charges `cost` at `now_us` (call after a fitting `judge` at the same instant).
-    pub fn charge(&mut self, now_us: u64, cost: u32) {
+    /// Charges `cost` at `now_us` (call after a fitting `judge` at the same
+    /// instant). Returns the slot the charge went to, which is what a
+    /// [`Window::refund`] of it needs.
+    pub fn charge(&mut self, now_us: u64, cost: u32) -> u64 {
         let now_slot = self.slot_of(now_us);
         self.evict(now_slot);
         let c = &mut self.counts[(now_slot % RING as u64) as usize];
         *c = c.saturating_add(cost);
         self.total += u64::from(cost);
+        now_slot
+    }
+
+    /// Gives back up to `cost` credits charged to `slot` (what
+    /// [`Window::charge`] returned), at `now_us`; returns how many were given
+    /// back. Only that slot is credited, and never below zero: a slot that
+    /// has left the window (or is newer than any seen) is a no-op, since its
+    /// charge no longer counts (or never did).
+    pub fn refund(&mut self, now_us: u64, slot: u64, cost: u32) -> u32 {
+        let now_slot = self.slot_of(now_us);
+        self.evict(now_slot);
+        // After `evict`, slots before `oldest` hold nothing.
+        if slot < self.oldest || slot > now_slot {
+            return 0;
+        }
+        let c = &mut self.counts[(slot % RING as u64) as usize];
+        let back = (*c).min(cost);
+        *c -= back;
+        self.total -= u64::from(back);
+        // `oldest` may now name an empty slot: the next `evict` moves it on.
+        back
     }
 
     /// Microseconds until anything held now leaves the window (0 if empty).
@@ -302,6 +325,74 @@ mod tests {
         let v = w.judge(0, 5, 7);
         assert!(!v.fits);
         assert_eq!(v.retry_us, u64::MAX);
+    }
+
+    #[test]
+    fn a_refund_gives_back_exactly_its_own_slot() {
+        let mut w = Window::new(60);
+        let a = w.charge(10 * S, 3); // slot 20 (0.5 s slots)
+        let b = w.charge(20 * S, 2); // slot 40
+        assert_eq!((a, b), (20, 40));
+        assert_eq!(w.refund(25 * S, b, 2), 2);
+        assert_eq!(w.used(25 * S), 3);
+        // The oldest slot still decides when room comes back.
+        let v = w.judge(30 * S, 3, 1);
+        assert_eq!(v.retry_us, 70_500_000 - 30 * S);
+        // Never below zero, and never from another slot's calls.
+        assert_eq!(w.refund(25 * S, b, 2), 0);
+        assert_eq!(w.refund(25 * S, a, 5), 3);
+        assert_eq!(w.used(25 * S), 0);
+        assert_eq!(w.reset_us(25 * S), 0);
+        assert!(w.judge(25 * S, 5, 5).fits);
+    }
+
+    #[test]
+    fn a_refund_after_its_slot_left_the_window_is_a_no_op() {
+        let mut w = Window::new(60);
+        let a = w.charge(10 * S, 3); // slot 20: counted until 70.5 s
+        let b = w.charge(70 * S, 1); // slot 140
+        assert_eq!(w.refund(71 * S, a, 3), 0);
+        assert_eq!(w.used(71 * S), 1);
+        // A slot newer than the clock was never charged.
+        assert_eq!(w.refund(71 * S, b + 5, 1), 0);
+        assert_eq!(w.used(71 * S), 1);
+        assert_eq!(w.refund(71 * S, b, 1), 1);
+        assert_eq!(w.used(71 * S), 0);
+    }
+
+    #[test]
+    fn refunds_keep_the_ring_in_agreement_with_a_full_scan() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        for round in 0..100 {
+            let window_s = [1, 60][round % 2];
+            let mut w = Window::new(window_s);
+            let mut r = Reference { slot_us: slot_us(window_s), charges: Vec::new() };
+            let quota = rng.gen_range(1..40);
+            let mut now = 3600 * S;
+            for step in 0..300 {
+                now += rng.gen_range(0..r.slot_us * 6);
+                let cost = rng.gen_range(1..4);
+                let got = w.judge(now, quota, cost);
+                assert_eq!(got, r.judge(now, u64::from(quota), u64::from(cost)), "round {round} step {step}");
+                if got.fits {
+                    let slot = w.charge(now, cost);
+                    r.charges.push((slot, u64::from(cost)));
+                }
+                // Now and then give back one earlier charge (some already gone).
+                if !r.charges.is_empty() && rng.gen_range(0..3) == 0 {
+                    let i = rng.gen_range(0..r.charges.len());
+                    let (slot, cost) = r.charges[i];
+                    let live = slot >= (now / r.slot_us).saturating_sub(SLOTS);
+                    let back = w.refund(now, slot, cost as u32);
+                    assert_eq!(u64::from(back), if live { cost } else { 0 }, "round {round} step {step}");
+                    r.charges.swap_remove(i);
+                }
+                let live: u64 = r.live(now).iter().map(|c| c.1).sum();
+                assert_eq!(w.used(now), live, "round {round} step {step}");
+                assert_eq!(w.reset_us(now), r.judge(now, u64::MAX, 0).reset_us);
+            }
+        }
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub fn body_hash(mut h: u64, bytes: &[u8]) -> u64 {
 pub const BODY_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// An upstream that answers 200 JSON, records every request and counts
-/// connections. `?request_id=ID` answers with its own `X-Request-Id: ID`. Paths starting `/slow` wait 2 s before answering headers;
+/// connections. `?request_id=ID` answers with its own `X-Request-Id: ID`.
+/// The API key `bad` ([`BAD_KEY`]) is answered 401, as the helpdesk
+/// answers a key it does not know. Paths starting `/slow` wait 2 s before answering headers;
 /// `/status/NNN` answers NNN with a `Location` and `Link`; responses carry
 /// hop-by-hop headers so tests can see they are stripped.
 #[derive(Clone)]
@@ -96,6 +98,10 @@ impl RecordingUpstream {
     }
 }
 
+/// `Authorization` for the API key `bad` (`bad:X`), which
+/// [`RecordingUpstream`] answers 401.
+pub const BAD_KEY: &str = "Basic YmFkOlg=";
+
 async fn answer(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     // Count the body as it streams, without keeping it.
@@ -121,6 +127,14 @@ async fn answer(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<R
         body_len,
         body_hash: hash,
     });
+    if parts.headers.get("authorization").is_some_and(|v| v == BAD_KEY) {
+        let mut rsp = Response::new(Full::new(Bytes::from_static(
+            br#"{"code":"invalid_credentials","message":"You have to be logged in to perform this action."}"#,
+        )));
+        *rsp.status_mut() = StatusCode::UNAUTHORIZED;
+        rsp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        return Ok(rsp);
+    }
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
