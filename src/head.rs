@@ -29,6 +29,12 @@ pub mod names {
     pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
     pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    pub static X_RATELIMIT_TOTAL: HeaderName = HeaderName::from_static("x-ratelimit-total");
+    pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+    pub static X_RATELIMIT_USED: HeaderName = HeaderName::from_static("x-ratelimit-used-currentrequest");
+    pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+    pub static X_DESKGATE_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-deskgate-webhook-id");
 }
 
 /// A request's header fields, looked up by name in any case.

@@ -1,17 +1,11 @@
 //! Decision → response headers (SPEC §3.3): `X-RateLimit-*`, the IETF
 //! `RateLimit-Policy` / `RateLimit` pair, and `Retry-After` on a 429.
 
-use http::header::HeaderName;
-
 use crate::fields::Fields;
-use crate::head::names;
+use crate::head::names::{
+    self, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_REMAINING, X_RATELIMIT_TOTAL, X_RATELIMIT_USED,
+};
 use crate::limiter::{Decision, PolicyState};
-
-pub static X_RATELIMIT_TOTAL: HeaderName = HeaderName::from_static("x-ratelimit-total");
-pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-pub static X_RATELIMIT_USED: HeaderName = HeaderName::from_static("x-ratelimit-used-currentrequest");
-pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Adds the rate-limit headers of `d` to a response (any status).
 pub fn render(d: &Decision, h: &mut impl Fields) {

@@ -13,7 +13,7 @@ use super::Spec;
 use crate::body::{self, Body};
 
 /// The header a receiver de-duplicates on.
-pub static X_DESKGATE_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-deskgate-webhook-id");
+pub use crate::head::names::X_DESKGATE_WEBHOOK_ID;
 
 /// A receiver's response body is read (so the connection can be reused) up
 /// to this much, then the rest is abandoned.
