@@ -241,9 +241,19 @@ async fn decide(
     // spells: a server behind us might read an API call into it. `Some`
     // only when normalisation changed the spelling (the common case
     // allocates nothing).
-    let normalized = match endpoint::normalize_path(req.path())? {
-        Cow::Owned(s) => Some(s),
-        Cow::Borrowed(_) => None,
+    let normalized = match endpoint::normalize_path(req.path()) {
+        Ok(Cow::Owned(s)) => Some(s),
+        Ok(Cow::Borrowed(_)) => None,
+        Err(e) => {
+            // Refused as the API call it may be: counted and logged under
+            // the tenant its host names (or `unknown`).
+            cx.api = true;
+            if let Some(e) = snap.hosts.get(&*host) {
+                cx.tenant = Some(e.tenant.clone());
+                cx.series = Some(e.series.clone());
+            }
+            return Err(e.into());
+        }
     };
     let path = normalized.as_deref().unwrap_or(req.path());
     if !endpoint::is_api(path) {

@@ -177,6 +177,7 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn a_body_without_a_json_content_type_is_415_but_bodiless_json_gets_are_fine() {
+        let logs = Logs::capture();
         let (up, gw, c) = setup(PATH).await;
         let got = call(&c, gw.addr, "POST", ACME, "/api/v2/tickets", &[("content-type", "text/plain")], b"hello").await;
         assert_refused(&got, 415, "invalid_content_type");
@@ -184,6 +185,8 @@ support::on_both_paths! {
             call(&c, gw.addr, "POST", ACME, "/api/v2/tickets", &[("content-type", "multipart/form-data")], b"x").await;
         assert_eq!(got.status, 415, "multipart without a boundary");
         assert_eq!(up.count(), 0);
+        assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_create", 415, "invalid_content_type", 2).await;
+        assert_eq!(used(gw.admin, "acme").await, 0);
         let got = call(&c, gw.addr, "GET", ACME, "/api/v2/tickets", &[("content-type", "application/json")], b"").await;
         assert_eq!(got.status, 200);
         let got = call(
@@ -237,6 +240,7 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn an_unsafe_path_is_400_in_the_validation_shape() {
+        let logs = Logs::capture();
         let (up, gw, c) = setup(PATH).await;
         for path in ["/api/v2/tickets%2F1", "/api/v2/../../../etc/passwd", "/api/v2/tickets/%00"] {
             let got = get(&c, gw.addr, ACME, path).await;
@@ -246,6 +250,8 @@ support::on_both_paths! {
             assert_eq!(body["errors"][0]["code"], "invalid_value", "{path}");
         }
         assert_eq!(up.count(), 0);
+        assert_refusal_counted(&gw, Some(&logs), "acme", "other", 400, "invalid_value", 3).await;
+        assert_eq!(used(gw.admin, "acme").await, 0);
         // Normalised out of the API: forwarded as the portal path it really is.
         assert_eq!(get(&c, gw.addr, ACME, "/api/v2/../../etc/passwd").await.status, 200);
         assert_eq!(up.last().uri, "/etc/passwd");
