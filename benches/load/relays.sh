@@ -6,7 +6,7 @@
 # wrk on CPU 0, proxy and upstream sharing CPU 1, one worker each.
 #
 #   benches/load/relays.sh                  # ROUNDS=3 DURATION=5
-#   BIN=/tmp/deskgate-old benches/load/relays.sh
+#   BIN=PATH_TO_A_BUILD benches/load/relays.sh
 #
 # Prints each row's median req/s, its ratio to nginx, and the proxy's CPU
 # microseconds per request. Installs nginx and wrk from Debian if missing;

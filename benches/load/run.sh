@@ -5,7 +5,7 @@
 #
 #   benches/load/run.sh                 # ROUNDS=3 DURATION=10 by default
 #   ROUNDS=5 DURATION=10 benches/load/run.sh
-#   BASE_BIN=/tmp/deskgate-old benches/load/run.sh   # + an older build's rows
+#   BASE_BIN=PATH_TO_OLD_BINARY benches/load/run.sh  # + an older build's rows
 #   PACE='math.random(5, 15)' benches/load/run.sh   # light load with calls spread out
 #
 # Installs nginx, haproxy, wrk and redis-server from Debian if missing. Sends
