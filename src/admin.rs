@@ -51,7 +51,22 @@ pub async fn handle(
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "rate-limit store unreachable\n")
             }
         }
-        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode()),
+        "/metrics" => {
+            // OpenMetrics when the scraper asks for it (Prometheus does, in
+            // its Accept), else the classic text format, each labelled as
+            // what it is.
+            let open = req.headers().get_all(http::header::ACCEPT).iter().any(|v| {
+                v.as_bytes()
+                    .windows(b"application/openmetrics-text".len())
+                    .any(|w| w == b"application/openmetrics-text")
+            });
+            let (content_type, text) = if open {
+                ("application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.encode())
+            } else {
+                ("text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode_classic())
+            };
+            respond(StatusCode::OK, content_type, text)
+        }
         "/config" => json(StatusCode::OK, &shared.snapshot.load().config.redacted_json()),
         _ => match path.strip_prefix("/tenants/") {
             Some(name) => tenant(&shared, name).await,

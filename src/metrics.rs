@@ -292,7 +292,18 @@ impl Metrics {
         &mut self.registry
     }
 
-    /// The Prometheus text exposition of every collector.
+    /// The classic Prometheus text format (version 0.0.4) of every
+    /// collector: [`Metrics::encode`]'s OpenMetrics text, with a counter's
+    /// `HELP` and `TYPE` under the name its samples carry (`…_total`, where
+    /// OpenMetrics names the family without it) and no `# EOF`. Read as
+    /// OpenMetrics by a classic parser, the counters would have no help or
+    /// type (`promtool check metrics` says so, and Prometheus files their
+    /// metadata under a name no sample has).
+    pub fn encode_classic(&self) -> String {
+        classic(&self.encode())
+    }
+
+    /// The OpenMetrics text exposition of every collector.
     pub fn encode(&self) -> String {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             self.runtime_tasks.set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
@@ -304,4 +315,39 @@ impl Metrics {
         }
         out
     }
+}
+/// OpenMetrics text → the classic text format (see [`Metrics::encode_classic`]).
+fn classic(open: &str) -> String {
+    let mut out = String::with_capacity(open.len());
+    // A family's `# HELP` comes before its `# TYPE`: held until the type says
+    // whether the name takes `_total`.
+    let mut help: Option<&str> = None;
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some(held) = help.replace(rest) {
+                let _ = writeln!(out, "# HELP {held}");
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let total = if kind == "counter" && !name.ends_with("_total") { "_total" } else { "" };
+            if let Some(held) = help.take() {
+                let (help_name, text) = held.split_once(' ').unwrap_or((held, ""));
+                let help_total = if help_name == name { total } else { "" };
+                let _ = writeln!(out, "# HELP {help_name}{help_total} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name}{total} {kind}");
+            continue;
+        }
+        if let Some(held) = help.take() {
+            let _ = writeln!(out, "# HELP {held}");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }

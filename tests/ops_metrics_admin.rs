@@ -279,3 +279,71 @@ async fn readyz_turns_503_while_in_flight_calls_drain() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("shutdown in time").expect("shutdown");
 }
+
+/// Runs `promtool check metrics` (Prometheus's own parser and linter) on
+/// `text`; `None` when promtool is not installed (the test then returns),
+/// unless `DESKGATE_REQUIRE_REDIS=1` (CI), which requires every real part.
+fn promtool_check(text: &str) -> Option<(bool, String)> {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(_) if std::env::var("DESKGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
+            panic!("promtool is not on PATH (Debian package `prometheus`) and DESKGATE_REQUIRE_REDIS=1")
+        }
+        Err(_) => return None,
+    };
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Some((out.status.success(), said))
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_in_the_classic_format_and_openmetrics_is_served_when_asked_for() {
+    let dir = ConfigDir::new();
+    let gw = gateway(&dir).await;
+    let auth = basic_auth();
+    // Traffic that fills every family with series: served, refused, unknown host.
+    assert_eq!(tickets(&gw, "acme.freshdesk.com", Some(&auth)).await.status, StatusCode::OK);
+    assert_eq!(tickets(&gw, "acme.freshdesk.com", None).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(tickets(&gw, "nobody.example", Some(&auth)).await.status, StatusCode::NOT_FOUND);
+
+    let classic = admin_get(gw.admin_addr, "/metrics").await;
+    assert_eq!(classic.header("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+    let text = classic.text();
+    assert!(!text.contains("# EOF"), "{text}");
+    // A counter's metadata carries its samples' name.
+    assert!(text.contains("# TYPE deskgate_requests_total counter\n"), "{text}");
+    assert!(text.contains("# HELP deskgate_requests_total "), "{text}");
+    assert!(!text.contains("# TYPE deskgate_requests counter"), "{text}");
+    if let Some((ok, said)) = promtool_check(&text) {
+        assert!(ok, "promtool check metrics failed:\n{said}\n--- the exposition:\n{text}");
+        assert!(said.trim().is_empty(), "promtool had remarks:\n{said}");
+    }
+
+    let req = http::Request::get("/metrics")
+        .header("host", gw.admin_addr.to_string())
+        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let open = send(gw.admin_addr, req).await;
+    assert_eq!(open.header("content-type"), "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    let open = open.text();
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(open.contains("# TYPE deskgate_requests counter\n"), "{open}");
+    // The same samples either way.
+    let samples = |t: &str| -> BTreeSet<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("deskgate_runtime_alive_tasks"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(samples(&text), samples(&open));
+    gw.shutdown().await;
+}
