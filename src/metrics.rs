@@ -116,9 +116,88 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub budget_remaining: Family<TenantPolicy, Gauge>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// `deskgate_config_last_reload_successful` and its timestamp.
+    last_reload: Gauge,
+    last_reload_at: Gauge,
     /// Tasks alive in the runtime, read at scrape time: connections,
     /// pooled upstream connections, background work. A leak shows as growth.
     runtime_tasks: Gauge,
+    /// The process series, read at scrape time.
+    process: Process,
+}
+
+/// The process series operators expect beside any exporter's (the names of
+/// Prometheus's own client libraries), read from `/proc/self` at scrape
+/// time; absent files (not Linux) leave them at 0.
+struct Process {
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// CPU seconds already added to `cpu_seconds`.
+    cpu_seen: std::sync::Mutex<f64>,
+    resident_bytes: Gauge,
+    open_fds: Gauge,
+    started_s: i64,
+}
+
+impl Process {
+    fn register(registry: &mut Registry) -> Process {
+        let p = Process {
+            cpu_seconds: Counter::default(),
+            cpu_seen: std::sync::Mutex::new(0.0),
+            resident_bytes: Gauge::default(),
+            open_fds: Gauge::default(),
+            started_s: unix_now_s(),
+        };
+        let start = Gauge::<i64>::default();
+        start.set(p.started_s);
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            p.cpu_seconds.clone(),
+        );
+        registry.register("process_resident_memory_bytes", "Resident memory size in bytes", p.resident_bytes.clone());
+        registry.register("process_open_fds", "Number of open file descriptors", p.open_fds.clone());
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            start,
+        );
+        p
+    }
+
+    fn read(&self) {
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces, inside parentheses).
+            let fields: Vec<&str> =
+                stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+            // utime and stime are fields 14 and 15 of the line: 12 and 13 after `)`.
+            let ticks: f64 = fields.get(11..13).map_or(0.0, |t| t.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
+            // Linux reports in USER_HZ, 100 on every architecture it runs on.
+            let cpu = ticks / 100.0;
+            let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+            if cpu > *seen {
+                self.cpu_seconds.inc_by(cpu - *seen);
+                *seen = cpu;
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok());
+            if let Some(kib) = kib {
+                self.resident_bytes.set(kib.saturating_mul(1024));
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(i64::try_from(fds.count()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+fn unix_now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
 }
 
 impl Default for Metrics {
@@ -212,6 +291,22 @@ impl Metrics {
         registry.register("deskgate_build_info", "Build information", build_info);
         let runtime_tasks = Gauge::default();
         registry.register("deskgate_runtime_alive_tasks", "Tokio tasks alive at scrape time", runtime_tasks.clone());
+        let process = Process::register(&mut registry);
+        let last_reload = Gauge::default();
+        let last_reload_at = Gauge::default();
+        // The config loaded at start counts as the last successful load.
+        last_reload.set(1);
+        last_reload_at.set(process.started_s);
+        registry.register(
+            "deskgate_config_last_reload_successful",
+            "Whether the last config reload succeeded (1) or failed and the previous config stays in force (0)",
+            last_reload.clone(),
+        );
+        registry.register(
+            "deskgate_config_last_reload_success_timestamp_seconds",
+            "When the config in force was loaded (Unix time)",
+            last_reload_at.clone(),
+        );
 
         Metrics {
             registry,
@@ -226,7 +321,21 @@ impl Metrics {
             store_errors,
             budget_remaining,
             config_reloads,
+            last_reload,
+            last_reload_at,
             runtime_tasks,
+            process,
+        }
+    }
+
+    /// Records a reload's outcome: the counter by result, and the gauges an
+    /// alert reads (`deskgate_config_last_reload_successful == 0`).
+    pub fn count_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads.get_or_create(&ResultLabel { result }).inc();
+        self.last_reload.set(i64::from(success));
+        if success {
+            self.last_reload_at.set(unix_now_s());
         }
     }
 
@@ -305,6 +414,7 @@ impl Metrics {
 
     /// The OpenMetrics text exposition of every collector.
     pub fn encode(&self) -> String {
+        self.process.read();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             self.runtime_tasks.set(i64::try_from(rt.metrics().num_alive_tasks()).unwrap_or(i64::MAX));
         }

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::endpoint::Endpoint;
-use crate::metrics::{Name, ResultLabel, TenantPolicy};
+use crate::metrics::{Name, TenantPolicy};
 use crate::state::{Shared, Snapshot};
 use crate::tls;
 
@@ -58,20 +58,16 @@ pub async fn reload_now(shared: &Shared, tls: Option<&TlsSlot>) -> Result<(), Co
             if let (Some(slot), Some(server_tls)) = (tls, server_tls) {
                 slot.store(Some(Arc::new(server_tls)));
             }
-            count(shared, "success");
+            shared.metrics.count_reload(true);
             tracing::info!(config = %path, tenants, "config reloaded");
             Ok(())
         }
         Err(e) => {
-            count(shared, "failure");
+            shared.metrics.count_reload(false);
             tracing::error!(error = %e, "config reload failed; the previous config stays in force");
             Err(e)
         }
     }
-}
-
-fn count(shared: &Shared, result: &'static str) {
-    shared.metrics.config_reloads.get_or_create(&ResultLabel { result }).inc();
 }
 
 /// Loads the file (off the runtime: it is blocking I/O) and, if the listener

@@ -322,6 +322,13 @@ async fn metrics_pass_promtool_in_the_classic_format_and_openmetrics_is_served_w
     assert!(text.contains("# TYPE deskgate_requests_total counter\n"), "{text}");
     assert!(text.contains("# HELP deskgate_requests_total "), "{text}");
     assert!(!text.contains("# TYPE deskgate_requests counter"), "{text}");
+    // The process series and the reload gauge, true at scrape time.
+    let m = parse_metrics(&text);
+    for name in ["process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds"] {
+        assert!(value(&m, name, &[]).is_some_and(|v| v > 0.0), "{name}: {text}");
+    }
+    assert!(value(&m, "process_cpu_seconds_total", &[]).is_some_and(|v| v >= 0.0), "{text}");
+    assert_eq!(value(&m, "deskgate_config_last_reload_successful", &[]), Some(1.0));
     if let Some((ok, said)) = promtool_check(&text) {
         assert!(ok, "promtool check metrics failed:\n{said}\n--- the exposition:\n{text}");
         assert!(said.trim().is_empty(), "promtool had remarks:\n{said}");
@@ -339,10 +346,9 @@ async fn metrics_pass_promtool_in_the_classic_format_and_openmetrics_is_served_w
     assert!(open.contains("# TYPE deskgate_requests counter\n"), "{open}");
     // The same samples either way.
     let samples = |t: &str| -> BTreeSet<String> {
-        t.lines()
-            .filter(|l| !l.starts_with('#') && !l.starts_with("deskgate_runtime_alive_tasks"))
-            .map(str::to_owned)
-            .collect()
+        // (Read at scrape time, so free to move between two scrapes.)
+        let moving = |l: &str| l.starts_with("deskgate_runtime_alive_tasks") || l.starts_with("process_");
+        t.lines().filter(|l| !l.starts_with('#') && !moving(l)).map(str::to_owned).collect()
     };
     assert_eq!(samples(&text), samples(&open));
     gw.shutdown().await;

@@ -24,6 +24,12 @@ fn config_with(upstream: &str, top: &str, n: u32) -> String {
     config_toml(upstream, top, "", "").replace(&acme(3), &acme(n))
 }
 
+/// `deskgate_config_last_reload_successful`.
+async fn last_reload_ok(gw: &Gateway) -> f64 {
+    let m = parse_metrics(&admin_get(gw.admin_addr, "/metrics").await.text());
+    value(&m, "deskgate_config_last_reload_successful", &[]).unwrap_or(-1.0)
+}
+
 async fn reloads(gw: &Gateway, result: &str) -> f64 {
     let m = parse_metrics(&admin_get(gw.admin_addr, "/metrics").await.text());
     value(&m, "deskgate_config_reloads_total", &[("result", result)]).unwrap_or(-1.0)
@@ -131,6 +137,7 @@ async fn a_broken_config_is_refused_with_its_location_and_the_old_one_stays_in_f
     assert!(shown.starts_with(&format!("{}:{line}:", path.display())), "not PATH:LINE:COL: {shown}");
     assert!(shown.contains("listen_typo"), "{shown}");
     assert_eq!(reloads(&gw, "failure").await, 2.0);
+    assert_eq!(last_reload_ok(&gw).await, 0.0, "an alert on the last reload sees it failed");
 
     // The old config is still in force, budget and all.
     assert_eq!(ticket_list_budget(&gw).await, (3, 1));
@@ -140,6 +147,7 @@ async fn a_broken_config_is_refused_with_its_location_and_the_old_one_stays_in_f
     // Fixing the file is picked up again.
     dir.write("deskgate.toml", &good.replace(&acme(3), &acme(4)));
     assert!(eventually(WATCH_LIMIT, || async { ticket_list_budget(&gw).await == (4, 2) }).await);
+    assert_eq!(last_reload_ok(&gw).await, 1.0);
     gw.shutdown().await;
 }
 
