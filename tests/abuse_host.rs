@@ -15,6 +15,31 @@ fn request(target: &str, host_lines: &str) -> Vec<u8> {
     format!("GET {target} HTTP/1.1\r\n{host_lines}Authorization: Basic eDp4\r\nConnection: close\r\n\r\n").into_bytes()
 }
 
+/// What the refusal counters and log hold so far: every
+/// `deskgate_rejected_total`, every non-2xx `deskgate_requests_total`, every
+/// `refused` line, each summed over tenants and reasons.
+async fn refusals_so_far(gw: &TestGateway, logs: &Logs) -> (f64, f64, usize) {
+    let samples = metrics::scrape(gw.admin).await;
+    let rejected = samples.iter().filter(|s| s.name == "deskgate_rejected_total").map(|s| s.value).sum();
+    let answered = samples
+        .iter()
+        .filter(|s| s.name == "deskgate_requests_total" && !s.labels["status"].starts_with('2'))
+        .map(|s| s.value)
+        .sum();
+    (rejected, answered, logs.events("refused").len())
+}
+
+/// Who a refusal with `status` is counted for, and why: a vanity host for
+/// its tenant, an unknown host for `unknown`. A malformed `Host` (400) is
+/// refused before any tenant is known, so it is counted for nobody.
+fn counted_as(status: u16) -> Option<(&'static str, &'static str)> {
+    match status {
+        403 => Some(("acme", "vanity_host_not_supported")),
+        404 => Some(("unknown", "unknown_host")),
+        _ => None,
+    }
+}
+
 /// One case: the raw request, the status it must get, and the tenant that
 /// must be charged (`None`: nobody).
 struct Case {
@@ -28,6 +53,7 @@ struct Case {
 support::on_both_paths! {
     #[tokio::test]
     async fn host_tricks_cannot_move_a_call_to_another_budget_or_past_the_vanity_rule() {
+        let logs = Logs::capture();
         let up = RecordingUpstream::start().await;
         let gw = gateway_on(PATH, up.addr, "", TENANTS).await;
         let p = "/api/v2/tickets/1";
@@ -139,8 +165,20 @@ support::on_both_paths! {
         ];
         for case in cases {
             let (acme0, tiny0, seen0) = (used(gw.admin, "acme").await, used(gw.admin, "tiny").await, up.count());
+            let before = refusals_so_far(&gw, &logs).await;
             let reply = exchange(gw.addr, &case.bytes, WAIT).await;
             assert_eq!(reply.status(), case.status, "{}: {}", case.name, reply.text);
+            let after = refusals_so_far(&gw, &logs).await;
+            let want = match (case.status, counted_as(case.status)) {
+                (200, _) | (_, None) => (before.0, before.1, before.2),
+                (_, Some(_)) => (before.0 + 1.0, before.1 + 1.0, before.2 + 1),
+            };
+            assert_eq!(after, want, "{}: (rejected, refused answers, refused lines) counted", case.name);
+            if let Some((tenant, reason)) = counted_as(case.status) {
+                let line = logs.events("refused").pop().unwrap_or_default();
+                assert_eq!((&line["tenant"], &line["reason"]), (&tenant.into(), &reason.into()), "{}: {line}", case.name);
+                assert_eq!(line["status"], case.status, "{}: {line}", case.name);
+            }
             let (acme1, tiny1) = (used(gw.admin, "acme").await, used(gw.admin, "tiny").await);
             let (want_acme, want_tiny) = match case.charged {
                 Some("acme") => (1, 0),
@@ -162,20 +200,26 @@ support::on_both_paths! {
                 None => assert_eq!(up.count(), seen0, "{}: a refused call reached the upstream", case.name),
             }
         }
+        assert_refusal_counted(&gw, Some(&logs), "acme", "other", 403, "vanity_host_not_supported", 2).await;
+        assert_refusal_counted(&gw, Some(&logs), "unknown", "other", 404, "unknown_host", 2).await;
     }
 
     #[tokio::test]
     async fn http10_without_host_is_refused() {
+        let logs = Logs::capture();
         let up = RecordingUpstream::start().await;
         let gw = gateway_on(PATH, up.addr, "", TENANTS).await;
         let reply = exchange(gw.addr, b"GET /api/v2/tickets HTTP/1.0\r\nAuthorization: Basic eDp4\r\n\r\n", WAIT).await;
         assert_eq!(reply.status(), 400, "{}", reply.text);
         assert_eq!(up.count(), 0);
+        // Refused before any tenant is known: counted for nobody.
+        assert_eq!(refusals_so_far(&gw, &logs).await, (0.0, 0.0, 0));
     }
 
     #[tokio::test]
     async fn h2_authority_decides_the_tenant_over_a_host_header() {
         use http_body_util::BodyExt;
+        let logs = Logs::capture();
         let up = RecordingUpstream::start().await;
         let gw = gateway_on(PATH, up.addr, "", TENANTS).await;
         let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -208,5 +252,9 @@ support::on_both_paths! {
             };
             assert_eq!((acme1 - acme0, tiny1 - tiny0), want, "{authority} / {host}");
         }
+        // The vanity authority is counted for its tenant; the one with
+        // userinfo is refused before any tenant is known.
+        assert_refusal_counted(&gw, Some(&logs), "acme", "other", 403, "vanity_host_not_supported", 1).await;
+        assert_eq!(refusals_so_far(&gw, &logs).await, (1.0, 1.0, 1));
     }
 }

@@ -49,6 +49,7 @@ support::on_both_paths! {
     #[tokio::test]
     async fn a_slow_loris_trickling_its_headers_is_cut_off_by_the_header_timeout() {
         let _serial = serial().await;
+        let logs = Logs::capture();
         let up = RecordingUpstream::start().await;
         let gw = slow_gateway(PATH, up.addr).await;
         // A head that never ends: "X-Pad: aaaa…" forever.
@@ -60,6 +61,15 @@ support::on_both_paths! {
         assert!(lived < bound, "a trickling client lived {lived:?} (bound {bound:?})");
         assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
         assert_eq!(up.count(), 0);
+        // A head that never ends names no call: nothing is counted or logged
+        // per tenant, nothing charged.
+        let samples = metrics::scrape(gw.admin).await;
+        for name in ["deskgate_requests_total", "deskgate_rejected_total"] {
+            let series: Vec<_> = samples.iter().filter(|s| s.name == name).map(|s| &s.labels).collect();
+            assert!(series.is_empty(), "{name} counted {series:?}");
+        }
+        assert!(logs.events("refused").is_empty(), "{:?}", logs.events("refused"));
+        assert_eq!(used(gw.admin, "acme").await, 0);
     }
 
     #[tokio::test]
@@ -225,6 +235,7 @@ support::on_both_paths! {
     #[tokio::test]
     async fn an_upload_that_stalls_is_answered_408_and_never_completes_upstream() {
         let _serial = serial().await;
+        let logs = Logs::capture();
         let up = RecordingUpstream::start().await;
         let gw = slow_gateway(PATH, up.addr).await;
         // A small body (read whole before the call is decided) and a large one
@@ -247,6 +258,9 @@ support::on_both_paths! {
         let metrics = get(&client(), gw.admin, "127.0.0.1", "/metrics").await.body;
         let metrics = String::from_utf8_lossy(&metrics);
         assert!(metrics.contains(r#"deskgate_upstream_errors_total{kind="downstream_stalled"} 2"#), "{metrics}");
+        assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_create", 408, "request_timeout", 2).await;
+        // Each call was admitted, and charged, before its body stalled.
+        assert_eq!(used(gw.admin, "acme").await, 2);
     }
 
     /// A small upload that stalls is a refusal like any other, on both
@@ -267,6 +281,8 @@ support::on_both_paths! {
             assert!(seen.is_empty(), "the fast path sent a body it had not read whole: {seen:?}");
         }
         assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_create", 408, "request_timeout", 1).await;
+        // Admitted, and charged, before its body stalled.
+        assert_eq!(used(gw.admin, "acme").await, 1);
     }
 
     #[tokio::test]

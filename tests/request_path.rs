@@ -221,6 +221,7 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn a_chunked_body_that_outgrows_the_limit_is_refused() {
+        let logs = Logs::capture();
         let up = RecordingUpstream::start().await;
         let gw = gateway_on(PATH, up.addr, "max_body_bytes = 1000", TENANTS).await;
         let mut req = format!(
@@ -236,6 +237,10 @@ support::on_both_paths! {
         let out = raw(gw.addr, &req, Duration::from_secs(3)).await;
         assert!(out.starts_with("HTTP/1.1 413"), "{out}");
         assert!(up.seen.lock().unwrap().iter().all(|s| s.body_len <= 1000), "the upstream never gets more than the limit");
+        assert_refusal_counted(&gw, Some(&logs), "acme", "ticket_create", 413, "payload_too_large", 1).await;
+        // A chunked body's size shows only while it streams, after the call
+        // was admitted (step 9) and its charge taken: that charge stays.
+        assert_eq!(used(gw.admin, "acme").await, 1);
     }
 
     #[tokio::test]
@@ -307,6 +312,7 @@ support::on_both_paths! {
 
     #[tokio::test]
     async fn charge_invalid_charges_refusals_from_step_4_on() {
+        let logs = Logs::capture();
         let up = RecordingUpstream::start().await;
         let gw = gateway_on(PATH, up.addr, "", &format!("[limiter]\ncharge_invalid = true\n{TENANTS}")).await;
         let c = client();
@@ -318,6 +324,10 @@ support::on_both_paths! {
         let got = get(&c, gw.addr, "tiny.freshdesk.com", "/api/v2/contacts").await;
         assert_eq!(got.header("x-ratelimit-remaining"), "3");
         assert_eq!(up.count(), 1);
+        // Charged or not, each refusal is counted and logged once.
+        assert_refusal_counted(&gw, Some(&logs), "tiny", "ticket_list", 401, "invalid_credentials", 1).await;
+        assert_refusal_counted(&gw, Some(&logs), "seedling", "other", 403, "require_feature", 1).await;
+        assert_eq!(used(gw.admin, "tiny").await, 2, "the 401 and the contact list");
     }
 
     #[tokio::test]

@@ -30,9 +30,31 @@ impl Write for Sink {
     }
 }
 
+/// Keeps two inert dispatchers alive for the whole test process.
+///
+/// tracing caches each log site's interest when the site is first hit. While
+/// at most one dispatcher is alive, that interest is decided by the *hitting
+/// thread's* default alone: a test without [`Logs`] that first hits the
+/// gateway's `refused` site would mark it "never", and a capturing test on
+/// another thread would then miss every such line. With two more
+/// dispatchers that want `info` always alive, a site is never marked
+/// "never", and each event still goes only to its own thread's default.
+fn keep_callsites_open() {
+    static KEEPERS: std::sync::OnceLock<[tracing::Dispatch; 2]> = std::sync::OnceLock::new();
+    KEEPERS.get_or_init(|| {
+        let inert = || {
+            tracing::Dispatch::new(
+                tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(std::io::sink).finish(),
+            )
+        };
+        [inert(), inert()]
+    });
+}
+
 impl Logs {
     /// Starts capturing `info` and above, as the binary logs with `--log-format json`.
     pub fn capture() -> Logs {
+        keep_callsites_open();
         let buf = Arc::new(Mutex::new(Vec::new()));
         let sink = buf.clone();
         let subscriber = tracing_subscriber::fmt()
