@@ -204,9 +204,14 @@ pub async fn serve(
             stalled,
         };
         let keep = proxy::serve_call(shared, conn, &mut wire).await;
+        // A stalled body never all arrived: the connection closes (and the
+        // buffer holds less than the body it declared).
+        if !keep || stalled {
+            return Outcome::Closed;
+        }
         // The body goes with its call, forwarded or refused: the next request starts after it.
         buf.drain(..parsed.len + parsed.body);
-        if !keep || stalled || *shutdown.borrow() {
+        if *shutdown.borrow() {
             return Outcome::Closed;
         }
     }

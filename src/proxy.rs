@@ -24,8 +24,9 @@ use crate::limiter::{Ask, Decision};
 use crate::metrics::{Name, TenantReason, TenantSeries};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
+use crate::tenant::{self, HostEntry};
 use crate::upstream::{Forwarding, UpstreamError};
-use crate::{checks, headers, tenant};
+use crate::{checks, headers};
 
 /// What the server knows about the downstream connection.
 #[derive(Debug, Clone, Copy)]
@@ -176,6 +177,17 @@ struct Call {
 }
 
 impl Call {
+    /// Marks the call as an API call, counted and logged under the tenant
+    /// its host leads to (a vanity host's tenant too: the name comes from
+    /// config), or `unknown`.
+    fn api_call(&mut self, host: Option<&HostEntry>) {
+        self.api = true;
+        if let Some(e) = host {
+            self.tenant = Some(e.tenant.clone());
+            self.series = Some(e.series.clone());
+        }
+    }
+
     fn new(request_id: RequestId) -> Call {
         Call {
             start: Instant::now(),
@@ -245,20 +257,17 @@ async fn decide(
         Ok(Cow::Owned(s)) => Some(s),
         Ok(Cow::Borrowed(_)) => None,
         Err(e) => {
-            // Refused as the API call it may be: counted and logged under
-            // the tenant its host names (or `unknown`).
-            cx.api = true;
-            if let Some(e) = snap.hosts.get(&*host) {
-                cx.tenant = Some(e.tenant.clone());
-                cx.series = Some(e.series.clone());
-            }
+            // Refused as the API call it may be.
+            cx.api_call(snap.hosts.get(&*host));
             return Err(e.into());
         }
     };
     let path = normalized.as_deref().unwrap_or(req.path());
     if !endpoint::is_api(path) {
         if endpoint::names_api(path) {
-            // `/api;x/v2/tickets`: servers that strip `;` parameters route an API call.
+            // `/api;x/v2/tickets`: servers that strip `;` parameters route an
+            // API call. Refused as one.
+            cx.api_call(snap.hosts.get(&*host));
             return Err(Reject::BadRequest {
                 field: "path",
                 message: "Path parameters (`;`) are not accepted in API paths.".to_owned(),
@@ -271,13 +280,8 @@ async fn decide(
         let authority = req.authority().map(str::to_owned);
         return Ok(Plan { https, tenant: None, authority, path });
     }
-    cx.api = true;
     let entry = snap.hosts.get(&*host);
-    // Label a vanity-host refusal with its tenant: the name comes from config.
-    if let Some(e) = entry {
-        cx.tenant = Some(e.tenant.clone());
-        cx.series = Some(e.series.clone());
-    }
+    cx.api_call(entry);
     let tenant = tenant::resolve(entry)?.clone(); // 1
     if cfg.server.require_https && !https {
         return Err(Reject::SslRequired); // 2

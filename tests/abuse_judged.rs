@@ -358,12 +358,13 @@ support::on_both_paths! {
         }
         assert_refusal_counted(&gw, Some(&logs), "acme", "other", 400, "invalid_value", 9).await;
         // `;` parameters in the first segment (`/api;x/...`) normalise
-        // outside the API and are refused before the tenant is resolved:
-        // refused and charged to nobody, but not counted per tenant today.
+        // outside the API, and are refused as the API call a server that
+        // strips them would route: counted under the host's tenant too.
         for target in ["/api;x/v2/tickets", "/api%3Bx/v2/tickets"] {
             let shape = format!("GET {target}");
             assert_refused_alone(&up, &gw, &shape, &req("GET", target, "", ""), 400, "invalid_value", Some("path")).await;
         }
+        assert_refusal_counted(&gw, Some(&logs), "acme", "other", 400, "invalid_value", 11).await;
     }
 
     /// Item 5: method-override fields are dropped from an API call, which is
