@@ -1,7 +1,8 @@
 //! Every refusal the gateway can answer, rendered in one place (SPEC §3, §3.4).
 //!
-//! Steps return `Err(Reject)`; the lifecycle (`proxy::serve_call`) has the wire answer it, rendered by
-//! [`Reject::into_response`]. Keeping the closed set here means the status
+//! Steps return `Err(Reject)`; the lifecycle (`proxy::serve_call`) has the
+//! wire answer it, rendered by [`Reject::into_response`] (hyper) or
+//! [`Reject::fields`] and [`Reject::write_body`] (the fast path). Keeping the closed set here means the status
 //! codes, the helpdesk's error codes and their wording cannot drift apart.
 //! Modules below this one in the imports answer with data instead (the
 //! limiter's `Refusal` and `StoreUnavailable`, `endpoint::RouteError`); the
