@@ -238,18 +238,30 @@ impl RedisStore {
 
     /// One call in a script call of its own.
     async fn run(&self, ask: &Ask<'_>, now_us: Option<u64>) -> Result<Decision, StoreError> {
+        let reply = self.invoke(&self.inner.script, ask.tenant, pack_args(ask)?.as_slice(), now_us).await?;
+        decide(ask, &reply)
+    }
+
+    /// One call of `script` on `tenant`'s key with `args` (and, for tests, a
+    /// store clock in place of Redis `TIME`): one round trip.
+    async fn invoke(
+        &self,
+        script: &redis::Script,
+        tenant: &str,
+        args: &[u8],
+        now_us: Option<u64>,
+    ) -> Result<Vec<u8>, StoreError> {
         let mut conn = self.conn()?;
-        let mut inv = self.inner.script.key(self.key(ask.tenant));
-        inv.arg(pack_args(ask)?.as_slice());
+        let mut inv = script.key(self.key(tenant));
+        inv.arg(args);
         if let Some(now) = now_us {
             inv.arg(now);
         }
-        let reply: Vec<u8> = match &mut conn {
+        match &mut conn {
             Conn::Single(c) => inv.invoke_async(&mut **c).await,
             Conn::Cluster(c) => inv.invoke_async(c).await,
         }
-        .map_err(backend)?;
-        decide(ask, &reply)
+        .map_err(backend)
     }
 
     /// Like [`Store::acquire`], answered by `deadline` at the latest
@@ -325,17 +337,7 @@ impl RedisStore {
             // The script's slots are u48: ~9e15 slots, far beyond any clock.
             args.extend_from_slice(&slot.to_be_bytes()[2..]);
         }
-        let mut conn = self.conn()?;
-        let mut inv = self.inner.refund.key(self.key(ask.tenant));
-        inv.arg(args);
-        if let Some(now) = now_us {
-            inv.arg(now);
-        }
-        let reply: Vec<u8> = match &mut conn {
-            Conn::Single(c) => inv.invoke_async(&mut **c).await,
-            Conn::Cluster(c) => inv.invoke_async(c).await,
-        }
-        .map_err(backend)?;
+        let reply = self.invoke(&self.inner.refund, ask.tenant, &args, now_us).await?;
         let int = |b: &[u8]| b.iter().fold(0u32, |v, &x| (v << 8) | u32::from(x));
         match (reply.len(), charged.endpoint.is_some() && ask.endpoint.is_some()) {
             (4, false) => Ok(Refunded { account: int(&reply[..4]), endpoint: 0 }),
