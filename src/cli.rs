@@ -28,6 +28,9 @@ pub enum Command {
     Run,
     /// Load and validate the config, print a summary; exit 1 on any error
     Check,
+    /// Ask the admin listener named in the config for /readyz; exit 0 when
+    /// ready, 1 otherwise (a container HEALTHCHECK without shell or curl)
+    Healthcheck,
     /// Start a sample helpdesk and the gateway in front of it, print curl commands
     Demo {
         /// API listener of the demo gateway

@@ -57,6 +57,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Healthcheck) => match deskgate::healthcheck::run(&path) {
+            Ok(ready) => {
+                println!("ready: {ready}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("deskgate healthcheck: {why}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Demo { listen, admin }) => match runtime.block_on(deskgate::demo::run(&listen, &admin)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
