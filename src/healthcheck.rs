@@ -35,12 +35,18 @@ pub fn probe_addr(listen: SocketAddr) -> Result<SocketAddr, String> {
     if listen.port() == 0 {
         return Err(format!("admin.listen is {listen}: port 0 is picked at start-up, so it cannot be probed"));
     }
+    Ok(reachable(listen))
+}
+
+/// The address a client on the same host uses for a listener bound to
+/// `listen`: loopback (same family) for an unspecified address.
+pub fn reachable(listen: SocketAddr) -> SocketAddr {
     let ip = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    Ok(SocketAddr::new(ip, listen.port()))
+    SocketAddr::new(ip, listen.port())
 }
 
 /// `GET /readyz` on `addr` within `timeout`: `Ok` on 200, `Err` with the

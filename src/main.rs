@@ -74,6 +74,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::SampleHelpdesk { listen }) => {
+            match runtime.block_on(deskgate::demo::run_sample_helpdesk(&listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("deskgate sample-helpdesk: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None | Some(Command::Run) => {
             let cfg = match Config::load(&path) {
                 Ok(cfg) => cfg,
