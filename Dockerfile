@@ -15,11 +15,12 @@
 # mounted tenants.d). compose.yaml runs it with Redis and a sample helpdesk.
 #
 # Base images are pinned by digest, so a rebuild starts from the same bytes.
-# The digests are the multi-platform ones published for these tags when they
-# were pinned; scripts/pin-images resolves the tags again and rewrites them
-# (it needs a registry client: docker buildx, crane or skopeo). The Rust
-# builder is Debian bookworm, as is the runtime: the binary links the same
-# glibc it runs on.
+# These digests were copied from other projects' published pins of the same
+# tags, not resolved from the registries by us (the machines this is
+# developed on have no image registry access): run scripts/pin-images
+# (crane, docker buildx or skopeo) to resolve the tags afresh before relying
+# on them. The Rust builder is Debian bookworm, as is the runtime: the
+# binary links the same glibc it runs on.
 
 FROM rust:1.95-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082 AS build
 WORKDIR /src
