@@ -202,3 +202,51 @@ fn healthcheck_exits_1_when_nothing_listens_or_the_config_is_broken() {
     assert_eq!(h.code, Some(1));
     assert!(h.stderr.contains("port 0"), "{}", h.stderr);
 }
+
+#[test]
+fn the_demo_listens_where_the_container_image_asks_and_prints_loopback_commands() {
+    // The image sets these, so `docker run -p ... deskgate demo` is reachable.
+    let api_port = free_port();
+    let admin_port = std::iter::repeat_with(free_port).find(|p| *p != api_port).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .env("DESKGATE_DEMO_LISTEN", format!("0.0.0.0:{api_port}"))
+        .env("DESKGATE_DEMO_ADMIN", format!("0.0.0.0:{admin_port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut api = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.trim().strip_prefix("gateway (API):") {
+            api = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if line.contains("Ctrl-C stops both") {
+            break;
+        }
+    }
+    // The printed address is one a user on the same host can use...
+    assert_eq!(api.as_deref(), Some(format!("http://127.0.0.1:{api_port}").as_str()));
+    // ...and the listeners are on every interface: 127.0.0.2 is a local
+    // address that a listener bound to 127.0.0.1 alone would refuse.
+    for port in [api_port, admin_port] {
+        let other: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+        assert!(
+            std::net::TcpStream::connect_timeout(&other, Duration::from_secs(2)).is_ok(),
+            "port {port} is not reachable on every interface"
+        );
+    }
+    // The premise: 127.0.0.2 does not reach a listener bound to 127.0.0.1.
+    let loopback_only = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = loopback_only.local_addr().unwrap().port();
+    let other: std::net::SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&other, Duration::from_secs(2)).is_err(),
+        "127.0.0.2 reaches a loopback-only listener"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
