@@ -3,8 +3,9 @@
 //! shell or curl (distroless) can still have a `HEALTHCHECK`.
 //!
 //! Plain blocking TCP and a hand-written HTTP/1.1 GET: the check runs every
-//! few seconds in a fresh process, so it starts no runtime and loads nothing
-//! beyond the config.
+//! few seconds in a fresh process, so it needs no HTTP client and nothing
+//! async. It loads the config as `run` does (the same file, the same
+//! validation), so it asks exactly the admin listener the gateway binds.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
