@@ -42,7 +42,7 @@
 //!   both write (a `HeaderMap` or the fast path's text)
 //! - `metrics`, `admin`: Prometheus registry and the admin listener
 //! - `reload`: SIGHUP and file changes → load → atomic swap
-//! - `demo`: `deskgate demo`
+//! - `demo`: `deskgate demo`; `healthcheck`: `deskgate healthcheck`
 //! - `webhooks` (+ `api`, `dispatch`, `deliver`, `queue`, `redis_queue`): webhook
 //!   egress on its own listener, spending the same budgets
 //!
@@ -62,6 +62,7 @@ pub mod fields;
 pub mod h1;
 pub mod head;
 pub mod headers;
+pub mod healthcheck;
 pub mod host;
 pub mod hyper_wire;
 pub mod limiter;

@@ -57,6 +57,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Healthcheck) => match deskgate::healthcheck::run(&path) {
+            Ok(ready) => {
+                println!("ready: {ready}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("deskgate healthcheck: {why}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Demo { listen, admin }) => match runtime.block_on(deskgate::demo::run(&listen, &admin)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -64,6 +74,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::SampleHelpdesk { listen }) => {
+            match runtime.block_on(deskgate::demo::run_sample_helpdesk(&listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("deskgate sample-helpdesk: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None | Some(Command::Run) => {
             let cfg = match Config::load(&path) {
                 Ok(cfg) => cfg,
