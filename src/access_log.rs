@@ -129,6 +129,11 @@ fn draw() -> f64 {
 
 /// Writes `line`.
 pub fn write(line: &Line<'_>) {
+    // Filtered out (`RUST_LOG=warn`, `deskgate::access=off`): skip making
+    // the host and path safe for a line nobody reads.
+    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return;
+    }
     let path = bounded_path(line.forwarded_path.unwrap_or(line.target.path));
     let host = line.target.host.map(host_for_log);
     let host = host.as_deref();
