@@ -107,19 +107,6 @@ const KIT_BASIC: &str = "YXBpa2V5Olg=";
 /// An API key sent in the query, as some clients do: forwarded, never logged.
 const QUERY_KEY: &str = "QuErYkEy-5e6f7a8b9c";
 
-/// The access-log lines (target `deskgate::access`) with `message`.
-fn access(logs: &Logs, message: &str) -> Vec<serde_json::Value> {
-    logs.events(message).into_iter().filter(|l| l["target"] == "deskgate::access").collect()
-}
-
-/// The one access-log line (served or refused) with request id `id`.
-fn line_for(logs: &Logs, id: &str) -> serde_json::Value {
-    let lines: Vec<_> =
-        logs.lines().into_iter().filter(|l| l["target"] == "deskgate::access" && l["request_id"] == id).collect();
-    assert_eq!(lines.len(), 1, "one access line for {id}: {:?}", logs.lines());
-    lines.into_iter().next().unwrap_or_default()
-}
-
 /// Asserts no credential this file sends reached the log.
 fn assert_no_credentials(logs: &Logs) {
     let text = serde_json::to_string(&logs.lines()).unwrap_or_default();
@@ -166,7 +153,7 @@ on_both_paths! {
         assert_eq!(seen[3].uri, "/support/home");
         assert_eq!(used(gw.admin, "tiny").await, 3);
 
-        let first = line_for(&logs, "served-0");
+        let first = logs.access_line("served-0");
         assert_eq!(first["message"], "served");
         assert_common(&first, 200);
         assert_eq!(first["api"], true);
@@ -181,9 +168,9 @@ on_both_paths! {
         let upstream_ms = first["upstream_ms"].as_f64().unwrap_or(-1.0);
         assert!(upstream_ms >= 0.0 && upstream_ms <= first["total_ms"].as_f64().unwrap_or(0.0), "{first}");
         assert!(first.get("reason").is_none() && first.get("upstream_error").is_none(), "{first}");
-        assert_eq!(line_for(&logs, "served-2")["remaining"], 2);
+        assert_eq!(logs.access_line("served-2")["remaining"], 2);
 
-        let refused = line_for(&logs, "limited-1");
+        let refused = logs.access_line("limited-1");
         assert_eq!(refused["message"], "refused");
         assert_common(&refused, 429);
         assert_eq!((&refused["tenant"], &refused["endpoint"]), (&"tiny".into(), &"ticket_list".into()));
@@ -194,15 +181,15 @@ on_both_paths! {
         assert_eq!(refused["cost"], 0, "a 429 is never charged: {refused}");
         assert!(refused.get("upstream_status").is_none() && refused.get("upstream_ms").is_none(), "{refused}");
 
-        let page = line_for(&logs, "portal-1");
+        let page = logs.access_line("portal-1");
         assert_eq!(page["message"], "served");
         assert_common(&page, 200);
         assert_eq!(page["api"], false);
         assert!(page.get("tenant").is_none() && page.get("endpoint").is_none() && page.get("cost").is_none(), "{page}");
         assert_eq!((&page["path"], &page["host"]), (&"/support/home".into(), &"support.acme.com".into()));
 
-        assert_eq!(access(&logs, "served").len(), 4, "one line per call");
-        assert_eq!(access(&logs, "refused").len(), 1, "one line per call");
+        assert_eq!(logs.access("served").len(), 4, "one line per call");
+        assert_eq!(logs.access("refused").len(), 1, "one line per call");
         assert_no_credentials(&logs);
     }
 
@@ -218,7 +205,7 @@ on_both_paths! {
         // The helpdesk never received either: nothing stays charged.
         assert_eq!(used(gw.admin, "acme").await, 0);
 
-        let l = line_for(&logs, "api-502");
+        let l = logs.access_line("api-502");
         assert_eq!(l["message"], "refused");
         assert_common(&l, 502);
         assert_eq!((&l["tenant"], &l["endpoint"]), (&"acme".into(), &"ticket_list".into()));
@@ -229,7 +216,7 @@ on_both_paths! {
         assert!(l.get("upstream_status").is_none(), "{l}");
         assert!(l["upstream_ms"].as_f64().is_some(), "the time spent trying: {l}");
 
-        let p = line_for(&logs, "portal-502");
+        let p = logs.access_line("portal-502");
         assert_eq!(p["message"], "refused");
         assert_common(&p, 502);
         assert_eq!(p["api"], false);
@@ -246,7 +233,7 @@ on_both_paths! {
         let gw = gateway_on(PATH, up.addr, "", TENANTS).await;
         let got = call_on(&client(), gw.addr, "GET", "Nobody.Example.com", "/api/v2/tickets", &[("x-request-id", "unknown-1")], b"").await;
         assert_eq!(got.status, 404);
-        let l = line_for(&logs, "unknown-1");
+        let l = logs.access_line("unknown-1");
         assert_common(&l, 404);
         assert_eq!((&l["reason"], &l["tenant"]), (&"unknown_host".into(), &"unknown".into()));
         assert_eq!(l["host"], "Nobody.Example.com", "the host as it arrived: {l}");
@@ -259,17 +246,17 @@ on_both_paths! {
         );
         let reply = exchange(gw.addr, userinfo.as_bytes(), wait).await;
         assert!(reply.status() >= 400, "{}", reply.text);
-        let l = line_for(&logs, "userinfo-1");
+        let l = logs.access_line("userinfo-1");
         assert_eq!(l["host"], "nobody.example.com", "{l}");
         let mut masked = b"GET /api/v2/tickets HTTP/1.1\r\nHost: bad\x80\xffhost.example\r\nX-Request-Id: masked-1\r\nConnection: close\r\n\r\n".to_vec();
         let reply = exchange(gw.addr, &masked, wait).await;
         assert_eq!(reply.status(), 400, "{}", reply.text);
-        assert_eq!(line_for(&logs, "masked-1")["host"], "bad??host.example");
+        assert_eq!(logs.access_line("masked-1")["host"], "bad??host.example");
         let long = "a".repeat(300);
         masked = format!("GET /api/v2/tickets HTTP/1.1\r\nHost: {long}.example\r\nX-Request-Id: long-1\r\nConnection: close\r\n\r\n").into_bytes();
         let reply = exchange(gw.addr, &masked, wait).await;
         assert!(reply.status() >= 400, "{}", reply.text);
-        let shown = line_for(&logs, "long-1")["host"].as_str().unwrap_or_default().to_owned();
+        let shown = logs.access_line("long-1")["host"].as_str().unwrap_or_default().to_owned();
         assert!(shown.len() < 300 && shown.ends_with('…'), "{shown}");
 
         assert_eq!(up.count(), 0, "no refused call reached the upstream");
@@ -294,9 +281,9 @@ on_both_paths! {
         assert_eq!(unknown.status, 404);
         assert_eq!(up.count(), 3, "the served calls were forwarded");
         assert_eq!(used(gw.admin, "tiny").await, 3, "and charged");
-        assert!(access(&logs, "served").is_empty(), "{:?}", access(&logs, "served"));
-        assert_eq!(line_for(&logs, "loud-429")["reason"], "rate_limit_exceeded");
-        assert_eq!(line_for(&logs, "loud-404")["reason"], "unknown_host");
+        assert!(logs.access("served").is_empty(), "{:?}", logs.access("served"));
+        assert_eq!(logs.access_line("loud-429")["reason"], "rate_limit_exceeded");
+        assert_eq!(logs.access_line("loud-404")["reason"], "unknown_host");
 
         // A reload applies the setting to the next call.
         let file = gw.dir.path().join("deskgate.toml");
@@ -305,7 +292,7 @@ on_both_paths! {
         gw.gw.reload().await.unwrap_or_else(|e| panic!("{e}"));
         let got = call_on(&c, gw.addr, "GET", "acme.freshdesk.com", "/api/v2/tickets", &[("x-request-id", "after-reload")], b"").await;
         assert_eq!(got.status, 200);
-        assert_eq!(line_for(&logs, "after-reload")["message"], "served");
+        assert_eq!(logs.access_line("after-reload")["message"], "served");
         assert_eq!(up.count(), 4);
     }
 }
