@@ -194,6 +194,19 @@ on_both_paths! {
     }
 
     #[tokio::test]
+    async fn the_line_shows_the_normalised_path_that_was_sent() {
+        let logs = Logs::capture();
+        let up = RecordingUpstream::start().await;
+        let gw = gateway_on(PATH, up.addr, "", TENANTS).await;
+        let got = call_on(&client(), gw.addr, "GET", "acme.freshdesk.com", "/%61pi/%76%32/tickets", &[("x-request-id", "norm-1")], b"").await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        assert_eq!(up.last().uri, "/api/v2/tickets");
+        assert_eq!(used(gw.admin, "acme").await, 1);
+        let l = logs.access_line("norm-1");
+        assert_eq!((&l["path"], &l["endpoint"]), (&"/api/v2/tickets".into(), &"ticket_list".into()), "{l}");
+    }
+
+    #[tokio::test]
     async fn a_502_says_the_upstream_could_not_be_reached_and_is_not_charged() {
         let logs = Logs::capture();
         let gw = gateway_on(PATH, refused_addr().await, "", TENANTS).await;
