@@ -96,11 +96,20 @@ pub struct Line<'a> {
     pub refused: Option<Refused>,
 }
 
-/// Whether a served call gets a line, given `[access_log] sample_served`.
+/// Whether a call gets a line: every refused one, a served one as
+/// `[access_log] sample_served` says, and none while the log filter drops
+/// `deskgate::access` at `info` (`RUST_LOG=warn`). A served call that is
+/// not sampled costs a comparison; a filtered one, a cached callsite check.
+#[inline]
+pub fn wanted(refused: bool, sample_served: f64) -> bool {
+    (refused || sampled(sample_served)) && tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
+/// Whether a served call is sampled, given `[access_log] sample_served`.
 /// At 1.0 and 0.0 (the usual settings) this is a comparison; in between,
 /// one draw from a per-thread generator.
 #[inline]
-pub fn sampled(share: f64) -> bool {
+fn sampled(share: f64) -> bool {
     if share >= 1.0 {
         true
     } else if share <= 0.0 {
@@ -127,13 +136,8 @@ fn draw() -> f64 {
     })
 }
 
-/// Writes `line`.
+/// Writes `line` (for a call [`wanted`] said yes to).
 pub fn write(line: &Line<'_>) {
-    // Filtered out (`RUST_LOG=warn`, `deskgate::access=off`): skip making
-    // the host and path safe for a line nobody reads.
-    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
-        return;
-    }
     let path = bounded_path(line.forwarded_path.unwrap_or(line.target.path));
     let host = line.target.host.map(host_for_log);
     let host = host.as_deref();

@@ -142,8 +142,8 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
         }
     };
     // After the answer, where the head can be read again (the wire holds it
-    // while it writes). A served call that is not sampled costs this branch.
-    if refused.is_some() || access_log::sampled(snap.config.access_log.sample_served) {
+    // while it writes). A served call that is not logged costs this branch.
+    if access_log::wanted(refused.is_some(), snap.config.access_log.sample_served) {
         log_call(&cx, conn, wire.target(), status, total, refused);
     }
     output
