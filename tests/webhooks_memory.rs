@@ -16,13 +16,9 @@ use support::webhooks::{
 };
 use support::{client, gateway, get, used, RecordingUpstream, TestGateway};
 
-/// `acme`: 5 per 2 s; `roomy`: 100 per 2 s; `slowpoke`: 5 per 60 s;
-/// `seedling`: no API access.
-fn rest(alert: Option<&Receiver>) -> String {
-    rest_with(alert, "delivery_timeout_ms = 1000\n")
-}
-
-/// [`rest`] with `keys` in `[webhooks]` (at least `delivery_timeout_ms`).
+/// The tables after `[upstream]`, with `keys` in `[webhooks]` (at least
+/// `delivery_timeout_ms`). `acme`: 5 per 2 s; `roomy`: 100 per 2 s;
+/// `slowpoke`: 5 per 60 s; `seedling`: no API access.
 fn rest_with(alert: Option<&Receiver>, keys: &str) -> String {
     let alert_url = alert.map(|a| format!("alert_url = \"{}\"\n", a.url("/alerts"))).unwrap_or_default();
     format!(
