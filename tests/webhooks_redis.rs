@@ -454,3 +454,47 @@ async fn the_redis_queue_runs_on_a_three_node_cluster_with_each_tenant_in_its_ow
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn webhooks_queued_in_the_single_tag_layout_are_moved_over_and_delivered_once() {
+    let Some(redis) = RedisServer::start("webhooks_queued_in_the_single_tag_layout_are_moved_over_and_delivered_once")
+    else {
+        return;
+    };
+    let up = RecordingUpstream::start().await;
+    let rx = Receiver::start().await;
+    // One postponed and one left in flight by a replica of the earlier layout.
+    let spec = |body: &str| {
+        json!({"tenant": "acme", "url": rx.url("/old"), "method": "POST", "headers": [["x-old", "1"]], "body": body})
+            .to_string()
+    };
+    let state = json!({"status": "postponed", "attempts": 0, "failures": 0}).to_string();
+    let now_ms: u64 = redis.cli(&["TIME"]).lines().next().unwrap().parse::<u64>().unwrap() * 1000;
+    for (id, set, score) in [("old-due", "due", now_ms - 1000), ("old-held", "inflight", now_ms + 500)] {
+        let job = format!("{{deskgate:webhooks}}:job:{id}");
+        let body = format!("body of {id}");
+        assert_eq!(
+            redis.cli(&["HSET", &job, "spec", &spec(&body), "state", &state, "accepted_ms", "1", "owner", "gone"]),
+            "4"
+        );
+        assert_eq!(redis.cli(&["ZADD", &format!("{{deskgate:webhooks}}:{set}"), &score.to_string(), id]), "1");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), up.addr, &redis, 4);
+    let gw = replica(&path).await;
+    let wh = gw.webhooks_addr.unwrap();
+    for id in ["old-due", "old-held"] {
+        let v = wait_final(wh, id, Duration::from_secs(10)).await;
+        assert_eq!((v["status"].as_str(), v["attempts"].as_u64()), (Some("delivered"), Some(1)), "{id}: {v}");
+        let hit = rx.hits().into_iter().find(|h| h.id == id).unwrap();
+        assert_eq!(hit.body, format!("body of {id}"));
+        assert_eq!(hit.headers["x-old"], "1");
+    }
+    assert_eq!(rx.count(), 2, "{:?}", rx.by_id());
+    assert_eq!(used(gw.admin_addr, "acme").await, 2);
+    for set in ["due", "inflight"] {
+        assert_eq!(redis.cli(&["ZCARD", &format!("{{deskgate:webhooks}}:{set}")]), "0");
+    }
+    assert_eq!(redis.cli(&["EXISTS", "deskgate:{acme}:wh:job:old-held"]), "1");
+    gw.shutdown().await;
+}

@@ -21,6 +21,11 @@
 //! - `…:id:<id>` STRING → the tenant that owns the id: ids are global
 //!   across tenants, and `GET /webhooks/{id}` names no tenant.
 //!
+//! A standalone queue also moves, every few seconds, whatever the
+//! single-tag layout (`{<prefix>:webhooks}:due`, `:inflight`, `:job:<id>`)
+//! still holds into this one (`ADOPT`), so replicas of both layouts can
+//! share a Redis during an upgrade and nothing queued is lost.
+//!
 //! Every move is one Lua script, so it is atomic within its slot: `create`
 //! is the SET-NX of the job (an existing hash wins, nothing is charged or
 //! queued twice) and refuses a tenant at its bound; `claim` reads Redis
@@ -188,6 +193,46 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
 return ARGV[1]
 "#;
 
+/// Moves webhooks queued under the single-tag layout of earlier versions
+/// (`{<prefix>:webhooks}:due`, `:inflight`, `:job:<id>`) into the per-tenant
+/// layout, so a rolling upgrade loses none. Standalone Redis only (that
+/// layout never ran on a Cluster; this script touches keys of many slots).
+/// An in-flight one becomes due at its lease deadline: its old holder can
+/// no longer write it, and it is delivered again after that lease.
+const ADOPT: &str = r#"
+-- KEYS: old due, old inflight, tenants, gen; ARGV: old job key prefix, key prefix, id key prefix, id_ttl_s, max
+local moved = 0
+for _, src in ipairs({KEYS[1], KEYS[2]}) do
+  local entries = redis.call('ZRANGE', src, 0, tonumber(ARGV[5]) - 1, 'WITHSCORES')
+  for j = 1, #entries, 2 do
+    local id, score = entries[j], tonumber(entries[j + 1])
+    redis.call('ZREM', src, id)
+    local old = ARGV[1] .. id
+    local ok, spec = pcall(cjson.decode, redis.call('HGET', old, 'spec') or '')
+    local tenant = ok and type(spec) == 'table' and spec.tenant
+    if type(tenant) == 'string' and tenant ~= '' and not string.find(tenant, '[{}]') then
+      local base = ARGV[2] .. ':{' .. tenant .. '}:wh:'
+      if redis.call('EXISTS', base .. 'job:' .. id) == 0 then
+        redis.call('RENAME', old, base .. 'job:' .. id)
+        redis.call('HDEL', base .. 'job:' .. id, 'owner')
+        redis.call('ZADD', base .. 'due', score, id)
+        local cur = redis.call('ZSCORE', KEYS[3], tenant)
+        if not cur or score < tonumber(cur) then
+          redis.call('ZADD', KEYS[3], score, tenant)
+        end
+        redis.call('HINCRBY', KEYS[4], tenant, 1)
+        redis.call('SET', ARGV[3] .. id, tenant, 'EX', tonumber(ARGV[4]))
+        moved = moved + 1
+      end
+    end
+  end
+end
+return moved
+"#;
+
+/// How often a standalone queue looks for webhooks in the earlier layout.
+const ADOPT_EVERY: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 enum Conn {
     Single(Box<ConnectionManager>),
@@ -214,6 +259,9 @@ pub struct RedisQueue {
     due_tenants: Script,
     settle_tenant: Script,
     own_id: Script,
+    adopt: Script,
+    /// When the earlier layout was last looked at (standalone only).
+    adopted_at: Mutex<Option<Instant>>,
     /// Webhooks waiting or in flight per tenant, as last seen by this
     /// replica (its sum is the queue-depth gauge). Never held across an await.
     depths: Mutex<HashMap<String, u64>>,
@@ -250,6 +298,8 @@ impl RedisQueue {
             due_tenants: Script::new(DUE_TENANTS),
             settle_tenant: Script::new(SETTLE_TENANT),
             own_id: Script::new(OWN_ID),
+            adopt: Script::new(ADOPT),
+            adopted_at: Mutex::new(None),
             depths: Mutex::new(HashMap::new()),
         })
     }
@@ -337,12 +387,11 @@ impl RedisQueue {
     }
 
     async fn read(&self, tenant: &str, id: &str) -> Result<Option<Record>, QueueError> {
-        let cmd = redis::cmd("HMGET")
-            .arg(self.tenant_key(tenant, &format!("job:{id}")))
-            .arg("spec")
-            .arg("state")
-            .arg("accepted_ms")
-            .to_owned();
+        self.read_key(self.tenant_key(tenant, &format!("job:{id}"))).await
+    }
+
+    async fn read_key(&self, key: String) -> Result<Option<Record>, QueueError> {
+        let cmd = redis::cmd("HMGET").arg(key).arg("spec").arg("state").arg("accepted_ms").to_owned();
         let v: Vec<Option<String>> = self.query(cmd).await?;
         match v.as_slice() {
             [Some(spec), Some(state), accepted] => {
@@ -406,7 +455,42 @@ impl RedisQueue {
         }
     }
 
+    /// Every [`ADOPT_EVERY`], moves what the earlier layout still holds.
+    async fn adopt_earlier_layout(&self) {
+        if !matches!(self.target, Target::Single(_)) {
+            return;
+        }
+        {
+            let mut at = self.adopted_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < ADOPT_EVERY) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
+        let old = format!("{{{}:webhooks}}", self.prefix);
+        let mut inv = self.adopt.prepare_invoke();
+        inv.key(format!("{old}:due"))
+            .key(format!("{old}:inflight"))
+            .key(self.registry_key("tenants"))
+            .key(self.registry_key("gen"))
+            .arg(format!("{old}:job:"))
+            .arg(&self.prefix)
+            .arg(self.registry_key("id:"))
+            .arg(self.id_ttl_s)
+            .arg(1000);
+        match self.run::<i64>(inv).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(moved = n, "webhooks queued in the earlier Redis layout moved to the per-tenant layout");
+                // More may be left: look again on the next pass.
+                *self.adopted_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            Err(e) => tracing::debug!(error = %e, "earlier webhook layout not checked"),
+        }
+    }
+
     pub async fn claim(&self, max: usize, lease_ms: u64) -> Result<Batch, QueueError> {
+        self.adopt_earlier_layout().await;
         let mut inv = self.due_tenants.prepare_invoke();
         inv.key(self.registry_key("tenants")).key(self.registry_key("gen")).arg(TENANTS_PER_PASS);
         let v: Vec<String> = self.run(inv).await?;
@@ -549,6 +633,10 @@ impl RedisQueue {
         let owner: Option<String> = self.query(cmd).await?;
         match owner {
             Some(tenant) => self.read(&tenant, id).await,
+            // Perhaps still in the earlier layout, not yet moved over.
+            None if matches!(self.target, Target::Single(_)) => {
+                self.read_key(format!("{{{}:webhooks}}:job:{id}", self.prefix)).await
+            }
             None => Ok(None),
         }
     }
