@@ -325,15 +325,15 @@ async fn two_replicas_and_a_receiver_slower_than_the_lease_deliver_each_webhook_
     let dir = tempfile::tempdir().unwrap();
     let store = format!("redis_url = \"{}\"", redis.url());
     let path = write_config_with(dir.path(), up.addr, &store, 4, "delivery_timeout_ms = 5000\nlease_ms = 400\n");
-    let a = replica(&path).await;
+    // One replica a separate process of the built binary, one in this process.
+    let a = Process::start(&path);
     let b = replica(&path).await;
-    let whs = [a.webhooks_addr.unwrap(), b.webhooks_addr.unwrap()];
+    let whs = [a.webhooks, b.webhooks_addr.unwrap()];
     let ids = post_bodies(&whs, &rx, "acme", "lease", 6).await;
     let statuses: Vec<&str> = ids.iter().map(|(_, s)| s.as_str()).collect();
     assert_eq!(statuses, ["sent", "sent", "sent", "sent", "postponed", "postponed"]);
-    assert_eq!(used(a.admin_addr, "acme").await, 4, "the postponed ones are not charged yet");
+    assert_eq!(used(b.admin_addr, "acme").await, 4, "the postponed ones are not charged yet");
     assert_each_once(whs[1], &rx, &ids).await;
-    a.shutdown().await;
     b.shutdown().await;
 }
 

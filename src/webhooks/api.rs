@@ -168,28 +168,41 @@ async fn accept(core: &Arc<Core>, req: Request<Incoming>) -> Response<Body> {
         claimed_at: Instant::now(),
         held_from,
     };
-    let step = dispatch::decide(core, &job).await;
-    match step {
-        Step::Send => {
-            let core = core.clone();
-            tokio::spawn(async move {
-                // Counted against the replica's delivery slots when one is free;
-                // never waits for one (the claim's lease is already running).
-                let permit = core.slots.clone().try_acquire_owned().ok();
-                dispatch::under_lease(&core, &job, dispatch::settle(&core, job.clone(), Step::Send)).await;
-                drop(permit);
-                core.wake.notify_one();
-            });
-            respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "sent"}))
-        }
-        Step::Postpone { due_ms, since_ms } => {
-            dispatch::settle(core, job, Step::Postpone { due_ms, since_ms }).await;
+    // The whole attempt runs in its own task under one lease keeper (the
+    // claim's lease is already running); the answer waits only for the
+    // decision, and for a postponement or drop also for its write.
+    let (tx, decided) = tokio::sync::oneshot::channel();
+    let task_core = core.clone();
+    tokio::spawn(async move {
+        let core = task_core;
+        // Counted against the replica's delivery slots when one is free;
+        // never waits for one.
+        let permit = core.slots.clone().try_acquire_owned().ok();
+        dispatch::under_lease(&core, &job, async {
+            let step = dispatch::decide(&core, &job).await;
+            if step == Step::Send {
+                let _ = tx.send(step.clone());
+                dispatch::settle(&core, job.clone(), step).await;
+            } else {
+                dispatch::settle(&core, job.clone(), step.clone()).await;
+                let _ = tx.send(step);
+            }
+        })
+        .await;
+        drop(permit);
+        core.wake.notify_one();
+    });
+    match decided.await {
+        Ok(Step::Send) => respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "sent"})),
+        Ok(Step::Postpone { due_ms, .. }) => {
             respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "postponed", "due_at": super::rfc3339(due_ms)}))
         }
-        Step::Drop { reason } => {
-            dispatch::settle(core, job, Step::Drop { reason }).await;
+        Ok(Step::Drop { reason }) => {
             respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "dropped", "reason": reason}))
         }
+        // The lease was lost before a decision: stored, and attempted by
+        // whichever replica claims it next.
+        Err(_) => respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "sending"})),
     }
 }
 
