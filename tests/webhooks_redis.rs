@@ -498,3 +498,63 @@ async fn webhooks_queued_in_the_single_tag_layout_are_moved_over_and_delivered_o
     assert_eq!(redis.cli(&["EXISTS", "deskgate:{acme}:wh:job:old-held"]), "1");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_past_the_bound_through_two_replicas_is_cut_exactly_at_it() {
+    let Some(redis) = RedisServer::start("a_flood_past_the_bound_through_two_replicas_is_cut_exactly_at_it") else {
+        return;
+    };
+    let up = RecordingUpstream::start().await;
+    let rx = Receiver::start().await;
+    rx.hold_ms.store(3000, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("redis_url = \"{}\"", redis.url());
+    let path =
+        write_config_with(dir.path(), up.addr, &store, 2, "delivery_timeout_ms = 5000\nmax_queued_per_tenant = 20\n");
+    let a = replica(&path).await;
+    let b = replica(&path).await;
+    let whs = [a.webhooks_addr.unwrap(), b.webhooks_addr.unwrap()];
+    // 60 at once, half through each replica: two go out (held by the
+    // receiver), the rest wait for the budget, and the bound is 20.
+    let posts: Vec<_> = (0..60)
+        .map(|i| {
+            let wh = whs[i % 2];
+            let url = rx.url("/flood");
+            tokio::spawn(async move {
+                let got = post_webhook(wh, json!({"tenant": "acme", "url": url, "id": format!("flood-{i}")})).await;
+                (got.status.as_u16(), got.json()["code"].as_str().unwrap_or("").to_owned())
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    let mut refused = 0;
+    for p in posts {
+        match p.await.unwrap() {
+            (202, _) => accepted += 1,
+            (429, code) => {
+                assert_eq!(code, "webhook_queue_full");
+                refused += 1
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    println!("60 posted at once through two replicas: {accepted} accepted, {refused} refused (bound 20)");
+    assert_eq!((accepted, refused), (20, 40));
+    let queued: u64 = ["due", "inflight"]
+        .iter()
+        .map(|s| redis.cli(&["ZCARD", &format!("deskgate:{{acme}}:wh:{s}")]).parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(queued, 20, "what Redis holds");
+    assert_eq!(used(a.admin_addr, "acme").await, 2, "only the two sent were charged");
+    let mut counted = 0.0;
+    for gw in [&a, &b] {
+        let m = support::webhooks::metrics(gw.admin_addr).await;
+        counted += support::webhooks::sample(&m, r#"deskgate_webhooks_total{tenant="acme",outcome="queue_full"}"#)
+            .unwrap_or(0.0);
+    }
+    assert_eq!(counted, 40.0, "every refusal counted once");
+    assert!(rx.wait_for(2, Duration::from_secs(3)).await);
+    assert_eq!(rx.count(), 2, "only what the budget allowed went out");
+    a.shutdown().await;
+    b.shutdown().await;
+}
