@@ -197,13 +197,17 @@ return ARGV[1]
 /// (`{<prefix>:webhooks}:due`, `:inflight`, `:job:<id>`) into the per-tenant
 /// layout, so a rolling upgrade loses none. Standalone Redis only (that
 /// layout never ran on a Cluster; this script touches keys of many slots).
-/// An in-flight one becomes due at its lease deadline: its old holder can
-/// no longer write it, and it is delivered again after that lease.
+/// An in-flight one is left to its holder until its lease has run out (the
+/// holder died): then it is moved, due at once.
 const ADOPT: &str = r#"
 -- KEYS: old due, old inflight, tenants, gen; ARGV: old job key prefix, key prefix, id key prefix, id_ttl_s, max
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local moved = 0
-for _, src in ipairs({KEYS[1], KEYS[2]}) do
-  local entries = redis.call('ZRANGE', src, 0, tonumber(ARGV[5]) - 1, 'WITHSCORES')
+for i, src in ipairs({KEYS[1], KEYS[2]}) do
+  local upto = '+inf'
+  if i == 2 then upto = now end
+  local entries = redis.call('ZRANGEBYSCORE', src, '-inf', upto, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[5]))
   for j = 1, #entries, 2 do
     local id, score = entries[j], tonumber(entries[j + 1])
     redis.call('ZREM', src, id)
