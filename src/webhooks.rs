@@ -47,6 +47,7 @@ pub mod queue;
 pub mod redis_queue;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -286,6 +287,8 @@ pub(crate) struct Core {
     pub slots: Arc<Semaphore>,
     /// Turns true at shutdown (alert retries stop waiting).
     pub shutdown: watch::Receiver<bool>,
+    /// Alert POSTs in progress or waiting for a retry.
+    pub alerts_awaiting_retry: AtomicUsize,
 }
 
 impl Core {
@@ -337,6 +340,7 @@ impl Webhooks {
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_DELIVERIES)),
             shutdown: shutdown.clone(),
+            alerts_awaiting_retry: AtomicUsize::new(0),
         });
         tracing::info!(webhooks_addr = %self.addr, queue = core.queue.kind(), "webhooks listening");
         let api_core = core.clone();

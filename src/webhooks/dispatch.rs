@@ -10,6 +10,7 @@
 //! lease could run out.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -319,9 +320,15 @@ async fn alert(core: &Arc<Core>, id: &str, state: &State, spec: &super::Spec, re
     }
 }
 
+/// Alerts one replica keeps waiting for a retry; beyond, a failed alert is
+/// given up at once (logged in full), so a broken `alert_url` during a mass
+/// drop cannot pile up memory.
+const MAX_ALERTS_AWAITING_RETRY: usize = 1000;
+
 /// POSTs one alert, retried after the gaps of `retry_schedule_s` like a
 /// delivery. Kept in this process only: a shutdown abandons the retries.
 async fn post_alert(core: Arc<Core>, url: String, body: serde_json::Value) {
+    let _pending = AwaitingRetry::new(&core);
     let mut shutdown = core.shutdown.clone();
     let mut gaps = core.cfg.retry_schedule.iter();
     let mut tries = 0u32;
@@ -335,7 +342,12 @@ async fn post_alert(core: Arc<Core>, url: String, body: serde_json::Value) {
             Err(e) => e,
         };
         core.metrics.alert_post("failed");
-        let Some(gap) = gaps.next() else {
+        let gap = if tries == 1 && core.alerts_awaiting_retry.load(Ordering::Relaxed) > MAX_ALERTS_AWAITING_RETRY {
+            None
+        } else {
+            gaps.next()
+        };
+        let Some(gap) = gap else {
             core.metrics.alert_post("abandoned");
             tracing::error!(tries, error = %error, alert = %body, "webhook alert could not be posted to alert_url; given up");
             return;
@@ -358,5 +370,21 @@ pub fn host_of(url: &str) -> String {
     match url.parse::<http::Uri>() {
         Ok(u) => format!("{}://{}", u.scheme_str().unwrap_or("http"), u.authority().map(|a| a.as_str()).unwrap_or("")),
         Err(_) => "(invalid url)".to_owned(),
+    }
+}
+
+/// Counts an alert task in `Core::alerts_awaiting_retry` while it lives.
+struct AwaitingRetry(Arc<Core>);
+
+impl AwaitingRetry {
+    fn new(core: &Arc<Core>) -> AwaitingRetry {
+        core.alerts_awaiting_retry.fetch_add(1, Ordering::Relaxed);
+        AwaitingRetry(core.clone())
+    }
+}
+
+impl Drop for AwaitingRetry {
+    fn drop(&mut self) {
+        self.0.alerts_awaiting_retry.fetch_sub(1, Ordering::Relaxed);
     }
 }
