@@ -150,6 +150,12 @@ pub struct WebhooksConfig {
     pub retry_schedule: Vec<Duration>,
     pub delivery_timeout: Duration,
     pub alert_url: Option<String>,
+    /// How long a claim holds a webhook without renewal; the holder renews
+    /// it every third of this while an attempt runs.
+    pub lease: Duration,
+    /// Webhooks one tenant may have waiting or in flight; the ingest beyond
+    /// is refused with `webhook_queue_full`.
+    pub max_queued_per_tenant: u64,
 }
 
 /// Per-endpoint budgets, indexed by [`Endpoint::index`] (`None`: no endpoint budget).

@@ -128,6 +128,17 @@ fn restart_only_changes(old: &Config, new: &Config, listener_tls: bool) -> Vec<&
             || old.webhooks.as_ref().zip(new.webhooks.as_ref()).is_some_and(|(a, b)| a.listen != b.listen),
         "webhooks.listen",
     );
+    check(
+        old.webhooks.as_ref().zip(new.webhooks.as_ref()).is_some_and(|(a, b)| {
+            a.max_postpone != b.max_postpone
+                || a.retry_schedule != b.retry_schedule
+                || a.delivery_timeout != b.delivery_timeout
+                || a.alert_url != b.alert_url
+                || a.lease != b.lease
+                || a.max_queued_per_tenant != b.max_queued_per_tenant
+        }),
+        "webhooks (keys other than listen)",
+    );
     changed
 }
 

@@ -19,11 +19,18 @@
 //!
 //! A replica *claims* a due webhook by moving it to an in-flight set with a
 //! lease deadline and a fresh owner token, atomically. Every later write is
-//! conditional on that token. A replica that dies mid-delivery leaves the
-//! lease to expire; whoever claims next delivers again, with the same
-//! `X-Deskgate-Webhook-Id`. The lease (2 × `delivery_timeout_ms` + 2 s) outlives
-//! any attempt, which is bounded by the store timeout plus
-//! `delivery_timeout_ms`, so two replicas never hold one webhook at once.
+//! conditional on that token. The holder renews the lease every third of
+//! `lease_ms` while its attempt runs, however slow the receiver; if it
+//! cannot (the queue unreachable, or another claim took the webhook), it
+//! cuts its own attempt before the lease runs out (`dispatch::under_lease`),
+//! so two replicas never deliver one webhook at once. A replica that dies
+//! mid-delivery stops renewing; whoever claims after the lease delivers
+//! again, with the same `X-Deskgate-Webhook-Id`.
+//!
+//! # Bounded
+//!
+//! A tenant has at most `max_queued_per_tenant` webhooks waiting or in
+//! flight; `POST /webhooks` beyond is answered 429 `webhook_queue_full`.
 //!
 //! # Layout
 //!
@@ -40,6 +47,7 @@ pub mod queue;
 pub mod redis_queue;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -207,6 +215,14 @@ pub struct WebhookMetrics {
     pub queue_depth: Gauge,
     /// Accepted → delivered, in seconds.
     pub delay: Histogram,
+    /// POSTs to `alert_url` by outcome: delivered, failed (one attempt;
+    /// retried on the schedule), abandoned (schedule used up or shutdown).
+    pub alert_posts: Family<AlertPost, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertPost {
+    pub outcome: &'static str,
 }
 
 impl WebhookMetrics {
@@ -218,6 +234,7 @@ impl WebhookMetrics {
             queue_depth: Gauge::default(),
             // 10 ms .. ~46 h: from an immediate delivery to a full postponement.
             delay: Histogram::new(exponential_buckets(0.01, 2.0, 25)),
+            alert_posts: Family::default(),
         };
         registry.register(
             "deskgate_webhooks",
@@ -239,7 +256,16 @@ impl WebhookMetrics {
             "Time from acceptance to successful delivery",
             m.delay.clone(),
         );
+        registry.register(
+            "deskgate_webhook_alert_posts",
+            "POSTs of alerts to alert_url by outcome (delivered, failed and retried, abandoned)",
+            m.alert_posts.clone(),
+        );
         m
+    }
+
+    pub(crate) fn alert_post(&self, outcome: &'static str) {
+        self.alert_posts.get_or_create(&AlertPost { outcome }).inc();
     }
 
     pub(crate) fn count(&self, tenant: &str, outcome: &'static str) {
@@ -259,6 +285,10 @@ pub(crate) struct Core {
     /// Wakes the dispatcher: something became due sooner, or a slot freed.
     pub wake: Notify,
     pub slots: Arc<Semaphore>,
+    /// Turns true at shutdown (alert retries stop waiting).
+    pub shutdown: watch::Receiver<bool>,
+    /// Alert POSTs in progress or waiting for a retry.
+    pub alerts_awaiting_retry: AtomicUsize,
 }
 
 impl Core {
@@ -286,7 +316,7 @@ impl Webhooks {
         limiter: &LimiterConfig,
         metrics: WebhookMetrics,
     ) -> Result<Webhooks, StartError> {
-        let queue = Queue::from_config(limiter).map_err(StartError::Store)?;
+        let queue = Queue::from_config(limiter, id_ttl(cfg)).map_err(StartError::Store)?;
         let outbound = Outbound::new(cfg.delivery_timeout).map_err(StartError::Tls)?;
         let listener =
             TcpListener::bind(cfg.listen).await.map_err(|source| StartError::Bind { addr: cfg.listen, source })?;
@@ -299,7 +329,7 @@ impl Webhooks {
     /// `shutdown_grace_ms`; what is left is redelivered after its lease).
     pub fn spawn(self, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let grace = shared.snapshot.load().config.server.shutdown_grace;
-        let lease = self.cfg.delivery_timeout * 2 + Duration::from_secs(2);
+        let lease = self.cfg.lease;
         let core = Arc::new(Core {
             shared,
             cfg: self.cfg,
@@ -309,6 +339,8 @@ impl Webhooks {
             lease,
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_DELIVERIES)),
+            shutdown: shutdown.clone(),
+            alerts_awaiting_retry: AtomicUsize::new(0),
         });
         tracing::info!(webhooks_addr = %self.addr, queue = core.queue.kind(), "webhooks listening");
         let api_core = core.clone();
@@ -323,4 +355,14 @@ impl Webhooks {
         let dispatch_task = tokio::spawn(dispatch::run(core, shutdown, grace));
         vec![api_task, dispatch_task]
     }
+}
+
+/// How long the Redis queue remembers which tenant owns an id: a webhook's
+/// longest life (every attempt postponed to the limit, each held a full
+/// lease and timeout, plus the retry gaps) and then [`queue::RETENTION`].
+fn id_ttl(cfg: &WebhooksConfig) -> Duration {
+    let attempts = cfg.retry_schedule.len() as u32 + 1;
+    let per_attempt = cfg.max_postpone + cfg.lease + cfg.delivery_timeout;
+    let gaps: Duration = cfg.retry_schedule.iter().sum();
+    per_attempt * attempts + gaps + queue::RETENTION
 }

@@ -6,17 +6,20 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::webhooks::{
-    json_call, max_in_any_interval, metrics, parse_time, post_webhook, sample, wait_final, wait_status, Receiver,
+    json_call, max_in_any_interval, metrics, parse_time, post_webhook, sample, wait_final, wait_status, webhook_status,
+    Receiver,
 };
-use support::{client, gateway, get, RecordingUpstream, TestGateway};
+use support::{client, gateway, get, used, RecordingUpstream, TestGateway};
 
-/// `acme`: 5 per 2 s; `roomy`: 100 per 2 s; `slowpoke`: 5 per 60 s;
-/// `seedling`: no API access.
-fn rest(alert: Option<&Receiver>) -> String {
+/// The tables after `[upstream]`, with `keys` in `[webhooks]` (at least
+/// `delivery_timeout_ms`). `acme`: 5 per 2 s; `roomy`: 100 per 2 s;
+/// `slowpoke`: 5 per 60 s; `seedling`: no API access.
+fn rest_with(alert: Option<&Receiver>, keys: &str) -> String {
     let alert_url = alert.map(|a| format!("alert_url = \"{}\"\n", a.url("/alerts"))).unwrap_or_default();
     format!(
         r#"
@@ -27,8 +30,7 @@ store = "memory"
 listen = "127.0.0.1:0"
 max_postpone_s = 3
 retry_schedule_s = [1, 1]
-delivery_timeout_ms = 1000
-{alert_url}
+{keys}{alert_url}
 [plans.tight]
 per_minute = 5
 window_seconds = 2
@@ -65,8 +67,12 @@ plan = "sprout"
 }
 
 async fn start(alert: Option<&Receiver>) -> (RecordingUpstream, TestGateway, SocketAddr) {
+    start_with(alert, "delivery_timeout_ms = 1000\n").await
+}
+
+async fn start_with(alert: Option<&Receiver>, keys: &str) -> (RecordingUpstream, TestGateway, SocketAddr) {
     let up = RecordingUpstream::start().await;
-    let tg = gateway(up.addr, "", &rest(alert)).await;
+    let tg = gateway(up.addr, "", &rest_with(alert, keys)).await;
     let wh = tg.gw.webhooks_addr.expect("webhooks listener");
     (up, tg, wh)
 }
@@ -353,4 +359,156 @@ async fn a_webhook_postponed_past_max_postpone_is_dropped_with_an_alert() {
 async fn webhook_status_accepted(wh: SocketAddr, id: &str) -> String {
     let v = support::webhooks::webhook_status(wh, id).await;
     v["accepted_at"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_receiver_slower_than_the_lease_gets_each_webhook_once_because_the_lease_is_renewed() {
+    let rx = Receiver::start().await;
+    // Each delivery is held five leases long: without renewal the dispatcher
+    // would claim it again and send it a second time meanwhile.
+    rx.hold_ms.store(1500, Ordering::SeqCst);
+    let (_up, tg, wh) = start_with(None, "delivery_timeout_ms = 5000\nlease_ms = 300\n").await;
+    let mut ids = Vec::new();
+    // acme: 5 per 2 s. Five go out from the listener at once; the sixth is
+    // postponed and later sent by the dispatcher, through its own claim.
+    for i in 0..6 {
+        let id = format!("slow-{i}");
+        let body = format!("{{\"n\":{i}}}");
+        let got = post_webhook(wh, json!({"tenant": "acme", "url": rx.url("/slow"), "id": id, "body": body})).await;
+        assert_eq!(got.status, 202, "{:?}", got.body);
+        assert_eq!(got.json()["status"], if i < 5 { "sent" } else { "postponed" });
+        ids.push(id);
+    }
+    assert_eq!(used(tg.admin, "acme").await, 5, "the postponed one is not charged yet");
+    for id in &ids {
+        let v = wait_final(wh, id, Duration::from_secs(10)).await;
+        assert_eq!(v["status"], "delivered", "{id}: {v}");
+        assert_eq!(v["attempts"], 1, "{id}: charged once: {v}");
+        assert_eq!(v["failures"], 0, "{id}: {v}");
+    }
+    let by_id = rx.by_id();
+    assert_eq!(by_id.len(), 6, "{by_id:?}");
+    assert!(by_id.values().all(|n| *n == 1), "sent twice: {by_id:?}");
+    assert_eq!(rx.overlaps.load(Ordering::SeqCst), 0);
+    for (i, id) in ids.iter().enumerate() {
+        let hit = rx.hits().into_iter().find(|h| &h.id == id).unwrap();
+        assert_eq!(hit.body, format!("{{\"n\":{i}}}"), "{id}: body intact");
+    }
+    let m = metrics(tg.admin).await;
+    assert_eq!(sample(&m, r#"deskgate_webhooks_total{tenant="acme",outcome="delivered"}"#), Some(6.0), "{m}");
+    tg.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_queue_bound_is_refused_with_webhook_queue_full_and_nothing_is_stored_or_charged() {
+    let rx = Receiver::start().await;
+    let (_up, tg, wh) = start_with(None, "delivery_timeout_ms = 1000\nmax_queued_per_tenant = 3\n").await;
+    // slowpoke: 5 per 60 s. Five go out and are done: they no longer count.
+    for i in 0..5 {
+        let got =
+            post_webhook(wh, json!({"tenant": "slowpoke", "url": rx.url("/b"), "id": format!("b-sent-{i}")})).await;
+        assert_eq!(got.json()["status"], "sent");
+    }
+    for i in 0..5 {
+        let v = wait_final(wh, &format!("b-sent-{i}"), Duration::from_secs(5)).await;
+        assert_eq!(v["status"], "delivered", "{v}");
+    }
+    // Three wait for the budget: the bound.
+    for i in 0..3 {
+        let got =
+            post_webhook(wh, json!({"tenant": "slowpoke", "url": rx.url("/b"), "id": format!("b-wait-{i}")})).await;
+        assert_eq!((got.status.as_u16(), got.json()["status"].clone()), (202, json!("postponed")), "{:?}", got.body);
+    }
+    let got = post_webhook(wh, json!({"tenant": "slowpoke", "url": rx.url("/b"), "id": "b-over"})).await;
+    assert_eq!(got.status, 429, "{:?}", got.body);
+    assert_eq!(got.header("content-type"), "application/json; charset=utf-8");
+    assert_eq!(got.header("retry-after"), "60");
+    let v = got.json();
+    assert_eq!(v["code"], "webhook_queue_full", "{v}");
+    assert_eq!(v["queued"], 3);
+    assert_eq!(v["max_queued_per_tenant"], 3);
+    let unknown = json_call(&client(), wh, "GET", "/webhooks/b-over", None).await;
+    assert_eq!(unknown.status, 404, "the refused webhook was not stored");
+    // A known id is no new webhook: answered as a duplicate, not refused.
+    let dup = post_webhook(wh, json!({"tenant": "slowpoke", "url": rx.url("/b"), "id": "b-wait-0"})).await;
+    assert_eq!((dup.status.as_u16(), dup.json()["duplicate"].clone()), (200, json!(true)));
+    // The bound is per tenant.
+    let other = post_webhook(wh, json!({"tenant": "roomy", "url": rx.url("/b"), "id": "b-roomy"})).await;
+    assert_eq!(other.json()["status"], "sent", "{:?}", other.body);
+    assert!(rx.wait_until(Duration::from_secs(5), |h| h.iter().any(|h| h.id == "b-roomy")).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!rx.hits().iter().any(|h| h.id == "b-over"));
+    assert_eq!(rx.count(), 6, "five slowpoke deliveries and roomy's");
+    assert_eq!(used(tg.admin, "slowpoke").await, 5, "the refused and the waiting cost nothing");
+    let m = metrics(tg.admin).await;
+    assert_eq!(sample(&m, r#"deskgate_webhooks_total{tenant="slowpoke",outcome="queue_full"}"#), Some(1.0), "{m}");
+    assert_eq!(sample(&m, r#"deskgate_webhooks_total{tenant="roomy",outcome="queue_full"}"#), None);
+    tg.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_alert_post_that_fails_is_retried_on_the_schedule_and_counted() {
+    let rx = Receiver::start().await;
+    rx.status.store(500, Ordering::SeqCst);
+    let alerts = Receiver::start().await;
+    alerts.status.store(503, Ordering::SeqCst);
+    let (_up, tg, wh) = start(Some(&alerts)).await;
+    let got = post_webhook(wh, json!({"tenant": "roomy", "url": rx.url("/fail"), "id": "ar-1", "body": "x"})).await;
+    assert_eq!(got.json()["status"], "sent");
+    // Three attempts (0, +1 s, +2 s), then the alert; its first POST fails.
+    assert!(alerts.wait_for(1, Duration::from_secs(8)).await, "the alert is posted");
+    let first_at = alerts.hits()[0].at;
+    alerts.status.store(200, Ordering::SeqCst);
+    assert!(alerts.wait_for(2, Duration::from_secs(4)).await, "the alert is posted again");
+    let hits = alerts.hits();
+    let gap = hits[1].at.duration_since(first_at);
+    assert!(gap >= Duration::from_millis(1000), "retried after the schedule's first gap, not {gap:?}");
+    assert_eq!(hits[0].body, hits[1].body, "the same alert");
+    let alert: serde_json::Value = serde_json::from_str(&hits[1].body).unwrap();
+    assert_eq!((alert["webhook_id"].as_str(), alert["reason"].as_str()), (Some("ar-1"), Some("delivery_failed")));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(alerts.count(), 2, "not posted again once accepted");
+    assert_eq!(rx.by_id().get("ar-1"), Some(&3));
+    assert!(rx.hits().iter().all(|h| h.body == "x"));
+    let v = webhook_status(wh, "ar-1").await;
+    assert_eq!(
+        (v["status"].as_str(), v["attempts"].as_u64()),
+        (Some("dropped"), Some(3)),
+        "each attempt charged once: {v}"
+    );
+    let m = metrics(tg.admin).await;
+    assert_eq!(sample(&m, r#"deskgate_webhook_alert_posts_total{outcome="failed"}"#), Some(1.0), "{m}");
+    assert_eq!(sample(&m, r#"deskgate_webhook_alert_posts_total{outcome="delivered"}"#), Some(1.0), "{m}");
+    assert_eq!(sample(&m, r#"deskgate_webhook_alert_posts_total{outcome="abandoned"}"#), None, "{m}");
+    tg.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_alert_post_that_keeps_failing_is_abandoned_after_the_schedule() {
+    let rx = Receiver::start().await;
+    rx.status.store(500, Ordering::SeqCst);
+    let alerts = Receiver::start().await;
+    alerts.status.store(500, Ordering::SeqCst);
+    let (_up, tg, wh) = start(Some(&alerts)).await;
+    post_webhook(wh, json!({"tenant": "roomy", "url": rx.url("/fail"), "id": "ab-1"})).await;
+    // Alert tries at 0, +1 s, +2 s after the drop, like a delivery.
+    assert!(alerts.wait_for(3, Duration::from_secs(10)).await, "tried three times");
+    let m = eventually_metric(tg.admin, r#"deskgate_webhook_alert_posts_total{outcome="abandoned"}"#, 1.0).await;
+    assert_eq!(sample(&m, r#"deskgate_webhook_alert_posts_total{outcome="failed"}"#), Some(3.0), "{m}");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(alerts.count(), 3, "given up after the schedule");
+    tg.gw.shutdown().await;
+}
+
+/// The metrics text once `name` reads `want` (or after 3 s).
+async fn eventually_metric(admin: SocketAddr, name: &str, want: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let m = metrics(admin).await;
+        if sample(&m, name) == Some(want) || Instant::now() >= deadline {
+            assert_eq!(sample(&m, name), Some(want), "{m}");
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

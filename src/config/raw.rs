@@ -145,4 +145,6 @@ pub(super) struct RawWebhooks {
     pub retry_schedule_s: Option<Vec<Spanned<i64>>>,
     pub delivery_timeout_ms: Option<Spanned<i64>>,
     pub alert_url: Option<Spanned<String>>,
+    pub lease_ms: Option<Spanned<i64>>,
+    pub max_queued_per_tenant: Option<Spanned<i64>>,
 }

@@ -208,6 +208,8 @@ impl Config {
                 "retry_schedule_s": w.retry_schedule.iter().map(|d| d.as_secs()).collect::<Vec<_>>(),
                 "delivery_timeout_ms": w.delivery_timeout.as_millis() as u64,
                 "alert_url": w.alert_url.as_deref().map(redact_url),
+                "lease_ms": w.lease.as_millis() as u64,
+                "max_queued_per_tenant": w.max_queued_per_tenant,
             })
         });
         json!({

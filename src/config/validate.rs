@@ -535,7 +535,36 @@ fn webhooks(src: &Source, raw: &RawWebhooks) -> Result<WebhooksConfig, ConfigErr
         retry_schedule,
         delivery_timeout: millis(src, raw.delivery_timeout_ms.as_ref(), "webhooks.delivery_timeout_ms", 10_000, false)?,
         alert_url,
+        lease: webhook_lease(src, raw.lease_ms.as_ref())?,
+        max_queued_per_tenant: count(
+            src,
+            raw.max_queued_per_tenant.as_ref(),
+            "webhooks.max_queued_per_tenant",
+            "webhooks",
+            DEFAULT_MAX_QUEUED_PER_TENANT,
+            false,
+        )?,
     })
+}
+
+/// Default `webhooks.max_queued_per_tenant`: far above what a tenant's
+/// budget drains in a day of normal traffic, low enough that one runaway
+/// automation rule cannot fill the store.
+const DEFAULT_MAX_QUEUED_PER_TENANT: u64 = 10_000;
+/// Shortest `webhooks.lease_ms`: renewed every third of it, so shorter
+/// leases would be renewed faster than a store round trip can be trusted.
+const MIN_WEBHOOK_LEASE_MS: i64 = 300;
+
+fn webhook_lease(src: &Source, v: Option<&Spanned<i64>>) -> Result<Duration, ConfigError> {
+    if let Some(v) = v {
+        if *v.get_ref() < MIN_WEBHOOK_LEASE_MS {
+            return Err(src.at(
+                v,
+                format!("webhooks.lease_ms: must be at least {MIN_WEBHOOK_LEASE_MS} milliseconds, got {}", v.get_ref()),
+            ));
+        }
+    }
+    millis(src, v, "webhooks.lease_ms", 10_000, false)
 }
 
 // ---------------------------------------------------------------- plans and tenants
@@ -1112,6 +1141,12 @@ mod tests {
         assert_eq!(w.retry_schedule, [300, 1800, 3600].map(Duration::from_secs));
         assert_eq!(w.delivery_timeout, Duration::from_millis(10_000));
         assert_eq!(w.alert_url, None);
+        assert_eq!(w.lease, Duration::from_millis(10_000));
+        assert_eq!(w.max_queued_per_tenant, 10_000);
+        let e = error("[webhooks]\nlease_ms = 100\n");
+        assert_eq!(e, "t.toml:2:12: webhooks.lease_ms: must be at least 300 milliseconds, got 100");
+        let e = error("[webhooks]\nmax_queued_per_tenant = 0\n");
+        assert_eq!(e, "t.toml:2:25: webhooks.max_queued_per_tenant: must be a positive number of webhooks, got 0");
         let e = error("[webhooks]\nretry_schedule_s = [300, 0]\n");
         assert_eq!(e, "t.toml:2:26: webhooks.retry_schedule_s: must be a positive number of seconds, got 0");
         let e = error("[webhooks]\nalert_url = \"mailto:ops@example.com\"\n");

@@ -91,6 +91,27 @@ fn queue_down(e: &super::queue::QueueError) -> Response<Body> {
     Reject::ServiceUnavailable { retry_after_s: 1 }.into_response()
 }
 
+/// How long a refused sender is told to wait: the queue drains as the
+/// tenant's budget allows, so a full one stays full for a while.
+const QUEUE_FULL_RETRY_AFTER_S: u64 = 60;
+
+/// 429 `webhook_queue_full`: the tenant has its bound of webhooks waiting.
+fn queue_full(tenant: &str, queued: u64, max: u64) -> Response<Body> {
+    let mut rsp = respond(
+        StatusCode::TOO_MANY_REQUESTS,
+        &json!({
+            "code": "webhook_queue_full",
+            "message": format!(
+                "Tenant \"{tenant}\" already has {queued} webhooks waiting (at most {max}); nothing was queued. Try again later."
+            ),
+            "queued": queued,
+            "max_queued_per_tenant": max,
+        }),
+    );
+    rsp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(QUEUE_FULL_RETRY_AFTER_S));
+    rsp
+}
+
 /// `POST /webhooks`.
 async fn accept(core: &Arc<Core>, req: Request<Incoming>) -> Response<Body> {
     let bytes = match Limited::new(req.into_body(), MAX_WEBHOOK_BYTES).collect().await {
@@ -122,8 +143,15 @@ async fn accept(core: &Arc<Core>, req: Request<Incoming>) -> Response<Body> {
     }
     let spec = Arc::new(spec);
     let tok = token();
-    let now_ms = match core.queue.create(&id, &spec, &tok, core.lease_ms()).await {
+    let held_from = Instant::now();
+    let max_queued = core.cfg.max_queued_per_tenant;
+    let now_ms = match core.queue.create(&id, &spec, &tok, core.lease_ms(), max_queued).await {
         Ok(Created::New { now_ms }) => now_ms,
+        Ok(Created::Full { queued }) => {
+            core.metrics.count(&spec.tenant, "queue_full");
+            tracing::warn!(%id, tenant = %spec.tenant, queued, max_queued, "webhook refused: the tenant's queue is full");
+            return queue_full(&spec.tenant, queued, max_queued);
+        }
         Ok(Created::Existing(record)) => {
             // Same id again: nothing is charged, queued or delivered twice.
             let mut v = describe(&id, &record);
@@ -138,29 +166,43 @@ async fn accept(core: &Arc<Core>, req: Request<Incoming>) -> Response<Body> {
         record: Record { spec, state: State::accepted(), accepted_ms: now_ms },
         claimed_ms: now_ms,
         claimed_at: Instant::now(),
+        held_from,
     };
-    let step = dispatch::decide(core, &job).await;
-    match step {
-        Step::Send => {
-            let core = core.clone();
-            tokio::spawn(async move {
-                // Counted against the replica's delivery slots when one is free;
-                // never waits for one (the claim's lease is already running).
-                let permit = core.slots.clone().try_acquire_owned().ok();
-                dispatch::settle(&core, job, Step::Send).await;
-                drop(permit);
-                core.wake.notify_one();
-            });
-            respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "sent"}))
-        }
-        Step::Postpone { due_ms, since_ms } => {
-            dispatch::settle(core, job, Step::Postpone { due_ms, since_ms }).await;
+    // The whole attempt runs in its own task under one lease keeper (the
+    // claim's lease is already running); the answer waits only for the
+    // decision, and for a postponement or drop also for its write.
+    let (tx, decided) = tokio::sync::oneshot::channel();
+    let task_core = core.clone();
+    tokio::spawn(async move {
+        let core = task_core;
+        // Counted against the replica's delivery slots when one is free;
+        // never waits for one.
+        let permit = core.slots.clone().try_acquire_owned().ok();
+        dispatch::under_lease(&core, &job, async {
+            let step = dispatch::decide(&core, &job).await;
+            if step == Step::Send {
+                let _ = tx.send(step.clone());
+                dispatch::settle(&core, job.clone(), step).await;
+            } else {
+                dispatch::settle(&core, job.clone(), step.clone()).await;
+                let _ = tx.send(step);
+            }
+        })
+        .await;
+        drop(permit);
+        core.wake.notify_one();
+    });
+    match decided.await {
+        Ok(Step::Send) => respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "sent"})),
+        Ok(Step::Postpone { due_ms, .. }) => {
             respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "postponed", "due_at": super::rfc3339(due_ms)}))
         }
-        Step::Drop { reason } => {
-            dispatch::settle(core, job, Step::Drop { reason }).await;
+        Ok(Step::Drop { reason }) => {
             respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "dropped", "reason": reason}))
         }
+        // The lease was lost before a decision: stored, and attempted by
+        // whichever replica claims it next.
+        Err(_) => respond(StatusCode::ACCEPTED, &json!({"id": id, "status": "sending"})),
     }
 }
 

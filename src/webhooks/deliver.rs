@@ -77,32 +77,29 @@ impl Outbound {
         }
     }
 
-    /// POSTs an alert as JSON; failures are logged, never retried.
-    pub async fn alert(&self, url: &str, alert: &serde_json::Value) {
-        let bytes = match serde_json::to_vec(alert) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
+    /// POSTs an alert as JSON once; `Err` says why it was not accepted
+    /// (the caller retries).
+    pub async fn alert(&self, url: &str, alert: &serde_json::Value) -> Result<(), String> {
+        let bytes = serde_json::to_vec(alert).map_err(|e| e.to_string())?;
         let req = Request::post(url)
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, user_agent())
-            .body(body::full(bytes));
-        let req = match req {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook alert_url is not usable");
-                return;
+            .body(body::full(bytes))
+            .map_err(|e| format!("alert_url is not usable: {e}"))?;
+        let exchange = async {
+            let rsp =
+                self.client.request(req).await.map_err(|e| format!("alert_url unreachable: {}", source_chain(&e)))?;
+            let status = rsp.status();
+            let _ = Limited::new(rsp.into_body(), MAX_RESPONSE_BODY).collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("alert_url answered {}", status.as_u16()))
             }
         };
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Ok(Ok(rsp)) if rsp.status().is_success() => {}
-            Ok(Ok(rsp)) => {
-                tracing::warn!(status = rsp.status().as_u16(), "webhook alert_url refused the alert")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %source_chain(&e), "webhook alert_url unreachable")
-            }
-            Err(_) => tracing::warn!("webhook alert_url did not answer in time"),
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("alert_url did not answer within {} ms", self.timeout.as_millis())),
         }
     }
 }

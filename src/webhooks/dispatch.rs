@@ -5,14 +5,19 @@
 //! admitted → `settle` (delivered, retry after the schedule's next gap,
 //! postpone until the budget has room, or drop with an alert). Every write
 //! goes through `Queue::finish` with the claim's token, so a replica that
-//! lost its lease changes nothing.
+//! lost its lease changes nothing, and the whole attempt runs
+//! [`under_lease`], which renews the lease and cuts the attempt before the
+//! lease could run out.
 
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
 
-use super::queue::{Claimed, Next};
+use super::queue::{Claimed, Next, Unreadable};
 use super::{reason, Core, State, Status, MAX_CONCURRENT_DELIVERIES};
 use crate::endpoint::Endpoint;
 use crate::limiter::Ask;
@@ -54,8 +59,8 @@ pub(crate) async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>, gr
                         // There may be more due right now.
                         wait = Duration::ZERO;
                     }
-                    for (id, token) in batch.unreadable {
-                        tokio::spawn(drop_unreadable(core.clone(), id, token));
+                    for u in batch.unreadable {
+                        tokio::spawn(drop_unreadable(core.clone(), u));
                     }
                     for job in batch.jobs {
                         let permit = core.slots.clone().try_acquire_owned().ok();
@@ -85,10 +90,61 @@ pub(crate) async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>, gr
 
 /// One claimed webhook from decision to settled state.
 async fn attempt(core: Arc<Core>, job: Claimed, permit: Option<OwnedSemaphorePermit>) {
-    let step = decide(&core, &job).await;
-    settle(&core, job, step).await;
+    under_lease(&core, &job, async {
+        let step = decide(&core, &job).await;
+        settle(&core, job.clone(), step).await;
+    })
+    .await;
     drop(permit);
     core.wake.notify_one();
+}
+
+/// Runs `work` (one attempt) while holding the claim's lease: renews it
+/// every third of `lease_ms`, with the claim's token. When the lease is lost
+/// (another claim took the webhook) or cannot be renewed before it runs out
+/// (the queue unreachable), `work` is dropped where it stands — a delivery
+/// in progress is cut — and `None` returned: whoever claims next attempts
+/// the webhook again, and never while this replica still sends it.
+///
+/// The deadline is reckoned locally from an instant taken *before* the
+/// claim or renewal was asked, so it never outlasts the lease the queue set.
+pub(crate) async fn under_lease<F: Future>(core: &Core, job: &Claimed, work: F) -> Option<F::Output> {
+    let lease = core.lease;
+    let every = lease / 3;
+    let keeper = async {
+        let mut valid_until = job.held_from + lease;
+        let mut next = job.held_from + every;
+        loop {
+            tokio::time::sleep_until(next.min(valid_until)).await;
+            let asked = Instant::now();
+            let left = valid_until.saturating_duration_since(asked);
+            if left.is_zero() {
+                return "the lease ran out before it could be renewed";
+            }
+            let renew = core.queue.renew(&job.record.spec.tenant, &job.id, &job.token, core.lease_ms());
+            match tokio::time::timeout(left, renew).await {
+                Ok(Ok(true)) => {
+                    valid_until = asked + lease;
+                    next = asked + every;
+                }
+                Ok(Ok(false)) => return "another claim took the webhook over",
+                Ok(Err(e)) => {
+                    tracing::warn!(id = %job.id, error = %e, "webhook lease not renewed; trying again");
+                    // Retry soon, but leave the queue some room.
+                    next = Instant::now() + (every / 4).max(Duration::from_millis(20));
+                }
+                Err(_) => return "the lease ran out before it could be renewed",
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        out = work => Some(out),
+        why = keeper => {
+            tracing::warn!(id = %job.id, tenant = %job.record.spec.tenant, reason = why, "webhook attempt cut: lease lost; another replica attempts it again");
+            None
+        }
+    }
 }
 
 /// Judges an attempt now: tenant still served, 1 credit of its account
@@ -119,7 +175,7 @@ pub(crate) async fn decide(core: &Core, job: &Claimed) -> Step {
 }
 
 /// Acts on `step` and writes the outcome under the claim's token.
-pub(crate) async fn settle(core: &Core, job: Claimed, step: Step) {
+pub(crate) async fn settle(core: &Arc<Core>, job: Claimed, step: Step) {
     let spec = job.record.spec.clone();
     let mut state = job.record.state.clone();
     match step {
@@ -200,7 +256,7 @@ async fn write(core: &Core, job: &Claimed, state: &State, next: Next) -> bool {
     if let Next::Due(_) = next {
         core.wake.notify_one();
     }
-    match core.queue.finish(&job.id, &job.token, state, next).await {
+    match core.queue.finish(&job.record.spec.tenant, &job.id, &job.token, state, next).await {
         Ok(true) => true,
         Ok(false) => {
             tracing::warn!(id = %job.id, "webhook lease lost: another replica took it over");
@@ -214,14 +270,15 @@ async fn write(core: &Core, job: &Claimed, state: &State, next: Next) -> bool {
 }
 
 /// A queued record nobody can read: drop it so it does not loop forever.
-async fn drop_unreadable(core: Arc<Core>, id: String, token: String) {
+async fn drop_unreadable(core: Arc<Core>, u: Unreadable) {
     let state = State { status: Status::Dropped, reason: Some(reason::UNREADABLE.to_owned()), ..State::accepted() };
-    tracing::warn!(%id, "webhook record unreadable; dropped");
-    let _ = core.queue.finish(&id, &token, &state, Next::Done).await;
+    tracing::warn!(id = %u.id, tenant = %u.tenant, "webhook record unreadable; dropped");
+    let _ = core.queue.finish(&u.tenant, &u.id, &u.token, &state, Next::Done).await;
 }
 
-/// Warn log, alert counter, and a POST to `alert_url` when set (SPEC §6).
-async fn alert(core: &Core, id: &str, state: &State, spec: &super::Spec, reason: &'static str) {
+/// Warn log, alert counter, and a POST to `alert_url` when set (SPEC §6),
+/// sent from its own task (see [`post_alert`]).
+async fn alert(core: &Arc<Core>, id: &str, state: &State, spec: &super::Spec, reason: &'static str) {
     let message = match reason {
         reason::DELIVERY_FAILED => format!(
             "Webhook {id} to {} failed {} times and was dropped. Please recheck the webhook settings in your account.",
@@ -259,7 +316,51 @@ async fn alert(core: &Core, id: &str, state: &State, spec: &super::Spec, reason:
             "message": message,
             "at": state.finished_ms.map(super::rfc3339),
         });
-        core.outbound.alert(url, &body).await;
+        tokio::spawn(post_alert(core.clone(), url.clone(), body));
+    }
+}
+
+/// Alerts one replica keeps waiting for a retry; beyond, a failed alert is
+/// given up at once (logged in full), so a broken `alert_url` during a mass
+/// drop cannot pile up memory.
+const MAX_ALERTS_AWAITING_RETRY: usize = 1000;
+
+/// POSTs one alert, retried after the gaps of `retry_schedule_s` like a
+/// delivery. Kept in this process only: a shutdown abandons the retries.
+async fn post_alert(core: Arc<Core>, url: String, body: serde_json::Value) {
+    let _pending = AwaitingRetry::new(&core);
+    let mut shutdown = core.shutdown.clone();
+    let mut gaps = core.cfg.retry_schedule.iter();
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let error = match core.outbound.alert(&url, &body).await {
+            Ok(()) => {
+                core.metrics.alert_post("delivered");
+                return;
+            }
+            Err(e) => e,
+        };
+        core.metrics.alert_post("failed");
+        let gap = if tries == 1 && core.alerts_awaiting_retry.load(Ordering::Relaxed) > MAX_ALERTS_AWAITING_RETRY {
+            None
+        } else {
+            gaps.next()
+        };
+        let Some(gap) = gap else {
+            core.metrics.alert_post("abandoned");
+            tracing::error!(tries, error = %error, alert = %body, "webhook alert could not be posted to alert_url; given up");
+            return;
+        };
+        tracing::warn!(tries, error = %error, retry_in_s = gap.as_secs(), "webhook alert not posted to alert_url; will retry");
+        tokio::select! {
+            _ = tokio::time::sleep(*gap) => {}
+            _ = shutdown.wait_for(|s| *s) => {
+                core.metrics.alert_post("abandoned");
+                tracing::error!(tries, alert = %body, "webhook alert not posted to alert_url before shutdown; given up");
+                return;
+            }
+        }
     }
 }
 
@@ -269,5 +370,21 @@ pub fn host_of(url: &str) -> String {
     match url.parse::<http::Uri>() {
         Ok(u) => format!("{}://{}", u.scheme_str().unwrap_or("http"), u.authority().map(|a| a.as_str()).unwrap_or("")),
         Err(_) => "(invalid url)".to_owned(),
+    }
+}
+
+/// Counts an alert task in `Core::alerts_awaiting_retry` while it lives.
+struct AwaitingRetry(Arc<Core>);
+
+impl AwaitingRetry {
+    fn new(core: &Arc<Core>) -> AwaitingRetry {
+        core.alerts_awaiting_retry.fetch_add(1, Ordering::Relaxed);
+        AwaitingRetry(core.clone())
+    }
+}
+
+impl Drop for AwaitingRetry {
+    fn drop(&mut self) {
+        self.0.alerts_awaiting_retry.fetch_sub(1, Ordering::Relaxed);
     }
 }

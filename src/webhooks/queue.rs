@@ -5,7 +5,10 @@
 //! (kept [`RETENTION`] for `GET` and idempotency) — and the same four moves:
 //! `create` (new, claimed by its creator, or the existing record when the id
 //! is known), `claim` (due or lease-expired → in flight under a fresh token),
+//! `renew` (the holder pushes its lease deadline out while an attempt runs),
 //! `finish` (only by the token's holder: back to due, or finished) and `get`.
+//! `create` also enforces the per-tenant bound: a tenant with
+//! `max_queued_per_tenant` webhooks waiting or in flight gets [`Created::Full`].
 //!
 //! The memory queue lives and dies with the process: a restart loses it.
 
@@ -45,6 +48,9 @@ pub enum Created {
     New { now_ms: u64 },
     /// The id was already known: nothing stored, nothing to do.
     Existing(Record),
+    /// The tenant already has `queued` webhooks waiting or in flight, at
+    /// its bound: nothing stored.
+    Full { queued: u64 },
 }
 
 /// One webhook claimed by this replica.
@@ -57,6 +63,9 @@ pub struct Claimed {
     /// they give the queue's "now" during the attempt without asking again.
     pub claimed_ms: u64,
     pub claimed_at: Instant,
+    /// A local instant no later than the moment the queue set the lease:
+    /// the lease surely holds until `held_from + lease` (see `dispatch::under_lease`).
+    pub held_from: Instant,
 }
 
 impl Claimed {
@@ -74,9 +83,18 @@ pub struct Batch {
     pub depth: u64,
     /// The earliest due time or lease deadline left, if any.
     pub next_ms: Option<u64>,
-    /// Claimed jobs and, for records that could not be read, their ids and tokens.
+    /// Claimed jobs and, for records that could not be read, their
+    /// tenants, ids and tokens.
     pub jobs: Vec<Claimed>,
-    pub unreadable: Vec<(String, String)>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A claimed record that could not be read back.
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub tenant: String,
+    pub id: String,
+    pub token: String,
 }
 
 /// Where `finish` puts a webhook.
@@ -96,18 +114,13 @@ pub enum Queue {
 }
 
 impl Queue {
-    /// Memory for `store = "memory"`, Redis for a standalone `redis_url`.
-    pub fn from_config(cfg: &LimiterConfig) -> Result<Queue, String> {
+    /// Memory for `store = "memory"`, Redis for `redis_url` or `redis_cluster`.
+    /// `id_ttl` bounds how long the Redis id index remembers an id (a
+    /// webhook's longest life plus [`RETENTION`]).
+    pub fn from_config(cfg: &LimiterConfig, id_ttl: Duration) -> Result<Queue, String> {
         match &cfg.store {
             StoreKind::Memory => Ok(Queue::Memory(MemoryQueue::new())),
-            StoreKind::Redis { url } => Ok(Queue::Redis(Box::new(RedisQueue::new(
-                url,
-                &cfg.key_prefix,
-            )?))),
-            StoreKind::RedisCluster { .. } => Err(
-                "the webhook queue supports a standalone redis_url only; redis_cluster is not supported for [webhooks] yet"
-                    .to_owned(),
-            ),
+            kind => Ok(Queue::Redis(Box::new(RedisQueue::new(kind, &cfg.key_prefix, id_ttl)?))),
         }
     }
 
@@ -118,10 +131,26 @@ impl Queue {
         }
     }
 
-    pub async fn create(&self, id: &str, spec: &Arc<Spec>, token: &str, lease_ms: u64) -> Result<Created, QueueError> {
+    pub async fn create(
+        &self,
+        id: &str,
+        spec: &Arc<Spec>,
+        token: &str,
+        lease_ms: u64,
+        max_queued: u64,
+    ) -> Result<Created, QueueError> {
         match self {
-            Queue::Memory(q) => Ok(q.create(id, spec, token, lease_ms)),
-            Queue::Redis(q) => q.create(id, spec, token, lease_ms).await,
+            Queue::Memory(q) => Ok(q.create(id, spec, token, lease_ms, max_queued)),
+            Queue::Redis(q) => q.create(id, spec, token, lease_ms, max_queued).await,
+        }
+    }
+
+    /// Pushes the lease of a held webhook to `lease_ms` from now. `Ok(false)`:
+    /// the token no longer holds it.
+    pub async fn renew(&self, tenant: &str, id: &str, token: &str, lease_ms: u64) -> Result<bool, QueueError> {
+        match self {
+            Queue::Memory(q) => Ok(q.renew(id, token, lease_ms)),
+            Queue::Redis(q) => q.renew(tenant, id, token, lease_ms).await,
         }
     }
 
@@ -134,10 +163,17 @@ impl Queue {
 
     /// `Ok(false)`: the token no longer holds the webhook (its lease expired
     /// and another claim took it over); nothing was written.
-    pub async fn finish(&self, id: &str, token: &str, state: &State, next: Next) -> Result<bool, QueueError> {
+    pub async fn finish(
+        &self,
+        tenant: &str,
+        id: &str,
+        token: &str,
+        state: &State,
+        next: Next,
+    ) -> Result<bool, QueueError> {
         match self {
             Queue::Memory(q) => Ok(q.finish(id, token, state, next)),
-            Queue::Redis(q) => q.finish(id, token, state, next).await,
+            Queue::Redis(q) => q.finish(tenant, id, token, state, next).await,
         }
     }
 
@@ -170,6 +206,8 @@ struct Inner {
     inflight: BTreeSet<(u64, String)>,
     /// (finished at, id), oldest first, for pruning after [`RETENTION`].
     finished: VecDeque<(u64, String)>,
+    /// Per tenant: webhooks waiting or in flight (absent: none).
+    queued: HashMap<Arc<str>, u64>,
 }
 
 /// The in-process queue (`store = "memory"`). Lost on restart.
@@ -205,12 +243,17 @@ impl MemoryQueue {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn create(&self, id: &str, spec: &Arc<Spec>, token: &str, lease_ms: u64) -> Created {
+    fn create(&self, id: &str, spec: &Arc<Spec>, token: &str, lease_ms: u64, max_queued: u64) -> Created {
         let now = self.now_ms();
         let mut inner = self.lock();
         if let Some(e) = inner.jobs.get(id) {
             return Created::Existing(e.record.clone());
         }
+        let queued = inner.queued.get(spec.tenant.as_str()).copied().unwrap_or(0);
+        if queued >= max_queued {
+            return Created::Full { queued };
+        }
+        *inner.queued.entry(Arc::from(spec.tenant.as_str())).or_insert(0) += 1;
         let until = now + lease_ms;
         inner.inflight.insert((until, id.to_owned()));
         inner.jobs.insert(
@@ -225,6 +268,8 @@ impl MemoryQueue {
     }
 
     fn claim(&self, max: usize, lease_ms: u64) -> Batch {
+        // Read before the clock the lease is set from, so it never overstates the lease.
+        let held_from = Instant::now();
         let now = self.now_ms();
         let claimed_at = Instant::now();
         let mut inner = self.lock();
@@ -258,7 +303,7 @@ impl MemoryQueue {
                 e.due = None;
                 e.lease = Some((until, t.clone()));
                 inner.inflight.insert((until, id.clone()));
-                jobs.push(Claimed { id, token: t, record: e.record.clone(), claimed_ms: now, claimed_at });
+                jobs.push(Claimed { id, token: t, record: e.record.clone(), claimed_ms: now, claimed_at, held_from });
             }
         }
         let next_ms = [inner.due.first(), inner.inflight.first()].into_iter().flatten().map(|(at, _)| *at).min();
@@ -291,8 +336,31 @@ impl MemoryQueue {
             Next::Done => {
                 let at = state.finished_ms.unwrap_or_else(|| self.now_ms());
                 inner.finished.push_back((at, id.to_owned()));
+                let tenant = e.record.spec.tenant.as_str();
+                if let Some(n) = inner.queued.get_mut(tenant) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        inner.queued.remove(tenant);
+                    }
+                }
             }
         }
+        true
+    }
+
+    fn renew(&self, id: &str, token: &str, lease_ms: u64) -> bool {
+        let until = self.now_ms() + lease_ms;
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let Some(e) = inner.jobs.get_mut(id) else {
+            return false;
+        };
+        let Some((old, _)) = e.lease.as_ref().filter(|(_, t)| t == token).cloned() else {
+            return false;
+        };
+        inner.inflight.remove(&(old, id.to_owned()));
+        inner.inflight.insert((until, id.to_owned()));
+        e.lease = Some((until, token.to_owned()));
         true
     }
 
@@ -319,8 +387,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_created_webhook_is_held_by_its_creator_until_the_lease_expires() {
         let q = MemoryQueue::new();
-        assert!(matches!(q.create("a", &spec(), "t1", 1000), Created::New { .. }));
-        assert!(matches!(q.create("a", &spec(), "t2", 1000), Created::Existing(_)));
+        assert!(matches!(q.create("a", &spec(), "t1", 1000, 10), Created::New { .. }));
+        assert!(matches!(q.create("a", &spec(), "t2", 1000, 10), Created::Existing(_)));
         assert!(q.claim(10, 1000).jobs.is_empty(), "still leased");
         tokio::time::advance(Duration::from_millis(1001)).await;
         let b = q.claim(10, 1000);
@@ -335,7 +403,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_due_webhook_is_not_claimed_before_its_time() {
         let q = MemoryQueue::new();
-        let Created::New { now_ms } = q.create("a", &spec(), "t1", 1000) else {
+        let Created::New { now_ms } = q.create("a", &spec(), "t1", 1000, 10) else {
             panic!("new");
         };
         let postponed = State { status: Status::Postponed, due_ms: Some(now_ms + 500), ..State::accepted() };
@@ -346,5 +414,35 @@ mod tests {
         assert_eq!(b.next_ms, Some(now_ms + 500));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(q.claim(10, 1000).jobs.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_lease_is_not_claimed_and_a_stale_token_cannot_renew() {
+        let q = MemoryQueue::new();
+        assert!(matches!(q.create("a", &spec(), "t1", 1000, 10), Created::New { .. }));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(q.renew("a", "t1", 1000));
+        assert!(!q.renew("a", "other", 1000));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert!(q.claim(10, 1000).jobs.is_empty(), "renewed 900 ms ago for 1000 ms");
+        tokio::time::advance(Duration::from_millis(101)).await;
+        let b = q.claim(10, 1000);
+        assert_eq!(b.jobs.len(), 1, "not renewed again: it expires");
+        assert!(!q.renew("a", "t1", 1000), "the old holder lost it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_at_its_bound_is_refused_until_one_of_its_webhooks_finishes() {
+        let q = MemoryQueue::new();
+        let other = Arc::new(Spec { tenant: "other".into(), ..(*spec()).clone() });
+        assert!(matches!(q.create("a", &spec(), "t1", 1000, 2), Created::New { .. }));
+        assert!(matches!(q.create("b", &spec(), "t2", 1000, 2), Created::New { .. }));
+        assert!(matches!(q.create("c", &spec(), "t3", 1000, 2), Created::Full { queued: 2 }));
+        assert!(matches!(q.create("d", &other, "t4", 1000, 2), Created::New { .. }), "bounds are per tenant");
+        assert!(matches!(q.create("a", &spec(), "t5", 1000, 2), Created::Existing(_)), "a known id is no new webhook");
+        let done = State { status: Status::Delivered, ..State::accepted() };
+        assert!(q.finish("a", "t1", &done, Next::Done));
+        assert!(q.get("c").is_none(), "the refused one was not stored");
+        assert!(matches!(q.create("c", &spec(), "t6", 1000, 2), Created::New { .. }));
     }
 }
