@@ -102,6 +102,11 @@ pub(super) struct RawLimiter {
     pub charge_invalid: Option<bool>,
     pub redis_batch: Option<bool>,
     pub refused_credential_ttl_ms: Option<Spanned<i64>>,
+    /// The Redis password read from this file (a mounted secret), so the
+    /// TOML itself holds no secret.
+    pub redis_password_file: Option<Spanned<String>>,
+    /// The Redis password read from this environment variable.
+    pub redis_password_env: Option<Spanned<String>>,
 }
 
 /// `[plans.NAME]`; the name is the map key.
