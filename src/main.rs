@@ -45,6 +45,17 @@ fn main() -> ExitCode {
         }
     };
     let path = cli.config_path();
+    // A missing main file: say where the path came from and how to name another.
+    let config_error = |e: &deskgate::config::ConfigError| {
+        eprintln!("{e}");
+        if e.path == path && !path.exists() {
+            eprintln!(
+                "deskgate: no config file at {} (from {}); name one with --config PATH or DESKGATE_CONFIG=PATH",
+                path.display(),
+                cli.config_origin()
+            );
+        }
+    };
     match cli.command {
         Some(Command::Check) => match Config::load(&path) {
             Ok(cfg) => {
@@ -53,7 +64,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                config_error(&e);
                 ExitCode::FAILURE
             }
         },
@@ -68,7 +79,7 @@ fn main() -> ExitCode {
             let cfg = match Config::load(&path) {
                 Ok(cfg) => cfg,
                 Err(e) => {
-                    eprintln!("{e}");
+                    config_error(&e);
                     return ExitCode::FAILURE;
                 }
             };

@@ -28,7 +28,9 @@ use super::{
 use crate::endpoint::Endpoint;
 use crate::host::{normalize_host, HostError};
 
-const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Loopback unless the config says otherwise: exposing the API to other
+/// machines is a deliberate `listen = "0.0.0.0:8080"`.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 const DEFAULT_WEBHOOKS_LISTEN: &str = "127.0.0.1:8082";
 const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8081";
