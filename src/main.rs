@@ -68,6 +68,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        // The demo writes and serves its own config: a --config given here
+        // would be silently unused, so it is refused.
+        Some(Command::Demo { .. }) if cli.config.is_some() => {
+            eprintln!(
+                "deskgate demo: --config is not used by the demo, which writes its own config; \
+                 to serve your config run: deskgate run --config PATH"
+            );
+            ExitCode::FAILURE
+        }
         Some(Command::Demo { listen, admin }) => match runtime.block_on(deskgate::demo::run(&listen, &admin)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
