@@ -166,7 +166,7 @@ pub struct LimiterConfig {
     pub refused_credential_ttl: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhooksConfig {
     pub listen: SocketAddr,
     pub max_postpone: Duration,

@@ -138,17 +138,14 @@ fn restart_only_changes(running: &Config, new: &mut Config, listener_tls: bool) 
     fixed!(limiter.store_timeout, "limiter.store_timeout_ms");
     fixed!(limiter.key_prefix, "limiter.key_prefix");
     fixed!(limiter.redis_batch, "limiter.redis_batch");
-    match (&running.webhooks, &mut new.webhooks) {
-        (Some(r), Some(n)) if r.listen != n.listen => {
-            n.listen = r.listen;
-            changed.push("webhooks.listen");
-        }
-        (Some(_), None) | (None, Some(_)) => {
-            new.webhooks = running.webhooks.clone();
-            changed.push("webhooks (on/off)");
-        }
+    // The webhook listener and dispatcher copy their settings at start.
+    match (&running.webhooks, &new.webhooks) {
+        (Some(r), Some(n)) if r.listen != n.listen => changed.push("webhooks.listen"),
+        (Some(_), None) | (None, Some(_)) => changed.push("webhooks (on/off)"),
+        (r, n) if r != n => changed.push("webhooks"),
         _ => {}
     }
+    new.webhooks = running.webhooks.clone();
     changed
 }
 
