@@ -59,8 +59,10 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => match Config::load(&path) {
             Ok(cfg) => {
-                println!("{}", cfg.summary());
-                println!("{}: OK", path.display());
+                // Written, not `println!`: a closed pipe (`check | head`) is
+                // no reason to panic.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout().lock(), "{}\n{}: OK", cfg.summary(), path.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
