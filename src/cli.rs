@@ -1,4 +1,4 @@
-//! Command line (SPEC §1).
+//! Command line (docs/reference.md "Command line").
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! The validated configuration (SPEC §2): what every other module reads.
+//! The validated configuration (docs/reference.md "Configuration"): what every other module reads.
 //!
 //! Loading goes raw TOML (`config/raw.rs`, serde mirror with
 //! `deny_unknown_fields` and spans) → validation (`config/validate.rs`) →

@@ -1,4 +1,4 @@
-//! Every refusal the gateway can answer, rendered in one place (SPEC §3, §3.4).
+//! Every refusal the gateway can answer, rendered in one place (docs/reference.md "Request order", "Status and error codes").
 //!
 //! Steps return `Err(Reject)`; the lifecycle (`proxy::serve_call`) has the
 //! wire answer it, rendered by [`Reject::into_response`] (hyper) or
@@ -26,7 +26,7 @@ use crate::upstream::UpstreamError;
 /// Content type of every error body the gateway writes.
 pub const JSON_UTF8: &str = "application/json; charset=utf-8";
 
-/// A refusal: one variant per SPEC status/code pair.
+/// A refusal: one variant per status/code pair (docs/reference.md "Status and error codes").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     /// 400: the path cannot be normalised safely, or a header is malformed.
@@ -115,7 +115,7 @@ impl Reject {
         }
     }
 
-    /// Whether `charge_invalid = true` charges this refusal (SPEC §3.2: steps 4-8).
+    /// Whether `charge_invalid = true` charges this refusal (docs/reference.md "Budgets": steps 4-8).
     pub fn chargeable_as_invalid(&self) -> bool {
         matches!(
             self,

@@ -1,4 +1,4 @@
-//! Hot reload (SPEC §2 "Hot reload", §5 signals): SIGHUP or a change to the
+//! Hot reload (docs/reference.md "Reload", "Operations" signals): SIGHUP or a change to the
 //! config file, `tenants_dir` or the TLS certificate and key → `Config::load`
 //! → one atomic swap.
 //!

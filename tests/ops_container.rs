@@ -1,4 +1,4 @@
-//! The container (SPEC §5): what can be checked without a Docker engine —
+//! The container (docs/reference.md "Operations"): what can be checked without a Docker engine —
 //! the image's config is valid, the binary starts from the image's config
 //! path (`$DESKGATE_CONFIG`, no flags) as the image's non-root user, and the
 //! Dockerfile keeps its promises (multi-stage, non-root, both ports).

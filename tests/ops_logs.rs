@@ -1,4 +1,4 @@
-//! Logs (SPEC §5): JSON when not on a TTY, one info line per refusal with
+//! Logs (docs/reference.md "Operations"): JSON when not on a TTY, one info line per refusal with
 //! tenant, endpoint, reason and request id, one debug line per call, and
 //! never an API key or `Authorization` value — even at `RUST_LOG=debug`.
 

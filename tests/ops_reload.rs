@@ -1,4 +1,4 @@
-//! Hot reload (SPEC §2 "Hot reload", §5 SIGHUP): file changes and SIGHUP
+//! Hot reload (docs/reference.md "Reload", "Operations" SIGHUP): file changes and SIGHUP
 //! swap the config atomically; a broken one is refused with PATH:LINE:COL and
 //! the old one stays; consumed budget and in-flight calls survive.
 

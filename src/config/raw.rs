@@ -1,4 +1,4 @@
-//! Serde mirror of the config file (SPEC §2, §6 `[webhooks]`): what the TOML
+//! Serde mirror of the config file (docs/reference.md "Configuration", "Webhook egress" `[webhooks]`): what the TOML
 //! says, before any rule is checked.
 //!
 //! Every table denies unknown keys, so a typo is an error rather than a

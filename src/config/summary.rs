@@ -1,5 +1,5 @@
 //! Human and JSON views of the config in force: the summary printed by
-//! `deskgate check` (SPEC §1) and the redacted JSON served at `/config` (SPEC §5).
+//! `deskgate check` (docs/reference.md "Command line") and the redacted JSON served at `/config` (docs/reference.md "Operations").
 
 use std::fmt::Write as _;
 

@@ -1,4 +1,4 @@
-//! Raw TOML → validated [`Config`] (SPEC §2 rules, §6 `[webhooks]`): defaults,
+//! Raw TOML → validated [`Config`] (docs/reference.md "Configuration" rules, "Webhook egress" `[webhooks]`): defaults,
 //! plan merging, tenant overrides, and every refusal located as
 //! `PATH:LINE:COL` in the file that holds the offending value.
 
