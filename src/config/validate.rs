@@ -987,7 +987,7 @@ mod tests {
     #[test]
     fn an_empty_config_gets_the_spec_defaults_and_no_tenants() {
         let c = load_str("");
-        assert_eq!(c.server.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.upstream.url, "http://127.0.0.1:8081/");
         assert_eq!(c.upstream.connect_timeout, Duration::from_millis(2000));
@@ -1397,6 +1397,100 @@ mod tests {
         for offset in 0..=text.len() + 2 {
             assert_eq!(src.line_col(offset), line_col(&text, offset), "offset {offset}");
         }
+    }
+
+    #[test]
+    fn independent_mistakes_in_different_sections_are_all_reported() {
+        let e = error(
+            "[server]\nmax_body_bytes = 0\n[upstream]\ntimeout_ms = -5\n[limiter]\nkey_prefix = \"\"\n\
+             [[tenant]]\nname = \"a\"\ndomain = \"a.example.com\"\nplan = \"platinum\"\n\
+             [[tenant]]\nname = \"b\"\ndomain = \"b.example.com\"\nplan = \"pro\"\nper_minute = 0\n",
+        );
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 5, "{e}");
+        for (line, at) in lines.iter().zip(["2:18", "4:14", "6:14", "10:8", "15:14"]) {
+            assert!(
+                line.starts_with(&format!("t.toml:{at}: ")) || line.contains(&format!("t.toml:{at}: ")),
+                "{at}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn type_mistakes_in_one_table_are_each_named() {
+        let e = error("[server]\nmax_body_bytes = \"20MB\"\nfast_path = \"yes\"\n");
+        assert_eq!(
+            e,
+            "t.toml:2:18: `server.max_body_bytes` must be an integer (bytes), found the string \"20MB\"\n\
+             t.toml:3:13: `server.fast_path` must be true or false, found the string \"yes\""
+        );
+    }
+
+    #[test]
+    fn the_redis_password_comes_from_a_file_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "secrets/pw", "s3cret\n");
+        let main = write(
+            dir.path(),
+            "gw.toml",
+            "[limiter]\nstore = \"redis\"\nredis_cluster = [\"redis://a:7000\", \"redis://b:7000\"]\n\
+             redis_password_file = \"secrets/pw\"\n",
+        );
+        let c = load(&main).unwrap_or_else(|e| panic!("{e}"));
+        let urls = vec!["redis://:s3cret@a:7000".to_owned(), "redis://:s3cret@b:7000".to_owned()];
+        assert_eq!(c.limiter.store, StoreKind::RedisCluster { urls });
+        assert_eq!(c.redis_password_from, Some(PasswordSource::File(dir.path().join("secrets/pw"))));
+        assert!(!c.summary().contains("s3cret") && !c.redacted_json().to_string().contains("s3cret"));
+        assert!(c.summary().contains("password from file"), "{}", c.summary());
+    }
+
+    #[test]
+    fn redis_password_mistakes_are_errors_at_their_key() {
+        let e = error("[limiter]\nstore = \"redis\"\nredis_url = \"redis://h\"\nredis_password_file = \"nope\"\n");
+        assert!(e.starts_with("t.toml:4:23: limiter.redis_password_file: cannot read"), "{e}");
+        let e = error(
+            "[limiter]\nstore = \"redis\"\nredis_url = \"redis://h\"\nredis_password_env = \"DESKGATE_TEST_UNSET_VAR\"\n",
+        );
+        assert_eq!(
+            e,
+            "t.toml:4:22: limiter.redis_password_env: environment variable DESKGATE_TEST_UNSET_VAR is not set"
+        );
+        let e = error("[limiter]\nredis_password_env = \"X\"\nredis_password_file = \"y\"\n");
+        assert!(e.starts_with("t.toml:2:22: limiter: set either redis_password_file or redis_password_env"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "pw", "x\n");
+        let main = write(dir.path(), "gw.toml", "[limiter]\nredis_password_file = \"pw\"\n");
+        let e = load(&main).unwrap_err();
+        assert!(e.msg.contains("store = \"memory\""), "{e}");
+    }
+
+    #[test]
+    fn a_redis_url_is_parsed_as_the_redis_client_parses_it() {
+        let e = error("[limiter]\nstore = \"redis\"\nredis_url = \"redis://:pw@127.0.0.1:notaport/0\"\n");
+        assert!(
+            e.starts_with(
+                "t.toml:3:13: limiter.redis_url: \"redis://:***@127.0.0.1:notaport/0\" is not a valid Redis URL"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains(":pw@"), "{e}");
+        let e = error("[limiter]\nstore = \"redis\"\nredis_cluster = [\"redis://a:7000\", \"redis://b:x\"]\n");
+        assert!(e.starts_with("t.toml:3:36: limiter.redis_cluster: \"redis://b:x\" is not a valid Redis URL"), "{e}");
+        load_str("[limiter]\nstore = \"redis\"\nredis_url = \"rediss://user:pw@[::1]:6380/3\"\n");
+    }
+
+    #[test]
+    fn tls_and_ca_files_that_do_not_load_are_errors_at_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "junk.pem", "not a certificate\n");
+        let main = write(dir.path(), "gw.toml", "[upstream]\nurl = \"https://h\"\nca_file = \"junk.pem\"\n");
+        let e = load(&main).unwrap_err();
+        assert_eq!((e.line, e.col), (3, 11), "{e}");
+        assert!(e.msg.starts_with("upstream.ca_file: ") && e.msg.contains("no PEM certificate"), "{e}");
+        let main = write(dir.path(), "gw.toml", "[server]\ntls = { cert = \"junk.pem\", key = \"junk.pem\" }\n");
+        let e = load(&main).unwrap_err();
+        assert_eq!((e.line, e.col), (2, 16), "{e}");
+        assert!(e.msg.starts_with("server.tls: "), "{e}");
     }
 
     #[test]
