@@ -177,7 +177,8 @@ fn expected_words(expected: &str) -> String {
 fn found_words(found: &str) -> String {
     let f = found.trim();
     if let Some(s) = f.strip_prefix("string ") {
-        return format!("the string {s}");
+        // A URL written where it does not belong may carry a password.
+        return format!("the string {}", super::redact_url(s));
     }
     for (what, name) in [("integer ", "the integer "), ("floating point ", "the number "), ("boolean ", "")] {
         if let Some(v) = f.strip_prefix(what) {
@@ -255,6 +256,13 @@ mod tests {
         assert_eq!(m, "`server.fast_path` must be true or false, found the integer 1");
         let m = in_words("limiter.store", "unknown variant `redis-cluster`, expected `memory` or `redis`", &[]);
         assert_eq!(m, "`limiter.store` must be one of \"memory\", \"redis\", found \"redis-cluster\"");
+    }
+
+    #[test]
+    fn a_password_in_a_misplaced_url_is_not_repeated() {
+        let m =
+            in_words("limiter.redis_cluster", "invalid type: string \"redis://:pw@h:7000\", expected a sequence", &[]);
+        assert_eq!(m, "`limiter.redis_cluster` must be an array ([...]), found the string \"redis://:***@h:7000\"");
     }
 
     #[test]

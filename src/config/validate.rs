@@ -459,7 +459,8 @@ fn count(
 }
 
 fn http_url(src: &Source, v: &Spanned<String>, key: &str) -> Result<http::Uri, ConfigError> {
-    let bad = || src.at(v, format!("{key}: \"{}\" is not an http:// or https:// URL with a host", v.get_ref()));
+    let bad =
+        || src.at(v, format!("{key}: \"{}\" is not an http:// or https:// URL with a host", redact_url(v.get_ref())));
     let uri: http::Uri = v.get_ref().trim().parse().map_err(|_| bad())?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
     let host_ok = uri.host().is_some_and(|h| !h.is_empty());
