@@ -71,6 +71,16 @@ impl Source {
                 return all;
             }
             let msg = e.message().trim_end();
+            if msg.contains("duplicate key `tenant`") && kind == FileKind::Main {
+                // `[tenant]` written after `[[tenant]]` entries (or twice).
+                return self.err(
+                    e.span(),
+                    format!(
+                        "{}; every tenant of the main file is its own [[tenant]] (double brackets)",
+                        msg.replace('\n', "; ")
+                    ),
+                );
+            }
             if !msg.is_empty() {
                 return self.err(e.span(), msg);
             }
@@ -1398,6 +1408,18 @@ mod tests {
         for offset in 0..=text.len() + 2 {
             assert_eq!(src.line_col(offset), line_col(&text, offset), "offset {offset}");
         }
+    }
+
+    #[test]
+    fn a_single_bracket_tenant_after_double_bracket_ones_gets_the_hint() {
+        let e = error(&format!("{TENANT}\n[tenant]\nname = \"b\"\n"));
+        assert!(e.starts_with("t.toml:6:1: "), "{e}");
+        assert!(e.ends_with("every tenant of the main file is its own [[tenant]] (double brackets)"), "{e}");
+        let e = error("[tenant]\nname = \"b\"\ndomain = \"b.example.com\"\nplan = \"pro\"\n");
+        assert!(
+            e.starts_with("t.toml:1:1: `tenant`: the main file lists tenants as an array of tables: write [[tenant]]"),
+            "{e}"
+        );
     }
 
     #[test]
