@@ -234,6 +234,8 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     };
 
+    // In file order: the main file first, each file top to bottom.
+    errors.sort_by(|a, b| (a.path != path, &a.path, a.line, a.col).cmp(&(b.path != path, &b.path, b.line, b.col)));
     // (Each missing value below left its error in `errors`.)
     let (
         Some((server, _)),
