@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §5): `/metrics`, `/healthz`, `/readyz`,
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/tenants`,
 //! `/tenants/{name}`, `/config`. Never on the API listener.
 
 use std::convert::Infallible;
@@ -67,16 +67,49 @@ pub async fn handle(
             };
             respond(StatusCode::OK, content_type, text)
         }
-        "/config" => json(StatusCode::OK, &shared.snapshot.load().config.redacted_json()),
+        "/config" => config_in_force(&shared),
+        "/tenants" => tenants_index(&shared),
         _ => match path.strip_prefix("/tenants/") {
             Some(name) => tenant(&shared, name).await,
             None => json(
                 StatusCode::NOT_FOUND,
-                &serde_json::json!({"code": "not_found", "message": "Try /metrics, /healthz, /readyz, /tenants/{name} or /config."}),
+                &serde_json::json!({"code": "not_found", "message": "Try /metrics, /healthz, /readyz, /tenants, /tenants/{name} or /config."}),
             ),
         },
     };
     Ok(rsp)
+}
+
+/// `/config`: the values in force (a setting that waits for a restart shows
+/// its running value and is named under `pending_restart`), with the files'
+/// digest, load time and version, so replicas can be compared. Secrets redacted.
+fn config_in_force(shared: &Shared) -> Response<Body> {
+    let snap = shared.snapshot.load();
+    let mut v = snap.config.redacted_json();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("pending_restart".to_owned(), serde_json::json!(snap.pending_restart));
+    }
+    json(StatusCode::OK, &v)
+}
+
+/// `/tenants`: every tenant's name, plan, hosts and shadow flag, in config order.
+fn tenants_index(shared: &Shared) -> Response<Body> {
+    let snap = shared.snapshot.load();
+    let list: Vec<serde_json::Value> = snap
+        .config
+        .tenants
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "name": &*t.name,
+                "plan": t.plan,
+                "domain": t.domain,
+                "vanity_hosts": t.vanity_hosts,
+                "shadow": t.shadow,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "count": list.len(), "tenants": list }))
 }
 
 /// `/tenants/{name}`: plan, budgets, used and left per window, read with a

@@ -1,5 +1,5 @@
 //! Wiring: bind listeners, build `Shared`, run the servers and the reloader,
-//! drain on shutdown (SPEC §5 signals).
+//! drain on shutdown (docs/reference.md "Operations" signals).
 //!
 //! `Gateway::start` is what `deskgate run`, `deskgate demo` and the tests
 //! use: listeners may be `:0`, and the bound addresses are reported back.

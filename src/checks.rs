@@ -1,4 +1,4 @@
-//! Header checks of SPEC §3 steps 5-8: Authorization, Accept, Content-Type,
+//! Header checks of docs/reference.md "Request order" steps 5-8: Authorization, Accept, Content-Type,
 //! Content-Length. Pure functions over a request's fields (hyper's
 //! [`http::HeaderMap`] or the fast path's head); none allocates when the
 //! request passes, none panics on any header bytes.

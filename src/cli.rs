@@ -1,4 +1,4 @@
-//! Command line (SPEC §1).
+//! Command line (docs/reference.md "Command line").
 
 use std::path::PathBuf;
 
@@ -58,6 +58,17 @@ pub enum LogFormat {
 
 impl Cli {
     /// The config path: `--config`, else `$DESKGATE_CONFIG`, else `config/deskgate.toml`.
+    /// Where [`Cli::config_path`] took the path from, for the message when it is missing.
+    pub fn config_origin(&self) -> &'static str {
+        if self.config.is_some() {
+            "--config"
+        } else if std::env::var_os("DESKGATE_CONFIG").is_some() {
+            "DESKGATE_CONFIG"
+        } else {
+            "the default path, as neither --config nor DESKGATE_CONFIG is set"
+        }
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.config
             .clone()

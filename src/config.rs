@@ -1,4 +1,4 @@
-//! The validated configuration (SPEC §2): what every other module reads.
+//! The validated configuration (docs/reference.md "Configuration"): what every other module reads.
 //!
 //! Loading goes raw TOML (`config/raw.rs`, serde mirror with
 //! `deny_unknown_fields` and spans) → validation (`config/validate.rs`) →
@@ -7,8 +7,10 @@
 //! plans with API access are non-zero and endpoint budgets fit the total.
 //! Errors carry `PATH:LINE:COL`.
 
+mod diagnose;
 mod plans;
 mod raw;
+mod secret;
 mod summary;
 mod validate;
 
@@ -24,6 +26,7 @@ use ipnet::IpNet;
 use crate::endpoint::Endpoint;
 
 pub use plans::builtin_plans;
+pub use secret::PasswordSource;
 pub use summary::redact_url;
 
 /// A config that could not be loaded, located in its file.
@@ -41,7 +44,29 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.path.display(), self.line.max(1), self.col.max(1), self.msg)
+        // No position (an unreadable file): a made-up `:1:1` would send the
+        // reader looking inside a file that may not exist.
+        if self.line == 0 {
+            return write!(f, "{}: {}", self.path.display(), self.msg);
+        }
+        write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.col.max(1), self.msg)
+    }
+}
+
+impl ConfigError {
+    /// Several independent errors as one: the first is the error's own
+    /// position, the others follow on their own `PATH:LINE:COL: message`
+    /// lines, so every one is reported in one run of `deskgate check`.
+    pub fn many(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        if errors.is_empty() {
+            return None;
+        }
+        let mut first = errors.remove(0);
+        for e in errors {
+            first.msg.push('\n');
+            first.msg.push_str(&e.to_string());
+        }
+        Some(first)
     }
 }
 
@@ -64,6 +89,13 @@ pub struct Config {
     pub tenants: Vec<Arc<Tenant>>,
     pub webhooks: Option<WebhooksConfig>,
     pub access_log: AccessLogConfig,
+    /// Where the Redis password came from, when not from the URL itself.
+    pub redis_password_from: Option<PasswordSource>,
+    /// SHA-256 (hex) over the files read, in order: replicas that took the
+    /// same files show the same digest. Secret files are not part of it.
+    pub digest: String,
+    /// When these files were read.
+    pub loaded_at: std::time::SystemTime,
 }
 
 #[derive(Debug, Clone)]
@@ -143,7 +175,7 @@ pub struct LimiterConfig {
     pub refused_credential_ttl: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhooksConfig {
     pub listen: SocketAddr,
     pub max_postpone: Duration,

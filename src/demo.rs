@@ -1,4 +1,4 @@
-//! `deskgate demo` (SPEC §1): a sample helpdesk upstream on loopback, the
+//! `deskgate demo`: a sample helpdesk upstream on loopback, the
 //! gateway in front of it with the memory store and a sample tenant, and
 //! ready-to-paste curl commands — one of which ends in 429.
 
@@ -110,13 +110,34 @@ plan = "sprout"                       # no API access
     )
 }
 
+/// The demo's own folder for its config, removed however the demo ends
+/// (a failed start included).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `--listen`/`--admin` value, refused in the words of the flag (the
+/// config file it goes into is the demo's, not the user's).
+fn address(flag: &str, value: &str) -> Result<SocketAddr, String> {
+    value.trim().parse().map_err(|_| format!("{flag} {value:?}: expected IP:PORT, e.g. 127.0.0.1:8080"))
+}
+
 /// Runs the demo until Ctrl-C.
 pub async fn run(listen: &str, admin: &str) -> Result<(), String> {
+    let (listen, admin) = (address("--listen", listen)?, address("--admin", admin)?);
+    if listen == admin && listen.port() != 0 {
+        return Err(format!("--listen and --admin are both {listen}; they must differ"));
+    }
     let upstream = start_sample_helpdesk().await.map_err(|e| format!("cannot start the sample helpdesk: {e}"))?;
-    let dir = std::env::temp_dir().join(format!("deskgate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let path = dir.join("deskgate.toml");
-    std::fs::write(&path, demo_toml(listen, admin, upstream)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = TempDir(std::env::temp_dir().join(format!("deskgate-demo-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).map_err(|e| format!("{}: {e}", dir.0.display()))?;
+    let path = dir.0.join("deskgate.toml");
+    let text = demo_toml(&listen.to_string(), &admin.to_string(), upstream);
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     let gateway =
         Gateway::start(config).await.map_err(|e| format!("{e} (pick other ports with --listen ADDR --admin ADDR)"))?;
@@ -129,7 +150,7 @@ pub async fn run(listen: &str, admin: &str) -> Result<(), String> {
 deskgate demo is running.
   sample helpdesk (upstream): http://{upstream}
   gateway (API):              http://{api}     tenant "demo" at Host demo.freshdesk.com, plan growth
-  admin:                      http://{adm}     /metrics /healthz /readyz /tenants/demo /config
+  admin:                      http://{adm}     /metrics /healthz /readyz /tenants /tenants/demo /config
   config:                     {config}
 
 Try these:
@@ -141,7 +162,8 @@ Try these:
   curl -i -u demo-api-key:X -H 'Host: demo.freshdesk.com' -H 'Content-Type: application/json' \
        -d '{{"subject":"Printer on fire","email":"ada@example.com"}}' http://{api}/api/v2/tickets
 
-  # the ticket_list budget is 5 per minute: the 6th call answers 429 with Retry-After
+  # the ticket_list budget is 5 per minute and the first command spent 1 of it:
+  # this loop prints 200 200 200 200 429 429, then one more call shows a 429 in full
   for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -u demo-api-key:X \
        -H 'Host: demo.freshdesk.com' http://{api}/api/v2/tickets; done; echo
   curl -i -u demo-api-key:X -H 'Host: demo.freshdesk.com' http://{api}/api/v2/tickets
@@ -163,7 +185,7 @@ Ctrl-C stops both.
     crate::app::wait_for_signal().await;
     println!("stopping");
     gateway.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! (method, path) → [`Route`]: endpoint class, cost and the normalised path
-//! (SPEC §3 step 4, §3.1, §3.2 cost). Pure: no I/O, table-tested below.
+//! (docs/reference.md "Request order" step 4, "Endpoint classes", "Budgets" cost). Pure: no I/O, table-tested below.
 
 mod normalize;
 
@@ -28,7 +28,7 @@ pub enum RouteError {
     MethodNotAllowed { allow: &'static str },
 }
 
-/// Endpoint classes of SPEC §3.1.
+/// Endpoint classes of docs/reference.md "Endpoint classes".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     TicketCreate,
@@ -84,7 +84,7 @@ pub struct Route<'a> {
     pub path: Cow<'a, str>,
 }
 
-/// The resources of SPEC §3.1 that answer 405 for a method they do not allow.
+/// The resources of docs/reference.md "Endpoint classes" that answer 405 for a method they do not allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resource {
     Tickets,
@@ -118,7 +118,7 @@ impl Resource {
         }
     }
 
-    /// The `Allow` header of a 405 on this resource: exactly SPEC §3.1's list.
+    /// The `Allow` header of a 405 on this resource: exactly the list of docs/reference.md "Endpoint classes".
     fn allow(self) -> &'static str {
         match self {
             Resource::Tickets | Resource::Contacts => "GET, POST",
@@ -127,7 +127,7 @@ impl Resource {
     }
 }
 
-/// Classifies an API call (SPEC §3 step 4, §3.1) and prices it (§3.2 cost).
+/// Classifies an API call (docs/reference.md "Request order" step 4, "Endpoint classes") and prices it ("Budgets" cost).
 ///
 /// `path` must already be normalised ([`normalize_path`]); callers classify
 /// only API calls ([`is_api`]), and any path outside the known resources is
@@ -136,8 +136,8 @@ impl Resource {
 /// Methods on the known resources:
 /// - `HEAD` is allowed wherever `GET` is and classified and priced like `GET`
 ///   (RFC 9110 §9.3.2: HEAD is GET without the content, so it costs the
-///   upstream the same work). `Allow` still lists SPEC's methods only.
-/// - `OPTIONS` and any other method not listed is 405 with SPEC's `Allow`:
+///   upstream the same work). `Allow` still lists the documented methods only.
+/// - `OPTIONS` and any other method not listed is 405 with the documented `Allow`:
 ///   the helpdesk API serves no CORS preflight.
 pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Result<Route<'a>, RouteError> {
     let route = |endpoint, cost| Route { endpoint, cost, path: Cow::Borrowed(path) };
@@ -156,7 +156,7 @@ pub fn classify<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Resu
         }
         _ => return Err(RouteError::MethodNotAllowed { allow: resource.allow() }),
     };
-    // Embedding credits (SPEC §3.2): 1 per include on one ticket, 2 per
+    // Embedding credits (docs/reference.md "Budgets"): 1 per include on one ticket, 2 per
     // include on the ticket list.
     let per_include = match resource {
         Resource::Tickets if get => 2,

@@ -1,4 +1,4 @@
-//! Decision → response headers (SPEC §3.3): `X-RateLimit-*`, the IETF
+//! Decision → response headers (docs/reference.md "Response headers"): `X-RateLimit-*`, the IETF
 //! `RateLimit-Policy` / `RateLimit` pair, and `Retry-After` on a 429.
 
 use crate::fields::Fields;

@@ -1,5 +1,5 @@
 //! The one normal form of a host name, for the hosts a config lists and the
-//! hosts requests ask for (SPEC §3 step 1 ignores port, case and a trailing
+//! hosts requests ask for (docs/reference.md "Request order" step 1 ignores port, case and a trailing
 //! dot): a configured host is stored as a request for it is normalised, so
 //! every spelling a client may send finds it. A leaf, so that `config` and
 //! `tenant` share it without depending on each other.

@@ -1,4 +1,4 @@
-//! Budgets (SPEC §3.2, §4): the shared decision logic around a store
+//! Budgets (docs/reference.md "Budgets", "Store"): the shared decision logic around a store
 //! (memory or Redis, see [`AnyStore`]).
 //!
 //! `Limiter::acquire` builds the call's [`Ask`] from the tenant's effective
@@ -266,7 +266,7 @@ impl Limiter {
         }
     }
 
-    /// For `/readyz` (SPEC §5): the store answers, or `fail_open` makes that moot.
+    /// For `/readyz` (docs/reference.md "Operations"): the store answers, or `fail_open` makes that moot.
     pub fn ready(&self) -> bool {
         self.on_store_error == OnStoreError::FailOpen || self.store_healthy()
     }

@@ -33,15 +33,28 @@ fn main() -> ExitCode {
         }
     };
     let path = cli.config_path();
+    // A missing main file: say where the path came from and how to name another.
+    let config_error = |e: &deskgate::config::ConfigError| {
+        eprintln!("{e}");
+        if e.path == path && !path.exists() {
+            eprintln!(
+                "deskgate: no config file at {} (from {}); name one with --config PATH or DESKGATE_CONFIG=PATH",
+                path.display(),
+                cli.config_origin()
+            );
+        }
+    };
     match cli.command {
         Some(Command::Check) => match Config::load(&path) {
             Ok(cfg) => {
-                println!("{}", cfg.summary());
-                println!("{}: OK", path.display());
+                // Written, not `println!`: a closed pipe (`check | head`) is
+                // no reason to panic.
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stdout().lock(), "{}\n{}: OK", cfg.summary(), path.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                config_error(&e);
                 ExitCode::FAILURE
             }
         },
@@ -55,6 +68,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        // The demo writes and serves its own config: a --config given here
+        // would be silently unused, so it is refused.
+        Some(Command::Demo { .. }) if cli.config.is_some() => {
+            eprintln!(
+                "deskgate demo: --config is not used by the demo, which writes its own config; \
+                 to serve your config run: deskgate run --config PATH"
+            );
+            ExitCode::FAILURE
+        }
         Some(Command::Demo { listen, admin }) => match runtime.block_on(deskgate::demo::run(&listen, &admin)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -75,7 +97,7 @@ fn main() -> ExitCode {
             let cfg = match Config::load(&path) {
                 Ok(cfg) => cfg,
                 Err(e) => {
-                    eprintln!("{e}");
+                    config_error(&e);
                     return ExitCode::FAILURE;
                 }
             };

@@ -1,4 +1,4 @@
-//! Every collector (SPEC §5), in one owned registry: no global state, so each
+//! Every collector (docs/reference.md "Operations"), in one owned registry: no global state, so each
 //! test and each gateway in a process has its own.
 //!
 //! Label values come only from config (tenant names, endpoint classes,
@@ -104,7 +104,7 @@ pub struct Metrics {
     /// `deskgate_refunds_total{tenant,reason}`: calls whose charge was given
     /// back (`upstream_401`, `upstream_unreachable`).
     pub refunds: Family<TenantReason, Counter>,
-    /// Arrival → response headers (`{endpoint}` exactly as SPEC §5 lists it).
+    /// Arrival → response headers (`{endpoint}` exactly as docs/reference.md "Operations" lists it).
     /// `deskgate_request_duration_seconds` and `..._overhead_seconds` (the
     /// part the gateway added: total minus the upstream wait) of each endpoint
     /// class, by [`Metrics::call_histograms`]. Fetched from their families once:
@@ -257,7 +257,7 @@ impl Metrics {
             "API calls whose charge was given back: the helpdesk answered 401 (upstream_401) or was never reached (upstream_unreachable), by tenant and reason",
             refunds.clone(),
         );
-        // Two families rather than one with a `kind` label: SPEC §5 fixes the
+        // Two families rather than one with a `kind` label: docs/reference.md "Operations" fixes the
         // labels of `deskgate_request_duration_seconds` to `{endpoint}`, and a
         // `kind` label would make `sum(rate(..._count))` count every call twice.
         registry.register(

@@ -1,4 +1,4 @@
-//! One call, one straight line (SPEC §3). Every call, whichever transport
+//! One call, one straight line (docs/reference.md "Request order"). Every call, whichever transport
 //! carries it, is served by `serve_call`: request id → `decide` (steps
 //! 1–9) → forwarding → the timed exchange with the upstream → an upstream
 //! error becomes a refusal → the answer or the refusal is written, with

@@ -1,4 +1,4 @@
-//! Every refusal the gateway can answer, rendered in one place (SPEC §3, §3.4).
+//! Every refusal the gateway can answer, rendered in one place (docs/reference.md "Request order", "Status and error codes").
 //!
 //! Steps return `Err(Reject)`; the lifecycle (`proxy::serve_call`) has the
 //! wire answer it, rendered by [`Reject::into_response`] (hyper) or
@@ -26,7 +26,7 @@ use crate::upstream::UpstreamError;
 /// Content type of every error body the gateway writes.
 pub const JSON_UTF8: &str = "application/json; charset=utf-8";
 
-/// A refusal: one variant per SPEC status/code pair.
+/// A refusal: one variant per status/code pair (docs/reference.md "Status and error codes").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     /// 400: the path cannot be normalised safely, or a header is malformed.
@@ -115,7 +115,7 @@ impl Reject {
         }
     }
 
-    /// Whether `charge_invalid = true` charges this refusal (SPEC §3.2: steps 4-8).
+    /// Whether `charge_invalid = true` charges this refusal (docs/reference.md "Budgets": steps 4-8).
     pub fn chargeable_as_invalid(&self) -> bool {
         matches!(
             self,
@@ -280,12 +280,20 @@ impl fmt::Display for Message<'_> {
                 "The request body stopped arriving: nothing came for {idle_ms} ms. Send the body without pauses that long."
             ),
             Reject::RateLimited { policy, quota, window_s, retry_after_s } => {
-                // "the account limit", "the ticket_create endpoint limit"
-                let endpoint = if *policy == "account" { "" } else { " endpoint" };
-                write!(
-                    f,
-                    "You have exceeded the {policy}{endpoint} limit of {quota} API credits per {window_s} seconds. Retry after {retry_after_s} seconds (see the Retry-After header); X-RateLimit-Remaining shows what is left."
-                )
+                let (window, retry) = (Seconds(u64::from(*window_s)), Seconds(*retry_after_s));
+                // Each budget is read in its own header: X-RateLimit-Remaining
+                // counts the account, so it would mislead about an endpoint.
+                if *policy == "account" {
+                    write!(
+                        f,
+                        "You have exceeded the account limit of {quota} API credits per {window}. Retry after {retry} (see the Retry-After header); X-RateLimit-Remaining shows what is left of the account budget."
+                    )
+                } else {
+                    write!(
+                        f,
+                        "You have exceeded the {policy} endpoint limit of {quota} API credits per {window}. Retry after {retry} (see the Retry-After header); the RateLimit header shows what is left of this endpoint's budget (X-RateLimit-Remaining counts the whole account)."
+                    )
+                }
             }
             Reject::BadGateway => f.write_str("The helpdesk could not be reached. Retry shortly."),
             Reject::GatewayTimeout { timeout_ms } => {
@@ -293,9 +301,20 @@ impl fmt::Display for Message<'_> {
             }
             Reject::ServiceUnavailable { retry_after_s } => write!(
                 f,
-                "Rate limits cannot be checked right now. Retry after {retry_after_s} seconds (see the Retry-After header)."
+                "Rate limits cannot be checked right now. Retry after {} (see the Retry-After header).",
+                Seconds(*retry_after_s)
             ),
         }
+    }
+}
+
+/// A number of seconds in words: "1 second", "3 seconds".
+struct Seconds(u64);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = if self.0 == 1 { "second" } else { "seconds" };
+        write!(f, "{} {unit}", self.0)
     }
 }
 
@@ -365,8 +384,17 @@ mod tests {
         assert_eq!(
             limited.message(),
             "You have exceeded the ticket_list endpoint limit of 400 API credits per 60 seconds. Retry after 3 \
-             seconds (see the Retry-After header); X-RateLimit-Remaining shows what is left."
+             seconds (see the Retry-After header); the RateLimit header shows what is left of this endpoint's \
+             budget (X-RateLimit-Remaining counts the whole account)."
         );
+        let account = Reject::RateLimited { policy: "account", quota: 400, window_s: 60, retry_after_s: 1 };
+        assert_eq!(
+            account.message(),
+            "You have exceeded the account limit of 400 API credits per 60 seconds. Retry after 1 second \
+             (see the Retry-After header); X-RateLimit-Remaining shows what is left of the account budget."
+        );
+        let down = Reject::ServiceUnavailable { retry_after_s: 1 };
+        assert!(down.message().contains("Retry after 1 second (see"), "{}", down.message());
     }
 
     /// A 429's `Retry-After` is written by the refusal (`fields`) or by the
@@ -412,7 +440,8 @@ mod tests {
             let mut body = Vec::new();
             reject.write_body(&mut body);
             let body = String::from_utf8(body).unwrap();
-            assert!(body.contains(&format!("Retry after {seconds} seconds")), "{body}");
+            let unit = if seconds == "1" { "second" } else { "seconds" };
+            assert!(body.contains(&format!("Retry after {seconds} {unit} ")), "{body}");
             assert!(body.contains(policy), "{body}");
         }
     }

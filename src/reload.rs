@@ -1,4 +1,4 @@
-//! Hot reload (SPEC §2 "Hot reload", §5 signals): SIGHUP or a change to the
+//! Hot reload (docs/reference.md "Reload", "Operations" signals): SIGHUP or a change to the
 //! config file, `tenants_dir` or the TLS certificate and key → `Config::load`
 //! → one atomic swap.
 //!
@@ -43,8 +43,8 @@ pub type TlsSlot = ArcSwapOption<rustls::ServerConfig>;
 pub async fn reload_now(shared: &Shared, tls: Option<&TlsSlot>) -> Result<(), ConfigError> {
     let old = shared.snapshot.load_full();
     match load(&old.config, tls).await {
-        Ok((config, server_tls)) => {
-            let restart = restart_only_changes(&old.config, &config, tls.is_some());
+        Ok((mut config, server_tls)) => {
+            let restart = restart_only_changes(&old.config, &mut config, tls.is_some());
             if !restart.is_empty() {
                 tracing::warn!(
                     settings = restart.join(", "),
@@ -54,7 +54,7 @@ pub async fn reload_now(shared: &Shared, tls: Option<&TlsSlot>) -> Result<(), Co
             forget_removed_tenants(shared, &old.config, &config);
             let tenants = config.tenants.len();
             let path = config.path.display().to_string();
-            shared.snapshot.store(Arc::new(Snapshot::new(config)));
+            shared.snapshot.store(Arc::new(Snapshot::new(config).pending_restart(restart)));
             if let (Some(slot), Some(server_tls)) = (tls, server_tls) {
                 slot.store(Some(Arc::new(server_tls)));
             }
@@ -99,46 +99,53 @@ async fn load(old: &Config, tls: Option<&TlsSlot>) -> Result<(Config, Option<rus
     Ok((config, server_tls))
 }
 
-/// The settings that differ between `old` and `new` but are fixed until a restart.
-fn restart_only_changes(old: &Config, new: &Config, listener_tls: bool) -> Vec<&'static str> {
+/// The settings fixed until a restart. Where the file (`new`) differs from
+/// what runs (`running`, the snapshot in force, which always holds the
+/// running values of these), the running value is kept in `new` — so the
+/// snapshot, and `/config`, show what runs — and the setting is named.
+/// Reverting the file to the running value names nothing.
+fn restart_only_changes(running: &Config, new: &mut Config, listener_tls: bool) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    let mut check = |differs: bool, name: &'static str| {
-        if differs {
-            changed.push(name);
-        }
-    };
-    check(old.server.listen != new.server.listen, "server.listen");
-    check(listener_tls != new.server.tls.is_some(), "server.tls (on/off)");
-    check(old.server.header_read_timeout != new.server.header_read_timeout, "server.header_read_timeout_ms");
-    check(old.server.fast_path != new.server.fast_path, "server.fast_path");
-    check(old.admin.listen != new.admin.listen, "admin.listen");
-    check(old.upstream.url != new.upstream.url, "upstream.url");
-    check(old.upstream.ca_file != new.upstream.ca_file, "upstream.ca_file");
-    check(old.upstream.connect_timeout != new.upstream.connect_timeout, "upstream.connect_timeout_ms");
-    check(old.upstream.timeout != new.upstream.timeout, "upstream.timeout_ms");
-    check(old.upstream.pool_idle_timeout != new.upstream.pool_idle_timeout, "upstream.pool_idle_timeout_ms");
-    check(old.upstream.pool_max_idle != new.upstream.pool_max_idle, "upstream.pool_max_idle");
-    check(old.limiter.store != new.limiter.store, "limiter.store");
-    check(old.limiter.on_store_error != new.limiter.on_store_error, "limiter.on_store_error");
-    check(old.limiter.store_timeout != new.limiter.store_timeout, "limiter.store_timeout_ms");
-    check(old.limiter.key_prefix != new.limiter.key_prefix, "limiter.key_prefix");
-    check(old.limiter.redis_batch != new.limiter.redis_batch, "limiter.redis_batch");
-    check(
-        old.webhooks.is_some() != new.webhooks.is_some()
-            || old.webhooks.as_ref().zip(new.webhooks.as_ref()).is_some_and(|(a, b)| a.listen != b.listen),
-        "webhooks.listen",
-    );
-    check(
-        old.webhooks.as_ref().zip(new.webhooks.as_ref()).is_some_and(|(a, b)| {
-            a.max_postpone != b.max_postpone
-                || a.retry_schedule != b.retry_schedule
-                || a.delivery_timeout != b.delivery_timeout
-                || a.alert_url != b.alert_url
-                || a.lease != b.lease
-                || a.max_queued_per_tenant != b.max_queued_per_tenant
-        }),
-        "webhooks (keys other than listen)",
-    );
+    macro_rules! fixed {
+        ($($field:ident).+, $name:expr) => {
+            if running.$($field).+ != new.$($field).+ {
+                new.$($field).+ = running.$($field).+.clone();
+                changed.push($name);
+            }
+        };
+    }
+    fixed!(server.listen, "server.listen");
+    if listener_tls != new.server.tls.is_some() {
+        new.server.tls = running.server.tls.clone();
+        changed.push("server.tls (on/off)");
+    }
+    fixed!(server.header_read_timeout, "server.header_read_timeout_ms");
+    fixed!(server.fast_path, "server.fast_path");
+    fixed!(admin.listen, "admin.listen");
+    fixed!(upstream.url, "upstream.url");
+    fixed!(upstream.ca_file, "upstream.ca_file");
+    fixed!(upstream.connect_timeout, "upstream.connect_timeout_ms");
+    fixed!(upstream.timeout, "upstream.timeout_ms");
+    fixed!(upstream.pool_idle_timeout, "upstream.pool_idle_timeout_ms");
+    fixed!(upstream.pool_max_idle, "upstream.pool_max_idle");
+    if running.limiter.store != new.limiter.store {
+        new.limiter.store = running.limiter.store.clone();
+        // The password is part of the store's URLs: its source goes with them.
+        new.redis_password_from = running.redis_password_from.clone();
+        changed.push("limiter.store");
+    }
+    fixed!(limiter.on_store_error, "limiter.on_store_error");
+    fixed!(limiter.store_timeout, "limiter.store_timeout_ms");
+    fixed!(limiter.key_prefix, "limiter.key_prefix");
+    fixed!(limiter.redis_batch, "limiter.redis_batch");
+    // The webhook listener and dispatcher copy their settings at start.
+    match (&running.webhooks, &new.webhooks) {
+        (Some(r), Some(n)) if r.listen != n.listen => changed.push("webhooks.listen"),
+        (Some(_), None) | (None, Some(_)) => changed.push("webhooks (on/off)"),
+        (r, n) if r != n => changed.push("webhooks"),
+        _ => {}
+    }
+    new.webhooks = running.webhooks.clone();
     changed
 }
 
@@ -391,14 +398,20 @@ mod tests {
             Config::load(&path).expect("config loads")
         };
         let old = load("");
-        let new = load(
+        let mut new = load(
             "[server]\nfast_path = false\n[upstream]\npool_idle_timeout_ms = 1000\npool_max_idle = 8\n\
              [limiter]\nredis_batch = false\n",
         );
         assert_eq!(
-            restart_only_changes(&old, &new, false),
+            restart_only_changes(&old, &mut new, false),
             ["server.fast_path", "upstream.pool_idle_timeout_ms", "upstream.pool_max_idle", "limiter.redis_batch"]
         );
-        assert!(restart_only_changes(&old, &old, false).is_empty());
+        // What runs is kept: the new snapshot holds the running values.
+        assert!(new.server.fast_path && new.limiter.redis_batch);
+        assert_eq!(
+            (new.upstream.pool_idle_timeout, new.upstream.pool_max_idle),
+            (old.upstream.pool_idle_timeout, 1024)
+        );
+        assert!(restart_only_changes(&old, &mut new, false).is_empty());
     }
 }

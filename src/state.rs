@@ -19,12 +19,21 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     /// Lower-case host (no port, no trailing dot) → tenant.
     pub hosts: HashMap<String, HostEntry>,
+    /// Settings the files changed that apply only after a restart (the
+    /// config above holds their running values), for `/config`.
+    pub pending_restart: Vec<&'static str>,
 }
 
 impl Snapshot {
     pub fn new(config: Config) -> Snapshot {
         let hosts = tenant::host_table(&config);
-        Snapshot { config: Arc::new(config), hosts }
+        Snapshot { config: Arc::new(config), hosts, pending_restart: Vec::new() }
+    }
+
+    /// The same snapshot, naming settings that wait for a restart.
+    pub fn pending_restart(mut self, settings: Vec<&'static str>) -> Snapshot {
+        self.pending_restart = settings;
+        self
     }
 }
 

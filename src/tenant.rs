@@ -1,4 +1,4 @@
-//! Host → tenant (SPEC §3 step 1): canonical domain, vanity host or unknown.
+//! Host → tenant (docs/reference.md "Request order" step 1): canonical domain, vanity host or unknown.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -43,6 +43,17 @@ pub fn upstream_client_config(ca_file: Option<&Path>) -> Result<ClientConfig, St
     Ok(cfg)
 }
 
+/// Whether `ca_file` holds certificates an upstream client config accepts:
+/// what [`upstream_client_config`] would refuse at start, without reading
+/// the system roots (so `deskgate check` can say it first).
+pub fn check_ca_file(path: &Path) -> Result<(), String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Server config for `[server].tls`: the certificate chain and key from PEM files.
 pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
     let certs = read_certs(cert)?;

@@ -1,4 +1,4 @@
-//! Step 10 (SPEC §3.5): the upstream, and the two clients that reach it.
+//! Step 10 (docs/reference.md "Proxying"): the upstream, and the two clients that reach it.
 //!
 //! - [`hyper`]: hyper's pooled client, for any call (streamed bodies, h2 or
 //!   TLS downstream, an https:// upstream);

@@ -1,4 +1,4 @@
-//! Webhook egress (SPEC §6): the helpdesk's automation webhooks, sent by
+//! Webhook egress (docs/reference.md "Webhook egress"): the helpdesk's automation webhooks, sent by
 //! deskgate so that they spend the same per-account budget as API calls.
 //!
 //! # Flow
@@ -204,7 +204,7 @@ pub struct TenantAlert {
     pub reason: &'static str,
 }
 
-/// The webhook collectors (SPEC §6), registered into the gateway's registry.
+/// The webhook collectors (docs/reference.md "Webhook egress"), registered into the gateway's registry.
 #[derive(Clone)]
 pub struct WebhookMetrics {
     /// `outcome`: delivered, postponed, dropped (postponed too long or tenant

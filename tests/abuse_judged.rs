@@ -1,4 +1,4 @@
-//! What was judged is what is sent (issue 18, SPEC §7.1), over raw sockets
+//! What was judged is what is sent (docs/reference.md "Proxying"), over raw sockets
 //! on both paths: for every spelling that could make the upstream see a
 //! different request, or a different tenant, than the one the gateway
 //! charged, each test shows what the client got, what reached the upstream

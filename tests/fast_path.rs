@@ -3,7 +3,7 @@
 //! keep-alive socket the upstream closes while it sits in the pool, small
 //! request bodies, and a connection that moves from the fast path to hyper
 //! halfway through. These tests are about the fast path itself and its
-//! hand-over to hyper, so unlike the SPEC suites they run once, on the
+//! hand-over to hyper, so unlike the behaviour suites they run once, on the
 //! default config (fast path on); where they compare with hyper they send
 //! the call hyper takes (a `Connection` field) or start a gateway with
 //! `fast_path = false`.

@@ -1,4 +1,4 @@
-//! Metrics and the admin listener (SPEC §5): exact counts for known traffic,
+//! Metrics and the admin listener (docs/reference.md "Operations"): exact counts for known traffic,
 //! label values only from config, probes, `/tenants/{name}` reading without
 //! consuming, `/config` redacted, nothing of it on the API listener.
 

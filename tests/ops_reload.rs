@@ -1,4 +1,4 @@
-//! Hot reload (SPEC §2 "Hot reload", §5 SIGHUP): file changes and SIGHUP
+//! Hot reload (docs/reference.md "Reload", "Operations" SIGHUP): file changes and SIGHUP
 //! swap the config atomically; a broken one is refused with PATH:LINE:COL and
 //! the old one stays; consumed budget and in-flight calls survive.
 
@@ -294,5 +294,52 @@ async fn a_kubernetes_configmap_update_is_picked_up_for_the_config_and_the_tenan
         .await,
         "a second ConfigMap update was not seen"
     );
+    gw.shutdown().await;
+}
+
+/// `/config` shows what runs: a reload that changes a restart-only setting
+/// keeps its running value there (and the gateway keeps using it), names it
+/// under `pending_restart`, and applies the rest; the digest and load time
+/// say which files were taken. Reverting the setting clears the pending list.
+#[tokio::test]
+async fn config_shows_the_values_in_force_across_a_reload_of_a_restart_only_setting() {
+    let upstream = format!("http://{}", start_upstream().await);
+    let dir = ConfigDir::new();
+    let slow = |timeout_ms: u32, n: u32| {
+        config_toml(&upstream, "", "", &format!("timeout_ms = {timeout_ms}")).replace(&acme(3), &acme(n))
+    };
+    let path = dir.write("deskgate.toml", &slow(2000, 3));
+    let gw = Gateway::start(Config::load(&path).expect("config")).await.expect("start");
+    let before = admin_get(gw.admin_addr, "/config").await.json();
+    assert_eq!(before["upstream"]["timeout_ms"], 2000);
+    assert_eq!(before["pending_restart"], serde_json::json!([]));
+    assert_eq!(before["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(before["sha256"].as_str().map(str::len), Some(64), "{before}");
+    assert!(before["loaded_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{before}");
+
+    dir.write("deskgate.toml", &slow(300, 5));
+    gw.reload().await.expect("reload");
+    let after = admin_get(gw.admin_addr, "/config").await.json();
+    assert_eq!(after["upstream"]["timeout_ms"], 2000, "the running value, not the file's");
+    assert_eq!(after["pending_restart"], serde_json::json!(["upstream.timeout_ms"]));
+    assert_ne!(after["sha256"], before["sha256"], "other files, other digest");
+    assert_eq!(after["tenants"][0]["endpoints"]["ticket_list"], 5, "a reloadable setting applies");
+    assert_eq!(ticket_list_budget(&gw).await, (5, 0));
+
+    // And 2000 ms is what runs: an answer 800 ms late still arrives.
+    let auth = basic_auth();
+    let r = send(gw.api_addr, get("acme.freshdesk.com", "/api/v2/tickets?delay_ms=800", Some(&auth))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["path"], "/api/v2/tickets", "what reached the upstream");
+    assert_eq!(ticket_list_budget(&gw).await, (5, 1));
+
+    // Back to the running value: nothing waits for a restart any more.
+    dir.write("deskgate.toml", &slow(2000, 5));
+    gw.reload().await.expect("reload");
+    let reverted = admin_get(gw.admin_addr, "/config").await.json();
+    assert_eq!(reverted["pending_restart"], serde_json::json!([]));
+    // The budget differs from the start's file, the timeout from the last one.
+    assert_ne!(reverted["sha256"], after["sha256"]);
+    assert_ne!(reverted["sha256"], before["sha256"]);
     gw.shutdown().await;
 }

@@ -1,4 +1,4 @@
-//! Graceful shutdown of the binary (SPEC §2 `shutdown_grace_ms`, §5 signals):
+//! Graceful shutdown of the binary (docs/reference.md "Configuration" `shutdown_grace_ms`, "Operations" signals):
 //! SIGTERM/SIGINT stop accepting, in-flight calls (a slow upload among them)
 //! finish, the process exits 0 within the grace.
 

@@ -1,4 +1,4 @@
-//! TLS (SPEC §2 `[server].tls`, `require_https`, `trusted_proxies`; §3 step 2;
+//! TLS (docs/reference.md "Configuration" `[server].tls`, `require_https`, `trusted_proxies`; "Request order" step 2;
 //! an `https://` upstream with `ca_file`) through the real gateway.
 
 mod support;

@@ -1,4 +1,4 @@
-//! SPEC §3.5: streaming, hop-by-hop headers, X-Forwarded-*, X-Request-Id,
+//! docs/reference.md "Proxying": streaming, hop-by-hop headers, X-Forwarded-*, X-Request-Id,
 //! pass-through of upstream answers, pooling, 502/504, h2c downstream.
 
 mod support;
@@ -181,7 +181,7 @@ support::on_both_paths! {
         assert_eq!(up.last().headers["host"], "unknown.example");
     }
 
-    /// SPEC §3.5: the upstream's headers pass through, its `X-Request-Id`
+    /// docs/reference.md "Proxying": the upstream's headers pass through, its `X-Request-Id`
     /// too; the gateway's id (the client's, or a generated one) is kept only
     /// where the upstream sends none. Exactly one such field either way.
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! Several gateways sharing one Redis, over HTTP (SPEC §3.2, §4): one exact
+//! Several gateways sharing one Redis, over HTTP (docs/reference.md "Budgets", "Store"): one exact
 //! budget per tenant whatever the number of replicas, and the configured
 //! fail mode when Redis goes away, with automatic recovery.
 

@@ -1,4 +1,4 @@
-//! The Redis store against real `redis-server` processes (SPEC §3.2, §4).
+//! The Redis store against real `redis-server` processes (docs/reference.md "Budgets", "Store").
 //! Each test starts its own server on a free loopback port; without
 //! `redis-server` on PATH the tests print a line and pass, unless
 //! `DESKGATE_REQUIRE_REDIS=1`.

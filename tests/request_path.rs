@@ -1,4 +1,4 @@
-//! SPEC §3 end to end: the real gateway over real sockets in front of a
+//! docs/reference.md "Request order" end to end: the real gateway over real sockets in front of a
 //! recording upstream. Every refusal must answer with the documented status
 //! and JSON body and must never reach the upstream.
 

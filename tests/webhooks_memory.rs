@@ -1,4 +1,4 @@
-//! SPEC §6 with the in-memory queue: webhooks posted to the `[webhooks]`
+//! docs/reference.md "Webhook egress" with the in-memory queue: webhooks posted to the `[webhooks]`
 //! listener, delivered to a real receiving server, sharing the tenant's
 //! budget with API calls. Time-dependent rules run on short windows
 //! (`window_seconds = 2`, `retry_schedule_s = [1, 1]`, `max_postpone_s = 3`).

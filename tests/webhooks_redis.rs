@@ -1,4 +1,4 @@
-//! SPEC §6 with `store = "redis"`: the queue lives in a real `redis-server`
+//! docs/reference.md "Webhook egress" with `store = "redis"`: the queue lives in a real `redis-server`
 //! (started here on a free loopback port), survives a restart of every
 //! replica, is worked by one replica at a time, and loses nothing when a
 //! replica is killed mid-delivery. Skipped with a printed line when

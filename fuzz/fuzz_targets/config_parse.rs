@@ -1,4 +1,4 @@
-//! Config parsing and validation (SPEC §2). Properties:
+//! Config parsing and validation (docs/reference.md "Configuration"). Properties:
 //! - `Config::load` never panics on any file content;
 //! - an error always carries a position inside the file (or none) and a
 //!   non-empty message;

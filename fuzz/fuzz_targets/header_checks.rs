@@ -1,4 +1,4 @@
-//! Accept, Content-Type, Content-Length and Authorization parsing (SPEC §3
+//! Accept, Content-Type, Content-Length and Authorization parsing (docs/reference.md "Request order"
 //! steps 5–8). Properties:
 //! - no check panics on any header bytes, in any number of fields;
 //! - an absent `Accept` is fine, and adding a field `application/json` makes

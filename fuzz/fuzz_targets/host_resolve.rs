@@ -1,4 +1,4 @@
-//! Host resolution (SPEC §3 step 1). Properties:
+//! Host resolution (docs/reference.md "Request order" step 1). Properties:
 //! - `requested_host` and `normalize_host` never panic on any header or
 //!   request-target bytes;
 //! - a normalised host is a fixed point (normalising it again changes

@@ -1,4 +1,4 @@
-//! Path normalisation + classification (SPEC §3.1). Properties, not just
+//! Path normalisation + classification (docs/reference.md "Endpoint classes"). Properties, not just
 //! "no panic":
 //! - normalisation is idempotent, and its output is what the allocation-free
 //!   fast path accepts as canonical (returned borrowed);

@@ -1,4 +1,4 @@
-//! The helpdesk's published plans (SPEC §2): what a tenant gets when the
+//! The helpdesk's published plans (docs/reference.md "Configuration"): what a tenant gets when the
 //! config does not redefine its plan.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Serde mirror of the config file (SPEC §2, §6 `[webhooks]`): what the TOML
+//! Serde mirror of the config file (docs/reference.md "Configuration", "Webhook egress" `[webhooks]`): what the TOML
 //! says, before any rule is checked.
 //!
 //! Every table denies unknown keys, so a typo is an error rather than a
@@ -110,6 +110,11 @@ pub(super) struct RawLimiter {
     pub charge_invalid: Option<bool>,
     pub redis_batch: Option<bool>,
     pub refused_credential_ttl_ms: Option<Spanned<i64>>,
+    /// The Redis password read from this file (a mounted secret), so the
+    /// TOML itself holds no secret.
+    pub redis_password_file: Option<Spanned<String>>,
+    /// The Redis password read from this environment variable.
+    pub redis_password_env: Option<Spanned<String>>,
 }
 
 /// `[plans.NAME]`; the name is the map key.

@@ -1,11 +1,11 @@
 //! Human and JSON views of the config in force: the summary printed by
-//! `deskgate check` (SPEC §1) and the redacted JSON served at `/config` (SPEC §5).
+//! `deskgate check` (docs/reference.md "Command line") and the redacted JSON served at `/config` (docs/reference.md "Operations").
 
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::{Config, EndpointBudgets, LimiterConfig, OnStoreError, Plan, StoreKind, Tenant};
+use super::{Config, EndpointBudgets, LimiterConfig, OnStoreError, PasswordSource, Plan, StoreKind, Tenant};
 use crate::endpoint::Endpoint;
 
 /// Replaces the password of a URL's userinfo with `***`
@@ -48,14 +48,30 @@ fn endpoints_json(endpoints: &EndpointBudgets) -> Value {
     Value::Object(map)
 }
 
-fn store_text(store: &StoreKind) -> String {
-    match store {
+fn store_text(store: &StoreKind, password: Option<&PasswordSource>) -> String {
+    let mut s = match store {
         StoreKind::Memory => "memory (in-process: one replica only)".to_owned(),
         StoreKind::Redis { url } => format!("redis {}", redact_url(url)),
         StoreKind::RedisCluster { urls } => {
             let urls: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
             format!("redis cluster {}", urls.join(", "))
         }
+    };
+    if let Some(from) = password {
+        let _ = write!(s, " (password from {from})");
+    }
+    s
+}
+
+/// Who can reach a listener, so exposing one is never a surprise.
+fn exposure(addr: std::net::SocketAddr) -> &'static str {
+    let ip = addr.ip();
+    if ip.is_unspecified() {
+        "listening on all interfaces: reachable from other machines"
+    } else if ip.is_loopback() {
+        "loopback only: not reachable from other machines"
+    } else {
+        "one interface"
     }
 }
 
@@ -100,7 +116,8 @@ impl Config {
     /// effective budgets, every plan.
     pub fn summary(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "config: {} ({} file(s) read)", self.path.display(), self.files.len());
+        let _ =
+            writeln!(s, "config: {} ({} file(s) read, sha256 {})", self.path.display(), self.files.len(), self.digest);
         if let Some(dir) = &self.tenants_dir {
             let _ = writeln!(s, "tenants_dir: {}", dir.display());
         }
@@ -112,7 +129,7 @@ impl Config {
         let _ = writeln!(
             s,
             "store: {}; on_store_error {on_err}, store_timeout {}ms, key_prefix \"{}\", charge_invalid {}, refused_credential_ttl {}ms, {}",
-            store_text(&l.store),
+            store_text(&l.store, self.redis_password_from.as_ref()),
             l.store_timeout.as_millis(),
             l.key_prefix,
             l.charge_invalid,
@@ -122,10 +139,13 @@ impl Config {
         let api_scheme = if self.server.tls.is_some() { "https" } else { "http" };
         let _ = writeln!(
             s,
-            "api listener: {} ({api_scheme}, require_https {}, fast_path {})",
-            self.server.listen, self.server.require_https, self.server.fast_path
+            "api listener: {} ({api_scheme}, require_https {}, fast_path {}; {})",
+            self.server.listen,
+            self.server.require_https,
+            self.server.fast_path,
+            exposure(self.server.listen)
         );
-        let _ = writeln!(s, "admin listener: {}", self.admin.listen);
+        let _ = writeln!(s, "admin listener: {} ({})", self.admin.listen, exposure(self.admin.listen));
         match &self.webhooks {
             Some(w) => {
                 let _ = writeln!(s, "webhooks listener: {}", w.listen);
@@ -196,6 +216,7 @@ impl Config {
             "charge_invalid": self.limiter.charge_invalid,
             "redis_batch": self.limiter.redis_batch,
             "refused_credential_ttl_ms": self.limiter.refused_credential_ttl.as_millis() as u64,
+            "redis_password_from": self.redis_password_from.as_ref().map(|f| f.to_string()),
         });
         if let (Some(l), Value::Object(st)) = (limiter.as_object_mut(), store) {
             l.extend(st);
@@ -213,6 +234,10 @@ impl Config {
             })
         });
         json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "sha256": self.digest,
+            "loaded_at": humantime::format_rfc3339_seconds(self.loaded_at).to_string(),
+            "files": self.files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "path": self.path.display().to_string(),
             "tenants_dir": self.tenants_dir.as_ref().map(|d| d.display().to_string()),
             "server": {

@@ -1,4 +1,4 @@
-//! Request path → canonical path (SPEC §3.1), so that no spelling of a path
+//! Request path → canonical path (docs/reference.md "Endpoint classes"), so that no spelling of a path
 //! escapes its endpoint budget and the upstream sees what we classified.
 //!
 //! The canonical form:

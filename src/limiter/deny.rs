@@ -1,4 +1,4 @@
-//! The local deny cache (SPEC §4): once the store said a tenant's policy is
+//! The local deny cache (docs/reference.md "Store"): once the store said a tenant's policy is
 //! exhausted, this replica refuses calls that cannot fit from memory until
 //! the first credit can come back, without a round trip.
 //!

@@ -1,10 +1,10 @@
-//! In-process store for one replica (SPEC §4 `memory`).
+//! In-process store for one replica (docs/reference.md "Store" `memory`).
 //!
 //! One `std::sync::Mutex` per tenant: the critical section is a few array
 //! updates and never spans an `.await`, so a blocking mutex is cheaper than
 //! tokio's and cannot deadlock the runtime. The map itself sits behind an
 //! `RwLock` that is written only when a tenant is seen for the first time,
-//! so it survives config reloads and keeps consumed budgets (SPEC §2).
+//! so it survives config reloads and keeps consumed budgets (docs/reference.md "Configuration").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

@@ -1,4 +1,4 @@
-//! Redis store (SPEC §4 `redis`): standalone or Redis Cluster, one script
+//! Redis store (docs/reference.md "Store" `redis`): standalone or Redis Cluster, one script
 //! call per decision. The only file that imports `redis`.
 //!
 //! # Keys and memory

@@ -1,4 +1,4 @@
-//! What a backend promises (SPEC §4): judge an [`Ask`] and charge it
+//! What a backend promises (docs/reference.md "Store"): judge an [`Ask`] and charge it
 //! atomically, answering a [`Decision`] or a [`StoreError`]. Both stores
 //! implement [`Store`], and the benches drive them through it.
 //!

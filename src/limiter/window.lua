@@ -1,5 +1,5 @@
 -- deskgate: check and charge one call against a tenant's rolling windows
--- (SPEC §3.2, §4). The same arithmetic as src/limiter/window.rs, on Redis TIME.
+-- (docs/reference.md "Budgets", "Store"). The same arithmetic as src/limiter/window.rs, on Redis TIME.
 --
 -- One script call decides k >= 1 calls, in order, each as if alone (a
 -- batch: the gateway sends the calls that are waiting together, so Redis

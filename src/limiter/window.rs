@@ -1,4 +1,4 @@
-//! The rolling window shared by every store (SPEC §3.2): a ring of
+//! The rolling window shared by every store (docs/reference.md "Budgets"): a ring of
 //! `SLOTS + 1` per-slot counters over one window.
 //!
 //! Why this shape: an exact sliding log needs one entry per admitted call, so

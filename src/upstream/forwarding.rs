@@ -1,4 +1,4 @@
-//! What crosses the gateway, field by field (SPEC §3.5, §7.1): the one
+//! What crosses the gateway, field by field (docs/reference.md "Proxying"): the one
 //! hop-by-hop table and the one set of forwarding rules. Both upstream
 //! clients apply them: hyper's edits its `HeaderMap` ([`edit_request`],
 //! [`strip_hop_by_hop`]), the raw pool writes head text

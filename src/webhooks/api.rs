@@ -1,4 +1,4 @@
-//! The internal webhook listener (SPEC §6): `POST /webhooks` accepts one
+//! The internal webhook listener (docs/reference.md "Webhook egress"): `POST /webhooks` accepts one
 //! webhook, `GET /webhooks/{id}` tells where it stands.
 //!
 //! Only the helpdesk backend should reach this listener; it is not policed

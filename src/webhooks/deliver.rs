@@ -1,4 +1,4 @@
-//! Outbound HTTP for webhooks (SPEC §6): one delivery attempt, and alert
+//! Outbound HTTP for webhooks (docs/reference.md "Webhook egress"): one delivery attempt, and alert
 //! POSTs, over one pooled keep-alive client (http and https via rustls).
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The dispatcher (SPEC §6): claims due webhooks and runs one attempt each.
+//! The dispatcher (docs/reference.md "Webhook egress"): claims due webhooks and runs one attempt each.
 //!
 //! One attempt reads as the contract does: `decide` (is the tenant still
 //! served? does 1 credit fit its account budget now?) → `deliver` when
@@ -155,7 +155,7 @@ pub(crate) async fn decide(core: &Core, job: &Claimed) -> Step {
         Some(t) if t.api_access => t.clone(),
         _ => return Step::Drop { reason: reason::TENANT_UNAVAILABLE },
     };
-    // An account-only ask: webhooks have no endpoint budget (SPEC §6).
+    // An account-only ask: webhooks have no endpoint budget (docs/reference.md "Webhook egress").
     let decision = core.shared.limiter.acquire(&Ask::new(&tenant, Endpoint::Other, 1)).await;
     let retry_ms = match decision {
         Ok(d) if d.allowed => return Step::Send,
@@ -276,7 +276,7 @@ async fn drop_unreadable(core: Arc<Core>, u: Unreadable) {
     let _ = core.queue.finish(&u.tenant, &u.id, &u.token, &state, Next::Done).await;
 }
 
-/// Warn log, alert counter, and a POST to `alert_url` when set (SPEC §6),
+/// Warn log, alert counter, and a POST to `alert_url` when set (docs/reference.md "Webhook egress"),
 /// sent from its own task (see [`post_alert`]).
 async fn alert(core: &Arc<Core>, id: &str, state: &State, spec: &super::Spec, reason: &'static str) {
     let message = match reason {

@@ -1,4 +1,4 @@
-//! The queue of webhooks (SPEC §6): one seam, two backends.
+//! The queue of webhooks (docs/reference.md "Webhook egress"): one seam, two backends.
 //!
 //! Both keep the same three places — *due* (ordered by the time the next
 //! attempt may start), *in flight* (ordered by lease deadline) and *finished*

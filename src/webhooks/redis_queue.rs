@@ -1,4 +1,4 @@
-//! The Redis queue (SPEC §6 with `store = "redis"`): survives a restart of
+//! The Redis queue (docs/reference.md "Webhook egress" with `store = "redis"`): survives a restart of
 //! every replica and lets replicas share the work, one holder per webhook.
 //! Runs on a standalone Redis and on a Redis Cluster alike.
 //!
