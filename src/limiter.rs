@@ -60,6 +60,15 @@ impl<'a> Ask<'a> {
         });
         Ask { tenant: &tenant.name, cost, account, endpoint }
     }
+
+    /// A budget the call's cost alone exceeds, if any: no wait can make
+    /// room for it (the window's own `a_cost_above_the_quota_never_fits`).
+    /// Budget sizes are config, so this needs no store; the smaller budget
+    /// is named when both are exceeded.
+    pub fn never_fits(&self) -> Option<Policy> {
+        let endpoint = self.endpoint.map(|(_, p)| p).filter(|p| self.cost > p.quota);
+        endpoint.or(Some(self.account).filter(|p| self.cost > p.quota))
+    }
 }
 
 /// One policy's state after a decision.
