@@ -199,6 +199,12 @@ impl HoldRoom {
         self.closed.send_replace(true);
     }
 
+    /// Calls of `tenant` held in this replica now (admin `/tenants/NAME`).
+    pub fn held(&self, tenant: &str) -> u32 {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.get(tenant).map_or(0, |l| l.held.load(Ordering::Acquire))
+    }
+
     fn is_closed(&self) -> bool {
         *self.closed.borrow()
     }
@@ -308,5 +314,62 @@ impl HoldRoom {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::Policy;
+
+    fn state(name: &'static str, quota: u32, remaining: u32, retry_ms: Option<u64>) -> PolicyState {
+        PolicyState { policy: Policy { name, quota, window_s: 60 }, remaining, reset_ms: 9_000, retry_ms, slot: 0 }
+    }
+
+    fn ask(endpoint: &'static str, quota: u32) -> Ask<'static> {
+        let e = crate::endpoint::Endpoint::from_key(endpoint).expect("an endpoint");
+        let account = Policy { name: "account", quota: 10, window_s: 60 };
+        Ask { tenant: "t", cost: 1, account, endpoint: Some((e, Policy { name: endpoint, quota, window_s: 60 })) }
+    }
+
+    /// A call refused without asking the store is told the line's last
+    /// refusal, aged, but only about the budgets it counts against.
+    #[test]
+    fn a_refusal_from_the_line_speaks_only_of_the_calls_own_budgets() {
+        let line = Line { turn: Semaphore::new(1), held: AtomicU32::new(1), last: Mutex::new(None) };
+        let t0 = Instant::now();
+        let last = Decision {
+            allowed: false,
+            cost: 1,
+            account: state("account", 10, 0, Some(4_000)),
+            endpoint: Some(state("ticket_list", 3, 0, Some(6_000))),
+            degraded: false,
+        };
+        line.record(last, t0);
+        let now = t0 + Duration::from_millis(1_500);
+        let same = line.refusal_for(&ask("ticket_list", 3), now);
+        assert!(!same.allowed);
+        assert_eq!(same.endpoint.map(|e| e.retry_ms), Some(Some(4_500)));
+        assert_eq!(same.account.retry_ms, Some(2_500));
+        assert_eq!(same.refusal().map(|r| (r.policy.name, r.retry_after_s)), Some(("ticket_list", 5)));
+        // Another endpoint: the account as last heard, nothing claimed for the rest.
+        let other = line.refusal_for(&ask("contact_list", 5), now);
+        let e = other.endpoint.expect("the call's own endpoint budget");
+        assert_eq!((e.policy.name, e.policy.quota, e.remaining, e.retry_ms), ("contact_list", 5, 0, None));
+        assert_eq!(other.refusal().map(|r| (r.policy.name, r.retry_after_s)), Some(("account", 3)));
+    }
+
+    #[test]
+    fn a_wait_is_at_least_a_millisecond_and_a_cost_above_the_quota_never_ends() {
+        let d = |retry| Decision {
+            allowed: false,
+            cost: 1,
+            account: state("account", 10, 0, retry),
+            endpoint: None,
+            degraded: false,
+        };
+        assert_eq!(wait_of(&d(Some(0))), Some(Duration::from_millis(1)));
+        assert_eq!(wait_of(&d(Some(1_234))), Some(Duration::from_millis(1_234)));
+        assert_eq!(wait_of(&d(Some(u64::MAX))), None);
     }
 }

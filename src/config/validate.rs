@@ -1136,6 +1136,35 @@ mod tests {
     }
 
     #[test]
+    fn holding_is_off_by_default_and_set_per_plan_or_tenant() {
+        let plain = load_str(TENANT);
+        assert_eq!((plain.tenants[0].max_wait, plain.tenants[0].max_held_calls), (Duration::ZERO, 100));
+        let c = load_str(&format!(
+            "[plans.paced]\nper_minute = 10\nmax_wait_ms = 2500\nmax_held_calls = 7\n\n{TENANT}\n\
+             [[tenant]]\nname = \"b\"\ndomain = \"b.freshdesk.com\"\nplan = \"paced\"\n\n\
+             [[tenant]]\nname = \"c\"\ndomain = \"c.freshdesk.com\"\nplan = \"paced\"\nmax_wait_ms = 0\nmax_held_calls = 1\n"
+        ));
+        let got: Vec<_> = c.tenants.iter().map(|t| (t.max_wait.as_millis(), t.max_held_calls)).collect();
+        assert_eq!(got, [(0, 100), (2500, 7), (0, 1)]);
+    }
+
+    #[test]
+    fn holding_limits_are_checked() {
+        assert_eq!(
+            error("[plans.x]\nper_minute = 5\nmax_wait_ms = -1\n"),
+            "t.toml:3:15: plan \"x\": max_wait_ms: must be a non-negative number of milliseconds, got -1"
+        );
+        assert_eq!(
+            error("[plans.x]\nper_minute = 5\nmax_wait_ms = 300001\n"),
+            "t.toml:3:15: plan \"x\": max_wait_ms must be at most 300000 milliseconds, got 300001"
+        );
+        let e = error(&format!("{TENANT}max_held_calls = 0\n"));
+        assert_eq!(e, "t.toml:5:18: tenant \"acme\": max_held_calls: must be a positive number of calls, got 0");
+        let e = error(&format!("{TENANT}max_held_calls = 100001\n"));
+        assert!(e.starts_with("t.toml:5:18: tenant \"acme\": max_held_calls must be at most 100000"), "{e}");
+    }
+
+    #[test]
     fn a_config_plan_replaces_the_builtin_as_a_whole() {
         let c = load_str(&with_tenant("[plans.pro]\nper_minute = 500\n"));
         let pro = &c.plans["pro"];
