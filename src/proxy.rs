@@ -89,39 +89,39 @@ pub(crate) trait Wire {
 pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &mut W) -> W::Output {
     let snap = shared.snapshot.load_full();
     let mut cx = Call::new(RequestId::of(wire.head()));
-    let answer =
-        match decide(shared, &snap, conn, &mut cx, wire.head(), wire.body_present(), || wire.client_gone()).await {
-            Ok(plan) => {
-                let cfg = &snap.config;
-                let start = Instant::now();
-                let answer = wire.exchange(&plan.forwarding(cfg, conn, &cx.request_id)).await;
-                let waited = start.elapsed();
-                cx.upstream = Some(waited);
-                shared.metrics.upstream_duration.observe(waited.as_secs_f64());
-                // What is charged (README, "What is charged"): a call the helpdesk
-                // refused as unauthenticated, or never received, is given back.
-                // A timeout or a broken answer stays charged: the helpdesk may
-                // have counted it.
-                let refund = match &answer {
-                    Ok(a) if W::status(a) == 401 => Some("upstream_401"),
-                    Err(UpstreamError::Connect) => Some("upstream_unreachable"),
-                    _ => None,
-                };
-                if let Some(reason) = refund {
-                    give_back(shared, cfg, &mut cx, &plan, wire.credential(), reason).await;
-                }
-                answer.map_err(|e| {
-                    shared.metrics.count_upstream_error(e);
-                    Reject::for_upstream(
-                        e,
-                        shared.upstream.timeout(),
-                        cfg.server.max_body_bytes,
-                        cfg.server.header_read_timeout,
-                    )
-                })
+    let gone = || wire.client_gone();
+    let answer = match decide(shared, &snap, conn, &mut cx, wire.head(), wire.body_present(), gone).await {
+        Ok(plan) => {
+            let cfg = &snap.config;
+            let start = Instant::now();
+            let answer = wire.exchange(&plan.forwarding(cfg, conn, &cx.request_id)).await;
+            let waited = start.elapsed();
+            cx.upstream = Some(waited);
+            shared.metrics.upstream_duration.observe(waited.as_secs_f64());
+            // What is charged (README, "What is charged"): a call the helpdesk
+            // refused as unauthenticated, or never received, is given back.
+            // A timeout or a broken answer stays charged: the helpdesk may
+            // have counted it.
+            let refund = match &answer {
+                Ok(a) if W::status(a) == 401 => Some("upstream_401"),
+                Err(UpstreamError::Connect) => Some("upstream_unreachable"),
+                _ => None,
+            };
+            if let Some(reason) = refund {
+                give_back(shared, cfg, &mut cx, &plan, wire.credential(), reason).await;
             }
-            Err(reject) => Err(reject),
-        };
+            answer.map_err(|e| {
+                shared.metrics.count_upstream_error(e);
+                Reject::for_upstream(
+                    e,
+                    shared.upstream.timeout(),
+                    cfg.server.max_body_bytes,
+                    cfg.server.header_read_timeout,
+                )
+            })
+        }
+        Err(reject) => Err(reject),
+    };
     match answer {
         Ok(answer) => {
             let status = W::status(&answer);
