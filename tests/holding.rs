@@ -319,6 +319,12 @@ async fn never_fits(path: Path, limiter: &str) {
     assert_eq!(body["budget"], serde_json::json!({ "name": "ticket_list", "size": 3, "window_seconds": 60 }));
     assert_eq!(body["cost"], 5);
     assert_refusal_counted(&gw, Some(&logs), "tiny", "ticket_list", 400, "cost_exceeds_budget", 1).await;
+    let ids = logs.assert_refused("tiny", "cost_exceeds_budget", 400, 1);
+    let line = logs.access_line(&ids[0]);
+    assert_eq!(
+        (&line["policy"], &line["retry_after_s"]),
+        (&serde_json::json!("ticket_list"), &serde_json::Value::Null)
+    );
     // One ticket with six includes costs 7, above the account's 5.
     let got = get(&c, gw.addr, "tiny.freshdesk.com", "/api/v2/tickets/42?include=a,b,c,d,e,f").await;
     assert_eq!(got.status, 400, "{}", got.text());
