@@ -236,6 +236,24 @@ support::on_both_paths! {
         }
     }
 
+    /// A reload applies `max_wait_ms` to the calls that arrive after it.
+    #[tokio::test]
+    async fn a_reload_turns_holding_on() {
+        let up = RecordingUpstream::start().await;
+        let off = HOLDING.replacen("window_seconds = 1\n", "window_seconds = 1\nmax_wait_ms = 0\n", 1);
+        let gw = gateway_on(PATH, up.addr, "", &off).await;
+        let c = client();
+        assert_eq!(get(&c, gw.addr, "single.freshdesk.com", "/api/v2/tickets?n=0").await.status, 200);
+        assert_eq!(get(&c, gw.addr, "single.freshdesk.com", "/api/v2/tickets?n=1").await.status, 429);
+        let file = gw.dir.path().join("deskgate.toml");
+        let text = std::fs::read_to_string(&file).unwrap().replacen("max_wait_ms = 0\n", "", 1);
+        std::fs::write(&file, text).unwrap();
+        gw.gw.reload().await.expect("reload");
+        assert_eq!(get(&c, gw.addr, "single.freshdesk.com", "/api/v2/tickets?n=2").await.status, 200);
+        assert_eq!(hold_metric(&gw, "admitted").await, 1.0);
+        assert_eq!(arrival_order(&up), ["0", "2"]);
+    }
+
     /// A client that leaves while its call is held costs nothing: nothing
     /// reaches the upstream, nothing is charged, and the line moves on.
     #[tokio::test]
