@@ -177,9 +177,9 @@ impl Decision {
         let retry_ms = p.retry_ms.unwrap_or(0);
         let retry_after_s = if retry_ms == u64::MAX {
             // The cost exceeds the quota: no wait helps; tell the window
-            // length. An API call never gets here (`Ask::never_fits` refuses
-            // it before the store, with no `Retry-After`); this stays the
-            // stores' defence for any other caller.
+            // length. Of API calls, only a shadowed tenant's gets here (the
+            // others' are refused before the store by `Ask::never_fits`,
+            // without `Retry-After`); this stays the stores' own defence.
             u64::from(p.policy.window_s)
         } else {
             // Rounded up, and at least 1: a `Retry-After` is never early.
