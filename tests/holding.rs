@@ -166,28 +166,16 @@ support::on_both_paths! {
     }
 
     /// A cheaper call that arrives while a dearer one is held waits behind
-    /// it, though room for itself would come sooner: 3 single calls fill
-    /// paced's 3 per 2 s, then one costing 3 (needs the whole window) and
-    /// one costing 1 (would fit when the first single call leaves).
+    /// it, though room for itself would come sooner.
     #[tokio::test]
     async fn a_cheaper_call_does_not_overtake_a_held_dearer_one() {
-        let up = RecordingUpstream::start().await;
-        let gw = gateway_on(PATH, up.addr, "", HOLDING).await;
-        let c = client();
-        for i in 0..3 {
-            let got = get(&c, gw.addr, "paced.freshdesk.com", &format!("/api/v2/tickets?n={i}")).await;
-            assert_eq!(got.status, 200);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let dear = fire(&c, gw.addr, "paced.freshdesk.com", "/api/v2/tickets?include=requester&n=3".to_owned());
-        assert!(eventually(Duration::from_secs(1), || async { held_now(&gw, "paced").await == 1.0 }).await);
-        let cheap = fire(&c, gw.addr, "paced.freshdesk.com", "/api/v2/tickets?n=4".to_owned());
-        assert_eq!(dear.await.unwrap().0, 200);
-        assert_eq!(cheap.await.unwrap().0, 200);
-        assert_eq!(arrival_order(&up), ["0", "1", "2", "3", "4"]);
-        assert_eq!(used(gw.admin, "paced").await, 1, "the dear call's 3 have left, the cheap one's 1 is in");
-        // n=3 holds all three credits: nothing else can be in its window.
-        at_most_per_window(&up, "paced.freshdesk.com", Duration::from_secs(2), 3);
+        no_overtaking(PATH, "").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cheaper_call_does_not_overtake_a_held_dearer_one_with_redis() {
+        let Some(r) = RedisServer::start("holding_no_overtaking_redis") else { return };
+        no_overtaking(PATH, &redis_limiter(&r)).await;
     }
 
     /// Beyond `max_held_calls` the answer is today's 429 at once, while the
@@ -320,6 +308,30 @@ support::on_both_paths! {
         let Some(r) = RedisServer::start("holding_never_fits_redis") else { return };
         never_fits(PATH, &redis_limiter(&r)).await;
     }
+}
+
+/// 3 single calls fill paced's 3 per 2 s; then one costing 3 (it needs the
+/// whole window) is held, and one costing 1 (it would fit when the first
+/// single call leaves) arrives behind it: it is let through after the dear
+/// one, never before.
+async fn no_overtaking(path: Path, limiter: &str) {
+    let up = RecordingUpstream::start().await;
+    let gw = gateway_on(path, up.addr, "", &format!("{limiter}{HOLDING}")).await;
+    let c = client();
+    for i in 0..3 {
+        let got = get(&c, gw.addr, "paced.freshdesk.com", &format!("/api/v2/tickets?n={i}")).await;
+        assert_eq!(got.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dear = fire(&c, gw.addr, "paced.freshdesk.com", "/api/v2/tickets?include=requester&n=3".to_owned());
+    assert!(eventually(Duration::from_secs(1), || async { held_now(&gw, "paced").await == 1.0 }).await);
+    let cheap = fire(&c, gw.addr, "paced.freshdesk.com", "/api/v2/tickets?n=4".to_owned());
+    assert_eq!(dear.await.unwrap().0, 200);
+    assert_eq!(cheap.await.unwrap().0, 200);
+    assert_eq!(arrival_order(&up), ["0", "1", "2", "3", "4"]);
+    assert_eq!(used(gw.admin, "paced").await, 1, "the dear call's 3 have left, the cheap one's 1 is in");
+    // n=3 holds all three credits: nothing else can be in its window.
+    at_most_per_window(&up, "paced.freshdesk.com", Duration::from_secs(2), 3);
 }
 
 async fn never_fits(path: Path, limiter: &str) {
