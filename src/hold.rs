@@ -20,7 +20,7 @@
 //! 429 at once. A call that had to be refused before asking the store
 //! itself (the line was full, its deadline passed while in line, shutdown)
 //! is told what the line last heard from the store, with the budgets that
-//! are its own (see [`Line::refusal_for`]).
+//! are its own (`Line::refusal_for`).
 //!
 //! A client that leaves while held costs nothing: nothing was charged, and
 //! the call stops waiting. hyper drops the call's future when its
@@ -33,8 +33,10 @@
 //! Shutdown ([`HoldRoom::close`]): held calls are answered at once (429 with
 //! what they know, never held into the drain), and no call is held after.
 //!
-//! No lock is held across an `.await`: the map of lines and a line's last
-//! refusal are behind short-held mutexes, the count is an atomic.
+//! Off (`max_wait_ms = 0`, the default), the lifecycle never calls in here:
+//! one comparison per call. No lock is held across an `.await`: the map of
+//! lines and a line's last refusal are behind short-held mutexes, the count
+//! is an atomic.
 
 use std::collections::HashMap;
 use std::future::Future;
