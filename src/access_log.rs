@@ -44,7 +44,8 @@ pub struct Target<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Refused {
     pub reason: &'static str,
-    /// The policy that ran out (`account` or an endpoint), for a 429.
+    /// The policy that ran out (`account` or an endpoint), for a 429; the
+    /// budget a call can never fit, for `cost_exceeds_budget`.
     pub policy: Option<&'static str>,
     /// `Retry-After` of the answer, in seconds.
     pub retry_after_s: Option<u64>,
@@ -60,6 +61,8 @@ impl Refused {
         let (policy, retry_after_s) = match reject {
             Reject::RateLimited { policy, retry_after_s, .. } => (Some(*policy), Some(*retry_after_s)),
             Reject::ServiceUnavailable { retry_after_s } => (None, Some(*retry_after_s)),
+            // The budget the call can never fit: no retry to tell.
+            Reject::CostExceedsBudget { policy, .. } => (Some(*policy), None),
             _ => (None, None),
         };
         Refused { reason: reject.code(), policy, retry_after_s, upstream_error: None }

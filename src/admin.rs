@@ -175,6 +175,8 @@ async fn tenant(shared: &Shared, name: &str) -> Response<Body> {
             "plan": t.plan,
             "api_access": t.api_access,
             "shadow": t.shadow,
+            "max_wait_ms": t.max_wait.as_millis() as u64,
+            "held_calls": shared.hold.held(&t.name),
             "store_reachable": store_ok,
             "windows": windows,
         }),

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
 use crate::fast::FastPath;
+use crate::hold::{HoldMetrics, HoldRoom};
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::proxy::ConnInfo;
@@ -116,8 +117,14 @@ impl Gateway {
         // `[server] fast_path = false` sends every call through hyper (A/B
         // measurements, and the tests that run each suite on both paths).
         let fast_enabled = config.server.fast_path;
-        let shared =
-            Arc::new(Shared { snapshot: ArcSwap::from_pointee(Snapshot::new(config)), limiter, upstream, metrics });
+        let hold = HoldRoom::new(HoldMetrics::register(metrics.registry_mut()));
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config)),
+            limiter,
+            upstream,
+            metrics,
+            hold,
+        });
         let fast = FastPath::new(shared.clone(), fast_enabled);
         let opts = ListenerOptions { header_read_timeout, tls: tls.clone(), fast };
         let (shutdown, rx) = watch::channel(false);
@@ -180,6 +187,8 @@ impl Gateway {
     pub async fn shutdown(self) {
         self.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
+        // Held calls are answered now, not held into the drain.
+        self.shared.hold.close();
         let _ = self.api_task.await;
         let _ = self.reload_task.await;
         // The webhook dispatcher finishes the attempt in hand (bounded by its

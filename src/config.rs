@@ -202,6 +202,10 @@ pub struct Plan {
     pub per_minute: u32,
     pub endpoints: EndpointBudgets,
     pub window_seconds: u32,
+    /// How long a call that does not fit may wait for room (zero: never held).
+    pub max_wait: Duration,
+    /// Calls of one tenant held at once in one replica.
+    pub max_held_calls: u32,
 }
 
 /// A tenant with its effective budget (plan merged with the tenant's overrides).
@@ -219,6 +223,11 @@ pub struct Tenant {
     pub endpoints: EndpointBudgets,
     pub window_seconds: u32,
     pub shadow: bool,
+    /// How long a call that does not fit may wait for room (zero: answered
+    /// 429 at once). See `hold`.
+    pub max_wait: Duration,
+    /// Calls of this tenant held at once in one replica; beyond, 429 at once.
+    pub max_held_calls: u32,
 }
 
 impl Config {

@@ -296,6 +296,20 @@ impl<'c, 'b> Wire for FastWire<'c, 'b, '_> {
         !self.body.is_empty() || self.stalled
     }
 
+    /// The connection's task is inside the call, so nothing else reads the
+    /// socket while a call is held: a peek that sees end-of-stream (or an
+    /// error) means the client left. Bytes instead (the next pipelined
+    /// request, or the rest of a stalled body) leave the question open: the
+    /// call then waits out its hold, as any other. Like hyper (without
+    /// half-close support), a client that shuts its sending side counts as
+    /// gone.
+    async fn client_gone(&self) {
+        let mut byte = [0u8; 1];
+        if let Ok(1..) = self.stream.peek(&mut byte).await {
+            std::future::pending::<()>().await;
+        }
+    }
+
     async fn exchange(&mut self, fwd: &Forwarding<'_>) -> Result<Exchange<'c>, UpstreamError> {
         if self.stalled {
             return Err(UpstreamError::DownstreamStalled);

@@ -39,6 +39,8 @@
 //!   normal form of a host name (configured and requested)
 //! - `limiter` (+ `window`, `memory`, `redis`, `store`): budgets; one decision
 //!   logic over a memory or Redis store (`AnyStore`), answering data
+//! - `hold`: calls held waiting for room (`max_wait_ms`), one line per
+//!   tenant per replica, between `decide` and the limiter
 //! - `headers`: decision → rate-limit headers; `reject`: every refusal, built
 //!   from the steps', the limiter's and the upstream's data; `fields`: where
 //!   both write (a `HeaderMap` or the fast path's text)
@@ -67,6 +69,7 @@ pub mod h1;
 pub mod head;
 pub mod headers;
 pub mod healthcheck;
+pub mod hold;
 pub mod host;
 pub mod hyper_wire;
 pub mod limiter;

@@ -60,6 +60,15 @@ impl<'a> Ask<'a> {
         });
         Ask { tenant: &tenant.name, cost, account, endpoint }
     }
+
+    /// A budget the call's cost alone exceeds, if any: no wait can make
+    /// room for it (the window's own `a_cost_above_the_quota_never_fits`).
+    /// Budget sizes are config, so this needs no store; the smaller budget
+    /// is named when both are exceeded.
+    pub fn never_fits(&self) -> Option<Policy> {
+        let endpoint = self.endpoint.map(|(_, p)| p).filter(|p| self.cost > p.quota);
+        endpoint.or(Some(self.account).filter(|p| self.cost > p.quota))
+    }
 }
 
 /// One policy's state after a decision.
@@ -167,7 +176,10 @@ impl Decision {
         let p = self.blocking().unwrap_or(&self.account);
         let retry_ms = p.retry_ms.unwrap_or(0);
         let retry_after_s = if retry_ms == u64::MAX {
-            // The cost exceeds the quota: no wait helps; tell the window length.
+            // The cost exceeds the quota: no wait helps; tell the window
+            // length. Of API calls, only a shadowed tenant's gets here (the
+            // others' are refused before the store by `Ask::never_fits`,
+            // without `Retry-After`); this stays the stores' own defence.
             u64::from(p.policy.window_s)
         } else {
             // Rounded up, and at least 1: a `Retry-After` is never early.

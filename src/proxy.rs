@@ -10,6 +10,7 @@
 //! (`hyper_wire`). The lifecycle never asks which one it runs on.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,8 @@ use crate::endpoint::{self, Endpoint};
 use crate::fields::Fields;
 use crate::head::names::{AUTHORIZATION, HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::head::{self, RequestFields, RequestHead, RequestId};
-use crate::limiter::{Ask, Decision};
+use crate::hold::Held;
+use crate::limiter::{Ask, Decision, StoreUnavailable};
 use crate::metrics::{Name, TenantReason, TenantSeries};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
@@ -82,6 +84,13 @@ pub(crate) trait Wire {
 
     /// Writes a refusal downstream, with the fields `ours` sets.
     async fn refuse(&mut self, reject: Reject, ours: impl FnOnce(&mut Self::Fields)) -> Self::Output;
+
+    /// Resolves once the client is known to have left, for a call held
+    /// waiting for room (`hold`). By default never: hyper drops the call's
+    /// future itself when its connection closes.
+    async fn client_gone(&self) {
+        std::future::pending::<()>().await
+    }
 }
 
 /// Serves one call, whatever carries it. Never fails: every refusal becomes
@@ -89,7 +98,8 @@ pub(crate) trait Wire {
 pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &mut W) -> W::Output {
     let snap = shared.snapshot.load_full();
     let mut cx = Call::new(RequestId::of(wire.head()));
-    let answer = match decide(shared, &snap, conn, &mut cx, wire.head(), wire.body_present()).await {
+    let gone = || wire.client_gone();
+    let answer = match decide(shared, &snap, conn, &mut cx, wire.head(), wire.body_present(), gone).await {
         Ok(mut plan) => {
             let cfg = &snap.config;
             let start = Instant::now();
@@ -282,14 +292,16 @@ impl Plan {
 }
 
 /// Steps 1–9 on the request head. Every `?` is a refusal that consumes
-/// nothing (but see `charge_invalid`).
-async fn decide(
+/// nothing (but see `charge_invalid`). `gone` is the wire's
+/// [`Wire::client_gone`], asked for only if the call is held.
+async fn decide<G: Future<Output = ()>>(
     shared: &Shared,
     snap: &Snapshot,
     conn: ConnInfo,
     cx: &mut Call,
     req: &impl RequestHead,
     body_present: bool,
+    gone: impl FnOnce() -> G,
 ) -> Result<Plan, Reject> {
     let cfg = &*snap.config;
     // Refused whatever the path: what no upstream should be left to make
@@ -375,14 +387,21 @@ async fn decide(
     }
     let (endpoint, cost) = route?;
 
-    let store_start = Instant::now();
-    let decision = shared.limiter.acquire(&Ask::new(&tenant, endpoint, cost)).await; // 9
-    shared.metrics.store_duration.observe(store_start.elapsed().as_secs_f64());
-    // The limiter has no metrics of its own: a store that could not answer
-    // shows here as a degraded decision (fail_open) or a 503 (fail_closed).
-    if matches!(&decision, Ok(d) if d.degraded) || decision.is_err() {
-        shared.metrics.store_errors.inc();
+    let ask = Ask::new(&tenant, endpoint, cost);
+    // A cost no budget of this size can ever hold: refused before the
+    // store, uncharged, without a `Retry-After` (a shadowed tenant's call is
+    // judged by the store as before, which refuses it, and forwarded).
+    if let Some(p) = ask.never_fits().filter(|_| !tenant.shadow) {
+        return Err(Reject::CostExceedsBudget { policy: p.name, quota: p.quota, window_s: p.window_s, cost });
     }
+    let decision = if tenant.max_wait.is_zero() {
+        judge(shared, &ask).await // 9
+    } else {
+        match shared.hold.admit(&tenant, &ask, gone(), || judge(shared, &ask)).await {
+            Held::Decided(d) => d,
+            Held::Gone => return Err(Reject::ClientClosed),
+        }
+    };
     let decision = decision.map_err(Reject::from)?;
     cx.decision = Some(decision);
     if let Some(refusal) = decision.refusal() {
@@ -392,6 +411,19 @@ async fn decide(
         tracing::info!(tenant = %tenant.name, endpoint = endpoint.as_str(), request_id = cx.request_id.as_str(), "shadow: would answer 429");
     }
     Ok(Plan { https, tenant: Some(tenant), authority: None, path: normalized })
+}
+
+/// Step 9: one store call for `ask`, timed and counted.
+async fn judge(shared: &Shared, ask: &Ask<'_>) -> Result<Decision, StoreUnavailable> {
+    let store_start = Instant::now();
+    let decision = shared.limiter.acquire(ask).await;
+    shared.metrics.store_duration.observe(store_start.elapsed().as_secs_f64());
+    // The limiter has no metrics of its own: a store that could not answer
+    // shows here as a degraded decision (fail_open) or a 503 (fail_closed).
+    if matches!(&decision, Ok(d) if d.degraded) || decision.is_err() {
+        shared.metrics.store_errors.inc();
+    }
+    decision
 }
 
 fn is_trusted(cfg: &Config, peer: SocketAddr) -> bool {

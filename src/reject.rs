@@ -70,6 +70,22 @@ pub enum Reject {
     GatewayTimeout { timeout_ms: u64 },
     /// 503: the store cannot answer and `on_store_error = "fail_closed"`.
     ServiceUnavailable { retry_after_s: u64 },
+    /// 400: the call's cost alone exceeds a budget it needs, so no wait can
+    /// admit it. A 400, not a 429: clients retry a 429 (after its
+    /// `Retry-After`) and this one can never succeed; the helpdesk itself
+    /// answers a query it will not serve with 400 "Validation failed".
+    CostExceedsBudget {
+        /// The budget (`account` or an endpoint name).
+        policy: &'static str,
+        /// Its size per window.
+        quota: u32,
+        window_s: u32,
+        /// What the call costs.
+        cost: u32,
+    },
+    /// 499 (nginx's "client closed request"): the client left while its
+    /// call was held waiting for room. Nobody reads it; it is counted.
+    ClientClosed,
 }
 
 impl Reject {
@@ -90,6 +106,8 @@ impl Reject {
             Reject::BadGateway => StatusCode::BAD_GATEWAY,
             Reject::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Reject::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::CostExceedsBudget { .. } => StatusCode::BAD_REQUEST,
+            Reject::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -112,6 +130,8 @@ impl Reject {
             Reject::BadGateway => "bad_gateway",
             Reject::GatewayTimeout { .. } => "gateway_timeout",
             Reject::ServiceUnavailable { .. } => "service_unavailable",
+            Reject::CostExceedsBudget { .. } => "cost_exceeds_budget",
+            Reject::ClientClosed => "client_closed_request",
         }
     }
 
@@ -148,6 +168,17 @@ impl Reject {
                 out.extend_from_slice(br#","message":"#);
                 push_json_str(out, message);
                 out.extend_from_slice(b"}]}");
+            }
+            Reject::CostExceedsBudget { policy, quota, window_s, cost } => {
+                // The helpdesk's validation shape, on `include` (the only
+                // part of a call that raises its cost above 1), and the
+                // numbers for a program to read (keys in the order serde_json
+                // writes them). Names and numbers: nothing to escape.
+                let _ = write!(
+                    Unescaped(out),
+                    r#"{{"budget":{{"name":"{policy}","size":{quota},"window_seconds":{window_s}}},"cost":{cost},"description":"Validation failed","errors":[{{"code":"cost_exceeds_budget","field":"include","message":"{}"}}]}}"#,
+                    Message(self)
+                );
             }
             other => {
                 // Codes are plain identifiers: nothing to escape.
@@ -304,6 +335,14 @@ impl fmt::Display for Message<'_> {
                 "Rate limits cannot be checked right now. Retry after {} (see the Retry-After header).",
                 Seconds(*retry_after_s)
             ),
+            Reject::CostExceedsBudget { policy, quota, window_s, cost } => {
+                let endpoint = if *policy == "account" { "" } else { " endpoint" };
+                write!(
+                    f,
+                    "This call costs {cost} API credits, more than the {policy}{endpoint} limit of {quota} API credits per {window_s} seconds: it can never be admitted. Ask for fewer include items."
+                )
+            }
+            Reject::ClientClosed => f.write_str("The client closed the connection while the call waited for room."),
         }
     }
 }
@@ -358,6 +397,8 @@ mod tests {
             Reject::BadGateway,
             Reject::GatewayTimeout { timeout_ms: 30_000 },
             Reject::ServiceUnavailable { retry_after_s: 1 },
+            Reject::CostExceedsBudget { policy: "ticket_list", quota: 100, window_s: 60, cost: 301 },
+            Reject::ClientClosed,
         ]
     }
 
@@ -367,6 +408,12 @@ mod tests {
             Reject::BadRequest { field, message } => serde_json::json!({
                 "description": "Validation failed",
                 "errors": [{ "field": field, "message": message, "code": "invalid_value" }],
+            }),
+            Reject::CostExceedsBudget { policy, quota, window_s, cost } => serde_json::json!({
+                "description": "Validation failed",
+                "errors": [{ "field": "include", "message": r.message(), "code": "cost_exceeds_budget" }],
+                "budget": { "name": policy, "size": quota, "window_seconds": window_s },
+                "cost": cost,
             }),
             other => serde_json::json!({ "code": other.code(), "message": other.message() }),
         }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::hold::HoldRoom;
 use crate::limiter::Limiter;
 use crate::metrics::Metrics;
 use crate::tenant::{self, HostEntry};
@@ -43,4 +44,6 @@ pub struct Shared {
     pub limiter: Arc<Limiter>,
     pub upstream: Upstream,
     pub metrics: Metrics,
+    /// Calls held waiting for room (`max_wait_ms`).
+    pub hold: HoldRoom,
 }

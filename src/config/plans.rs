@@ -7,6 +7,9 @@ use super::{EndpointBudgets, Plan};
 
 /// Default window of every built-in plan: per-minute budgets.
 pub(super) const DEFAULT_WINDOW_SECONDS: u32 = 60;
+/// Default `max_held_calls`: enough to smooth a burst of one integration,
+/// few enough that a flood holds no more than this many tasks per tenant.
+pub(super) const DEFAULT_MAX_HELD_CALLS: u32 = 100;
 
 /// The built-in plans by name. A `[plans.NAME]` table in the config replaces
 /// the plan of that name as a whole.
@@ -35,6 +38,8 @@ pub fn builtin_plans() -> BTreeMap<String, Plan> {
                 per_minute,
                 endpoints,
                 window_seconds: DEFAULT_WINDOW_SECONDS,
+                max_wait: std::time::Duration::ZERO,
+                max_held_calls: DEFAULT_MAX_HELD_CALLS,
             };
             (name.to_owned(), plan)
         })

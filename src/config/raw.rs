@@ -125,6 +125,8 @@ pub(super) struct RawPlan {
     pub per_minute: Option<Spanned<i64>>,
     pub endpoints: Option<BTreeMap<Spanned<String>, Spanned<i64>>>,
     pub window_seconds: Option<Spanned<i64>>,
+    pub max_wait_ms: Option<Spanned<i64>>,
+    pub max_held_calls: Option<Spanned<i64>>,
 }
 
 /// A `[[tenant]]` entry, or the `[tenant]` table of a tenant file.
@@ -140,6 +142,8 @@ pub(super) struct RawTenant {
     pub endpoints: Option<BTreeMap<Spanned<String>, Spanned<i64>>>,
     pub window_seconds: Option<Spanned<i64>>,
     pub shadow: Option<bool>,
+    pub max_wait_ms: Option<Spanned<i64>>,
+    pub max_held_calls: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

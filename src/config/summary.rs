@@ -94,6 +94,8 @@ fn plan_json(p: &Plan) -> Value {
         "per_minute": p.per_minute,
         "window_seconds": p.window_seconds,
         "endpoints": endpoints_json(&p.endpoints),
+        "max_wait_ms": p.max_wait.as_millis() as u64,
+        "max_held_calls": p.max_held_calls,
     })
 }
 
@@ -108,6 +110,8 @@ fn tenant_json(t: &Tenant) -> Value {
         "window_seconds": t.window_seconds,
         "endpoints": endpoints_json(&t.endpoints),
         "shadow": t.shadow,
+        "max_wait_ms": t.max_wait.as_millis() as u64,
+        "max_held_calls": t.max_held_calls,
     })
 }
 
@@ -180,6 +184,9 @@ impl Config {
             }
             if t.shadow {
                 let _ = write!(s, " shadow (never answers 429)");
+            }
+            if !t.max_wait.is_zero() {
+                let _ = write!(s, " holds calls up to {} ms ({} at most)", t.max_wait.as_millis(), t.max_held_calls);
             }
             s.push('\n');
         }

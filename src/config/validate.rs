@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::diagnose::{self, FileKind};
-use super::plans::DEFAULT_WINDOW_SECONDS;
+use super::plans::{DEFAULT_MAX_HELD_CALLS, DEFAULT_WINDOW_SECONDS};
 use super::raw::RawAccessLog;
 use super::raw::{
     RawConfig, RawLimiter, RawOnStoreError, RawPlan, RawServer, RawStore, RawTenant, RawTenantFile, RawUpstream,
@@ -760,6 +760,33 @@ fn window(src: &Source, v: &Spanned<i64>, owner: &str) -> Result<u32, ConfigErro
     Ok(w)
 }
 
+/// Longest `max_wait_ms`: a held call keeps its client's connection open,
+/// and a client or a load balancer in front gives up after a few minutes
+/// anyway; a longer wait would only hold a dead call.
+const MAX_WAIT_MS: i64 = 300_000;
+
+/// Most `max_held_calls`: each held call is a connection and a task.
+const MAX_HELD_CALLS: i64 = 100_000;
+
+fn max_wait(src: &Source, v: Option<&Spanned<i64>>, owner: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    if *v.get_ref() > MAX_WAIT_MS {
+        return Err(
+            src.at(v, format!("{owner}: max_wait_ms must be at most {MAX_WAIT_MS} milliseconds, got {}", v.get_ref()))
+        );
+    }
+    millis(src, Some(v), &format!("{owner}: max_wait_ms"), 0, true)
+}
+
+fn max_held_calls(src: &Source, v: Option<&Spanned<i64>>, owner: &str, default: u32) -> Result<u32, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    if *v.get_ref() > MAX_HELD_CALLS {
+        return Err(src.at(v, format!("{owner}: max_held_calls must be at most {MAX_HELD_CALLS}, got {}", v.get_ref())));
+    }
+    // Zero would hold nothing: `max_wait_ms = 0` says that.
+    count(src, Some(v), &format!("{owner}: max_held_calls"), "calls", 0, false).map(|n| n as u32)
+}
+
 /// Parses an `endpoints` table: (index, budget, where it was written).
 fn endpoint_budgets(
     src: &Source,
@@ -835,7 +862,17 @@ fn plans(src: &Source, raw: BTreeMap<Spanned<String>, RawPlan>) -> Result<BTreeM
                 endpoints[i] = Some(b);
             }
         }
-        let plan = Plan { name: name.get_ref().clone(), api_access, per_minute, endpoints, window_seconds };
+        let max_wait = max_wait(src, p.max_wait_ms.as_ref(), &owner, Duration::ZERO)?;
+        let max_held_calls = max_held_calls(src, p.max_held_calls.as_ref(), &owner, DEFAULT_MAX_HELD_CALLS)?;
+        let plan = Plan {
+            name: name.get_ref().clone(),
+            api_access,
+            per_minute,
+            endpoints,
+            window_seconds,
+            max_wait,
+            max_held_calls,
+        };
         plans.insert(name.into_inner(), plan);
     }
     Ok(plans)
@@ -994,6 +1031,8 @@ impl<'p> TenantSet<'p> {
             endpoints,
             window_seconds,
             shadow: raw.shadow.unwrap_or(false),
+            max_wait: max_wait(src, raw.max_wait_ms.as_ref(), &owner, plan.max_wait)?,
+            max_held_calls: max_held_calls(src, raw.max_held_calls.as_ref(), &owner, plan.max_held_calls)?,
         }));
         Ok(())
     }
@@ -1345,6 +1384,35 @@ mod tests {
         let plain = load_str(TENANT);
         assert!(!plain.tenants[0].shadow);
         assert_eq!(plain.tenants[0].per_minute, 400);
+    }
+
+    #[test]
+    fn holding_is_off_by_default_and_set_per_plan_or_tenant() {
+        let plain = load_str(TENANT);
+        assert_eq!((plain.tenants[0].max_wait, plain.tenants[0].max_held_calls), (Duration::ZERO, 100));
+        let c = load_str(&format!(
+            "[plans.paced]\nper_minute = 10\nmax_wait_ms = 2500\nmax_held_calls = 7\n\n{TENANT}\n\
+             [[tenant]]\nname = \"b\"\ndomain = \"b.freshdesk.com\"\nplan = \"paced\"\n\n\
+             [[tenant]]\nname = \"c\"\ndomain = \"c.freshdesk.com\"\nplan = \"paced\"\nmax_wait_ms = 0\nmax_held_calls = 1\n"
+        ));
+        let got: Vec<_> = c.tenants.iter().map(|t| (t.max_wait.as_millis(), t.max_held_calls)).collect();
+        assert_eq!(got, [(0, 100), (2500, 7), (0, 1)]);
+    }
+
+    #[test]
+    fn holding_limits_are_checked() {
+        assert_eq!(
+            error("[plans.x]\nper_minute = 5\nmax_wait_ms = -1\n"),
+            "t.toml:3:15: plan \"x\": max_wait_ms: must be a non-negative number of milliseconds, got -1"
+        );
+        assert_eq!(
+            error("[plans.x]\nper_minute = 5\nmax_wait_ms = 300001\n"),
+            "t.toml:3:15: plan \"x\": max_wait_ms must be at most 300000 milliseconds, got 300001"
+        );
+        let e = error(&format!("{TENANT}max_held_calls = 0\n"));
+        assert_eq!(e, "t.toml:5:18: tenant \"acme\": max_held_calls: must be a positive number of calls, got 0");
+        let e = error(&format!("{TENANT}max_held_calls = 100001\n"));
+        assert!(e.starts_with("t.toml:5:18: tenant \"acme\": max_held_calls must be at most 100000"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Seen {
     pub body_len: usize,
     /// [`body_hash`] of the body as it arrived.
     pub body_hash: u64,
+    /// When its head arrived (for tests of when calls were let through).
+    pub at: std::time::Instant,
 }
 
 /// FNV-1a over `bytes`, continuing from `h` (start with [`BODY_HASH_START`]):
@@ -103,6 +105,7 @@ impl RecordingUpstream {
 pub const BAD_KEY: &str = "Basic YmFkOlg=";
 
 async fn answer(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let at = std::time::Instant::now();
     let (parts, body) = req.into_parts();
     // Count the body as it streams, without keeping it.
     let mut body_len = 0;
@@ -126,6 +129,7 @@ async fn answer(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<R
         headers: parts.headers.clone(),
         body_len,
         body_hash: hash,
+        at,
     });
     if parts.headers.get("authorization").is_some_and(|v| v == BAD_KEY) {
         let mut rsp = Response::new(Full::new(Bytes::from_static(
