@@ -23,7 +23,7 @@ use ipnet::IpNet;
 
 use crate::endpoint::Endpoint;
 
-pub use plans::builtin_plans;
+pub use plans::{builtin_plans, DEFAULT_TRUST_UPSTREAM_LIMITS};
 pub use summary::redact_url;
 
 /// A config that could not be loaded, located in its file.
@@ -155,6 +155,9 @@ pub struct Plan {
     pub per_minute: u32,
     pub endpoints: EndpointBudgets,
     pub window_seconds: u32,
+    /// Learn from the helpdesk's own `X-RateLimit-*` and 429 answers
+    /// (`reconcile`). Default [`plans::DEFAULT_TRUST_UPSTREAM_LIMITS`].
+    pub trust_upstream_limits: bool,
 }
 
 /// A tenant with its effective budget (plan merged with the tenant's overrides).
@@ -172,6 +175,8 @@ pub struct Tenant {
     pub endpoints: EndpointBudgets,
     pub window_seconds: u32,
     pub shadow: bool,
+    /// The plan's `trust_upstream_limits`, or the tenant's own.
+    pub trust_upstream_limits: bool,
 }
 
 impl Config {

@@ -112,6 +112,7 @@ pub(super) struct RawPlan {
     pub per_minute: Option<Spanned<i64>>,
     pub endpoints: Option<BTreeMap<Spanned<String>, Spanned<i64>>>,
     pub window_seconds: Option<Spanned<i64>>,
+    pub trust_upstream_limits: Option<bool>,
 }
 
 /// A `[[tenant]]` entry, or the `[tenant]` table of a tenant file.
@@ -127,6 +128,7 @@ pub(super) struct RawTenant {
     pub endpoints: Option<BTreeMap<Spanned<String>, Spanned<i64>>>,
     pub window_seconds: Option<Spanned<i64>>,
     pub shadow: Option<bool>,
+    pub trust_upstream_limits: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

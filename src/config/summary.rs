@@ -92,6 +92,7 @@ fn tenant_json(t: &Tenant) -> Value {
         "window_seconds": t.window_seconds,
         "endpoints": endpoints_json(&t.endpoints),
         "shadow": t.shadow,
+        "trust_upstream_limits": t.trust_upstream_limits,
     })
 }
 
@@ -160,6 +161,9 @@ impl Config {
             }
             if t.shadow {
                 let _ = write!(s, " shadow (never answers 429)");
+            }
+            if !t.trust_upstream_limits {
+                let _ = write!(s, " ignores the helpdesk's X-RateLimit-*");
             }
             s.push('\n');
         }

@@ -609,7 +609,9 @@ fn plans(src: &Source, raw: BTreeMap<Spanned<String>, RawPlan>) -> Result<BTreeM
                 endpoints[i] = Some(b);
             }
         }
-        let plan = Plan { name: name.get_ref().clone(), api_access, per_minute, endpoints, window_seconds };
+        let trust_upstream_limits = p.trust_upstream_limits.unwrap_or(super::DEFAULT_TRUST_UPSTREAM_LIMITS);
+        let plan =
+            Plan { name: name.get_ref().clone(), api_access, per_minute, endpoints, window_seconds, trust_upstream_limits };
         plans.insert(name.into_inner(), plan);
     }
     Ok(plans)
@@ -768,6 +770,7 @@ impl<'p> TenantSet<'p> {
             endpoints,
             window_seconds,
             shadow: raw.shadow.unwrap_or(false),
+            trust_upstream_limits: raw.trust_upstream_limits.unwrap_or(plan.trust_upstream_limits),
         }));
         Ok(())
     }
