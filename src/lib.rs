@@ -67,6 +67,7 @@ pub mod hyper_wire;
 pub mod limiter;
 pub mod metrics;
 pub mod proxy;
+pub mod reconcile;
 pub mod reject;
 pub mod reload;
 pub mod server;

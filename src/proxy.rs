@@ -22,9 +22,11 @@ use crate::head::names::{AUTHORIZATION, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::head::{self, RequestFields, RequestHead, RequestId};
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{Name, TenantReason, TenantSeries};
+use crate::reconcile::{self, HelpdeskView};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
 use crate::tenant::{self, HostEntry};
+use crate::upstream::reported::Reported;
 use crate::upstream::{Forwarding, UpstreamError};
 use crate::{checks, headers};
 
@@ -68,6 +70,9 @@ pub(crate) trait Wire {
     /// Whether the upstream's answer carries its own `X-Request-Id`.
     fn answer_has_request_id(answer: &Self::Answer) -> bool;
 
+    /// What the helpdesk's answer says about the account's budget.
+    fn reported(answer: &Self::Answer) -> Reported;
+
     /// Writes the upstream's answer downstream, with the fields `ours` sets.
     async fn answer(&mut self, answer: Self::Answer, ours: impl FnOnce(&mut Self::Fields)) -> Self::Output;
 
@@ -99,6 +104,13 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             };
             if let Some(reason) = refund {
                 give_back(shared, cfg, &mut cx, &plan, wire.credential(), reason).await;
+            }
+            // `Some` only with `trust_upstream_limits`: otherwise one branch.
+            if let (Ok(a), Some(view), Some(tenant)) = (&answer, cx.helpdesk.as_deref(), plan.tenant.as_deref()) {
+                let (status, reported) = (W::status(a), W::reported(a));
+                let (limiter, metrics) = (&*shared.limiter, &shared.metrics);
+                reconcile::after_answer(limiter, metrics, tenant, view, &mut cx.decision, status, reported, start + waited)
+                    .await;
             }
             answer.map_err(|e| {
                 shared.metrics.count_upstream_error(e);
@@ -169,6 +181,8 @@ struct Call {
     tenant: Option<Arc<Tenant>>,
     /// The tenant's metric series, with `tenant`.
     series: Option<Arc<TenantSeries>>,
+    /// The helpdesk's numbers for the tenant, when it trusts them.
+    helpdesk: Option<Arc<HelpdeskView>>,
     endpoint: Endpoint,
     decision: Option<Decision>,
     /// Time spent waiting for the upstream's response headers.
@@ -185,6 +199,9 @@ impl Call {
         if let Some(e) = host {
             self.tenant = Some(e.tenant.clone());
             self.series = Some(e.series.clone());
+            if e.tenant.trust_upstream_limits {
+                self.helpdesk = Some(e.helpdesk.clone());
+            }
         }
     }
 
@@ -195,6 +212,7 @@ impl Call {
             api: false,
             tenant: None,
             series: None,
+            helpdesk: None,
             endpoint: Endpoint::Other,
             decision: None,
             upstream: None,

@@ -1,0 +1,168 @@
+//! The helpdesk's own count wins (README, "Upstream-aware budgets"). With
+//! `trust_upstream_limits`, every answer of the helpdesk that carries its
+//! account numbers is read after the exchange ([`after_answer`]):
+//!
+//! - the numbers are kept for `/tenants/{name}` ([`HelpdeskView`]);
+//! - a `X-RateLimit-Total` other than the configured account budget is
+//!   logged once per tenant and config load, and shown as a metric;
+//! - a `X-RateLimit-Remaining` below what the gateway's account window had
+//!   left after this call is charged to the window, and a 429 with
+//!   `Retry-After` closes it until then (`Limiter::settle`, one store call);
+//! - the client is never told more remains than the helpdesk said.
+//!
+//! An answer that agrees costs no store call: it is compared with the
+//! call's decision, in memory. The charge runs before the answer is
+//! relayed: the next call of the same client, on any replica, is judged
+//! with it (a reconciliation is rare: it happens when the helpdesk's count
+//! moved without the gateway, and then once, not per call).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use crate::config::Tenant;
+use crate::endpoint::Endpoint;
+use crate::limiter::{Ask, Decision, Limiter, Settle};
+use crate::metrics::{HelpdeskMetrics, Metrics};
+use crate::upstream::reported::Reported;
+
+/// Not reported yet.
+const NONE: u32 = u32::MAX;
+
+/// The helpdesk's latest numbers for one tenant, since the config in force
+/// was loaded (one per tenant per config load: a reload starts afresh, so
+/// a plan mismatch is logged again after it).
+#[derive(Debug)]
+pub struct HelpdeskView {
+    epoch: Instant,
+    remaining: AtomicU32,
+    total: AtomicU32,
+    /// Milliseconds after `epoch` of the latest report, plus one (0: none).
+    at_ms: AtomicU64,
+    mismatch_logged: AtomicBool,
+}
+
+impl Default for HelpdeskView {
+    fn default() -> Self {
+        HelpdeskView {
+            epoch: Instant::now(),
+            remaining: AtomicU32::new(NONE),
+            total: AtomicU32::new(NONE),
+            at_ms: AtomicU64::new(0),
+            mismatch_logged: AtomicBool::new(false),
+        }
+    }
+}
+
+/// What `/tenants/{name}` shows of the helpdesk's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelpdeskReport {
+    pub remaining: Option<u32>,
+    pub total: Option<u32>,
+    /// When the latest answer with them arrived (Unix ms).
+    pub at_unix_ms: u64,
+}
+
+impl HelpdeskView {
+    /// The latest report, if any.
+    pub fn report(&self) -> Option<HelpdeskReport> {
+        let at = self.at_ms.load(Ordering::Relaxed).checked_sub(1)?;
+        let age = self.epoch.elapsed().saturating_sub(Duration::from_millis(at));
+        let wall = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
+        let known = |v: u32| (v != NONE).then_some(v);
+        Some(HelpdeskReport {
+            remaining: known(self.remaining.load(Ordering::Relaxed)),
+            total: known(self.total.load(Ordering::Relaxed)),
+            at_unix_ms: wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        })
+    }
+
+    /// Keeps `r`'s numbers, as of `at` (no clock is read here); the total
+    /// seen before, if any.
+    fn note(&self, r: &Reported, at: Instant) -> Option<u32> {
+        if let Some(v) = r.remaining {
+            self.remaining.store(v.min(NONE - 1), Ordering::Relaxed);
+        }
+        let before = r.total.map(|v| self.total.swap(v.min(NONE - 1), Ordering::Relaxed));
+        let ms = u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1);
+        self.at_ms.store(ms + 1, Ordering::Relaxed);
+        before.filter(|&v| v != NONE)
+    }
+}
+
+/// Reads the helpdesk's numbers on an answer to `tenant`'s call (status
+/// `status`, arrived at `at`), with `trust_upstream_limits` on: see the
+/// module's doc. `decision` is the call's, and becomes what the client is
+/// told. At most one store call, only when the helpdesk has less left.
+pub(crate) async fn after_answer(
+    limiter: &Limiter,
+    metrics: &Metrics,
+    tenant: &Tenant,
+    view: &HelpdeskView,
+    decision: &mut Option<Decision>,
+    status: u16,
+    reported: Reported,
+    at: Instant,
+) {
+    let closed = status == 429;
+    if reported.is_empty() && !closed {
+        return;
+    }
+    let m = &metrics.helpdesk;
+    if !reported.is_empty() {
+        let before = view.note(&reported, at);
+        if let Some(total) = reported.total {
+            plan_check(m, tenant, view, total, before);
+        }
+    }
+    if closed {
+        m.upstream_429.get_or_create(&HelpdeskMetrics::tenant(&tenant.name)).inc();
+    }
+    let Some(d) = decision.as_mut() else { return };
+    let ours = d.account.remaining;
+    let how = match reported.retry_after_s {
+        Some(s) if closed => Some(Settle::ClosedFor { ms: u64::from(s) * 1000 }),
+        _ => reported.remaining.filter(|&r| r < ours).map(Settle::Left),
+    };
+    // What the client is told: never more left than the helpdesk said.
+    if closed {
+        d.account.remaining = 0;
+    } else if let Some(r) = reported.remaining {
+        d.account.remaining = ours.min(r);
+    }
+    let Some(how) = how else { return };
+    let ask = Ask::new(tenant, Endpoint::Other, 0);
+    if let Some(n) = limiter.settle(&ask, how).await {
+        let labels = HelpdeskMetrics::tenant(&tenant.name);
+        m.reconciliations.get_or_create(&labels).inc();
+        m.credits.get_or_create(&labels).inc_by(u64::from(n));
+        tracing::debug!(tenant = %tenant.name, ?how, charged = n, "charged the helpdesk's count");
+    }
+}
+
+/// A helpdesk total other than the configured budget: logged once per
+/// config load, and the gauge follows it (back to 0 once it agrees). Only
+/// a change of the reported total touches the metric.
+fn plan_check(m: &HelpdeskMetrics, tenant: &Tenant, view: &HelpdeskView, total: u32, before: Option<u32>) {
+    if before == Some(total) {
+        return;
+    }
+    let labels = HelpdeskMetrics::tenant(&tenant.name);
+    if total != tenant.per_minute {
+        m.mismatch.get_or_create(&labels).set(i64::from(total));
+        if !view.mismatch_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                tenant = %tenant.name,
+                plan = tenant.plan,
+                configured = tenant.per_minute,
+                helpdesk = total,
+                "the helpdesk reports another account budget than the config (X-RateLimit-Total): a changed plan or an add-on?"
+            );
+        }
+    } else {
+        // Agreeing (on the first report of this config load too, so that a
+        // series left from a mismatch before a reload goes back to 0).
+        m.mismatch.get_or_create(&labels).set(0);
+    }
+}
