@@ -109,8 +109,17 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             if let (Ok(a), Some(view), Some(tenant)) = (&answer, cx.helpdesk.as_deref(), plan.tenant.as_deref()) {
                 let (status, reported) = (W::status(a), W::reported(a));
                 let (limiter, metrics) = (&*shared.limiter, &shared.metrics);
-                reconcile::after_answer(limiter, metrics, tenant, view, &mut cx.decision, status, reported, start + waited)
-                    .await;
+                reconcile::after_answer(
+                    limiter,
+                    metrics,
+                    tenant,
+                    view,
+                    &mut cx.decision,
+                    status,
+                    reported,
+                    start + waited,
+                )
+                .await;
             }
             answer.map_err(|e| {
                 shared.metrics.count_upstream_error(e);

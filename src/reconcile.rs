@@ -133,7 +133,9 @@ pub(crate) async fn after_answer(
     }
     let Some(how) = how else { return };
     let ask = Ask::new(tenant, Endpoint::Other, 0);
-    if let Some(n) = limiter.settle(&ask, how).await {
+    // A store call that found nothing to charge (another call's answer got
+    // there first, or the decision was a degraded guess) is no reconciliation.
+    if let Some(n) = limiter.settle(&ask, how).await.filter(|&n| n > 0) {
         let labels = HelpdeskMetrics::tenant(&tenant.name);
         m.reconciliations.get_or_create(&labels).inc();
         m.credits.get_or_create(&labels).inc_by(u64::from(n));

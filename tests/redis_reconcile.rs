@@ -70,7 +70,8 @@ async fn the_reconcile_script_agrees_with_the_rust_window_step_by_step() {
                 1..=30 => 0,
                 _ => rng.gen_range(0..span / 20),
             };
-            let a = Ask { tenant: "rec", cost: [0, 1, 1, 2, 3][rng.gen_range(0..5)] * unit, account: acc, endpoint: None };
+            let a =
+                Ask { tenant: "rec", cost: [0, 1, 1, 2, 3][rng.gen_range(0..5)] * unit, account: acc, endpoint: None };
             match rng.gen_range(0..10) {
                 0..=6 => {
                     let want = expected(&mut w, &a, now);

@@ -610,8 +610,14 @@ fn plans(src: &Source, raw: BTreeMap<Spanned<String>, RawPlan>) -> Result<BTreeM
             }
         }
         let trust_upstream_limits = p.trust_upstream_limits.unwrap_or(super::DEFAULT_TRUST_UPSTREAM_LIMITS);
-        let plan =
-            Plan { name: name.get_ref().clone(), api_access, per_minute, endpoints, window_seconds, trust_upstream_limits };
+        let plan = Plan {
+            name: name.get_ref().clone(),
+            api_access,
+            per_minute,
+            endpoints,
+            window_seconds,
+            trust_upstream_limits,
+        };
         plans.insert(name.into_inner(), plan);
     }
     Ok(plans)

@@ -96,7 +96,7 @@ mod tests {
         let mut w = Window::new(60);
         w.charge(5 * S, 10); // leaves at 65.5 s: before the close ends
         w.charge(20 * S, 3); // leaves at 80.5 s: after it
-        // At 30 s the helpdesk says: nothing until 30 s + 40 s = 70 s.
+                             // At 30 s the helpdesk says: nothing until 30 s + 40 s = 70 s.
         assert_eq!(w.close_until(30 * S, 50, 70 * S), 47);
         let v = w.judge(30 * S, 50, 1);
         assert!(!v.fits);
