@@ -107,19 +107,11 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             }
             // `Some` only with `trust_upstream_limits`: otherwise one branch.
             if let (Ok(a), Some(view), Some(tenant)) = (&answer, cx.helpdesk.as_deref(), plan.tenant.as_deref()) {
-                let (status, reported) = (W::status(a), W::reported(a));
-                let (limiter, metrics) = (&*shared.limiter, &shared.metrics);
-                reconcile::after_answer(
-                    limiter,
-                    metrics,
-                    tenant,
-                    view,
-                    &mut cx.decision,
-                    status,
-                    reported,
-                    start + waited,
-                )
-                .await;
+                let answered =
+                    reconcile::Answered { status: W::status(a), reported: W::reported(a), at: start + waited };
+                if let Some(how) = reconcile::read_answer(&shared.metrics, tenant, view, &mut cx.decision, answered) {
+                    reconcile::charge(&shared.limiter, &shared.metrics, tenant, how).await;
+                }
             }
             answer.map_err(|e| {
                 shared.metrics.count_upstream_error(e);

@@ -1,6 +1,7 @@
 //! The helpdesk's own count wins (README, "Upstream-aware budgets"). With
 //! `trust_upstream_limits`, every answer of the helpdesk that carries its
-//! account numbers is read after the exchange ([`after_answer`]):
+//! account numbers is read after the exchange ([`read_answer`], then
+//! [`charge`] when it disagrees):
 //!
 //! - the numbers are kept for `/tenants/{name}` ([`HelpdeskView`]);
 //! - a `X-RateLimit-Total` other than the configured account budget is
@@ -91,23 +92,31 @@ impl HelpdeskView {
     }
 }
 
-/// Reads the helpdesk's numbers on an answer to `tenant`'s call (status
-/// `status`, arrived at `at`), with `trust_upstream_limits` on: see the
-/// module's doc. `decision` is the call's, and becomes what the client is
-/// told. At most one store call, only when the helpdesk has less left.
-pub(crate) async fn after_answer(
-    limiter: &Limiter,
+/// One answer of the helpdesk, as [`read_answer`] reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Answered {
+    pub status: u16,
+    pub reported: Reported,
+    /// When its head arrived.
+    pub at: Instant,
+}
+
+/// Reads the helpdesk's numbers on an answer to `tenant`'s call, with
+/// `trust_upstream_limits` on: see the module's doc. `decision` is the
+/// call's, and becomes what the client is told. What to [`charge`], only
+/// when the helpdesk has less left or refused: an answer that agrees is
+/// settled here, in memory (no future, no store call).
+pub(crate) fn read_answer(
     metrics: &Metrics,
     tenant: &Tenant,
     view: &HelpdeskView,
     decision: &mut Option<Decision>,
-    status: u16,
-    reported: Reported,
-    at: Instant,
-) {
+    answer: Answered,
+) -> Option<Settle> {
+    let Answered { status, reported, at } = answer;
     let closed = status == 429;
     if reported.is_empty() && !closed {
-        return;
+        return None;
     }
     let m = &metrics.helpdesk;
     if !reported.is_empty() {
@@ -119,7 +128,7 @@ pub(crate) async fn after_answer(
     if closed {
         m.upstream_429.get_or_create(&HelpdeskMetrics::tenant(&tenant.name)).inc();
     }
-    let Some(d) = decision.as_mut() else { return };
+    let d = decision.as_mut()?;
     let ours = d.account.remaining;
     let how = match reported.retry_after_s {
         Some(s) if closed => Some(Settle::ClosedFor { ms: u64::from(s) * 1000 }),
@@ -131,11 +140,16 @@ pub(crate) async fn after_answer(
     } else if let Some(r) = reported.remaining {
         d.account.remaining = ours.min(r);
     }
-    let Some(how) = how else { return };
+    how
+}
+
+/// Charges `how` to `tenant`'s account window: one store call.
+pub(crate) async fn charge(limiter: &Limiter, metrics: &Metrics, tenant: &Tenant, how: Settle) {
     let ask = Ask::new(tenant, Endpoint::Other, 0);
     // A store call that found nothing to charge (another call's answer got
     // there first, or the decision was a degraded guess) is no reconciliation.
     if let Some(n) = limiter.settle(&ask, how).await.filter(|&n| n > 0) {
+        let m = &metrics.helpdesk;
         let labels = HelpdeskMetrics::tenant(&tenant.name);
         m.reconciliations.get_or_create(&labels).inc();
         m.credits.get_or_create(&labels).inc_by(u64::from(n));
