@@ -182,3 +182,80 @@ fn plan_check(m: &HelpdeskMetrics, tenant: &Tenant, view: &HelpdeskView, total: 
         m.mismatch.get_or_create(&labels).set(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::{Policy, PolicyState};
+
+    fn tenant(per_minute: u32) -> Tenant {
+        Tenant {
+            name: "acme".into(),
+            domain: "acme.example".into(),
+            vanity_hosts: Vec::new(),
+            plan: "pro".into(),
+            api_access: true,
+            per_minute,
+            endpoints: [None; Endpoint::CLASSIFIED],
+            window_seconds: 60,
+            shadow: false,
+            trust_upstream_limits: true,
+        }
+    }
+
+    fn decision(remaining: u32) -> Option<Decision> {
+        let policy = Policy { name: "account", quota: 400, window_s: 60 };
+        let account = PolicyState { policy, remaining, reset_ms: 0, retry_ms: None, slot: 1 };
+        Some(Decision { allowed: true, cost: 1, account, endpoint: None, degraded: false })
+    }
+
+    fn answered(status: u16, remaining: Option<u32>, total: Option<u32>, retry: Option<u32>) -> Answered {
+        Answered { status, reported: Reported { remaining, total, retry_after_s: retry }, at: Instant::now() }
+    }
+
+    #[test]
+    fn only_a_lower_count_or_a_429_asks_the_store_and_the_client_sees_the_lower_count() {
+        let (m, t, view) = (Metrics::new(), tenant(400), HelpdeskView::default());
+        assert!(view.report().is_none());
+        // Agreeing, higher, or nothing said: no store call, our count shown.
+        for (r, shown) in [(Some(350), 350), (Some(399), 350), (None, 350)] {
+            let mut d = decision(350);
+            assert_eq!(read_answer(&m, &t, &view, &mut d, answered(200, r, Some(400), None)), None);
+            assert_eq!(d.unwrap().account.remaining, shown);
+        }
+        // Lower: charged, and shown.
+        let mut d = decision(350);
+        assert_eq!(read_answer(&m, &t, &view, &mut d, answered(200, Some(3), None, None)), Some(Settle::Left(3)));
+        assert_eq!(d.unwrap().account.remaining, 3);
+        let seen = view.report().expect("kept");
+        assert_eq!((seen.remaining, seen.total), (Some(3), Some(400)));
+        // A 429 closes for its Retry-After; without one, only its count counts.
+        let mut d = decision(350);
+        let how = read_answer(&m, &t, &view, &mut d, answered(429, Some(0), None, Some(7)));
+        assert_eq!(how, Some(Settle::ClosedFor { ms: 7000 }));
+        assert_eq!(d.unwrap().account.remaining, 0);
+        let mut d = decision(350);
+        assert_eq!(read_answer(&m, &t, &view, &mut d, answered(429, None, None, None)), None);
+        assert_eq!(d.unwrap().account.remaining, 0);
+        // A portal call (no decision) only keeps the numbers.
+        assert_eq!(read_answer(&m, &t, &view, &mut None, answered(200, Some(1), None, None)), None);
+    }
+
+    #[test]
+    fn a_plan_mismatch_is_logged_once_per_view_and_the_gauge_follows_the_helpdesk() {
+        let (m, t) = (Metrics::new(), tenant(400));
+        let gauge = |m: &Metrics| m.helpdesk.mismatch.get_or_create(&HelpdeskMetrics::tenant(&t.name)).get();
+        let view = HelpdeskView::default();
+        read_answer(&m, &t, &view, &mut decision(10), answered(200, Some(10), Some(700), None));
+        assert_eq!(gauge(&m), 700);
+        assert!(view.mismatch_logged.load(Ordering::Relaxed));
+        read_answer(&m, &t, &view, &mut decision(10), answered(200, Some(10), Some(400), None));
+        assert_eq!(gauge(&m), 0);
+        // A new config load (a new view) logs again.
+        let reloaded = HelpdeskView::default();
+        assert!(!reloaded.mismatch_logged.load(Ordering::Relaxed));
+        read_answer(&m, &t, &reloaded, &mut decision(10), answered(200, None, Some(1000), None));
+        assert_eq!(gauge(&m), 1000);
+        assert!(reloaded.mismatch_logged.load(Ordering::Relaxed));
+    }
+}

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::redis::RedisServer;
+use support::redis::{RedisCluster, RedisServer};
 use support::*;
 
 const ACME: &str = "acme.freshdesk.com";
@@ -210,5 +210,33 @@ support::on_both_paths! {
         assert!(retry >= 1 && retry <= desk_retry + 1, "{retry} vs {desk_retry}");
         assert_eq!(desk.forwarded(), (0, 1));
         assert_eq!(metric(&b, "deskgate_upstream_rate_limited_total").await, None);
+    }
+
+    /// The same on a Redis Cluster: the charge goes to the tenant's own key
+    /// (its hash tag), which the other replica's decisions read.
+    #[tokio::test]
+    async fn replicas_on_a_redis_cluster_refuse_what_one_of_them_learned() {
+        let Some(cluster) = RedisCluster::start("upstream_budgets_cluster") else { return };
+        let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        let limiter = format!(
+            "[limiter]\nstore = \"redis\"\nredis_cluster = [{}]\nstore_timeout_ms = 2000\n",
+            urls.join(", ")
+        );
+        let desk = HelpdeskStandIn::start(10, Duration::from_secs(60)).await;
+        desk.call_directly(7).await;
+        let config = format!("{limiter}\n{}", tenant(""));
+        let (a, b) = (gateway_on(PATH, desk.addr, "", &config).await, gateway_on(PATH, desk.addr, "", &config).await);
+        let c = client();
+        assert_eq!(get(&c, a.addr, ACME, "/api/v2/tickets").await.header("x-ratelimit-remaining"), "2");
+        let mut from_b = Vec::new();
+        for _ in 0..4 {
+            from_b.push(get(&c, b.addr, ACME, "/api/v2/tickets").await.status.as_u16());
+        }
+        assert_eq!(from_b, [200, 200, 429, 429]);
+        assert_eq!(desk.forwarded(), (3, 0));
+        assert_eq!(used(b.admin, "acme").await, 20);
+        // One key for the tenant, wherever its slot lives.
+        let keys: usize = cluster.nodes.iter().map(|n| n.cli(&["DBSIZE"]).parse::<usize>().unwrap()).sum();
+        assert_eq!(keys, 1);
     }
 }
