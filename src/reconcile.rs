@@ -85,7 +85,15 @@ impl HelpdeskView {
         if let Some(v) = r.remaining {
             self.remaining.store(v.min(NONE - 1), Ordering::Relaxed);
         }
-        let before = r.total.map(|v| self.total.swap(v.min(NONE - 1), Ordering::Relaxed));
+        // A load, and a store only on a change: the total rarely changes,
+        // and this runs for every answer that carries it.
+        let before = r.total.map(|v| {
+            let (v, before) = (v.min(NONE - 1), self.total.load(Ordering::Relaxed));
+            if before != v {
+                self.total.store(v, Ordering::Relaxed);
+            }
+            before
+        });
         let ms = u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX - 1);
         self.at_ms.store(ms + 1, Ordering::Relaxed);
         before.filter(|&v| v != NONE)
