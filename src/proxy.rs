@@ -105,6 +105,11 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             if let Some(reason) = refund {
                 give_back(shared, cfg, &mut cx, &plan, wire.credential(), reason).await;
             }
+            if let (Ok(a), Some(tenant)) = (&answer, plan.tenant.as_deref()) {
+                if W::status(a) == 429 {
+                    reconcile::count_upstream_429(&shared.metrics, tenant);
+                }
+            }
             // `Some` only with `trust_upstream_limits`: otherwise one branch.
             if let (Ok(a), Some(view), Some(tenant)) = (&answer, cx.helpdesk.as_deref(), plan.tenant.as_deref()) {
                 let answered =

@@ -133,9 +133,6 @@ pub(crate) fn read_answer(
             plan_check(m, tenant, view, total, before);
         }
     }
-    if closed {
-        m.upstream_429.get_or_create(&HelpdeskMetrics::tenant(&tenant.name)).inc();
-    }
     let d = decision.as_mut()?;
     let ours = d.account.remaining;
     let how = match reported.retry_after_s {
@@ -149,6 +146,13 @@ pub(crate) fn read_answer(
         d.account.remaining = ours.min(r);
     }
     how
+}
+
+/// Counts a helpdesk 429 to `tenant`'s call (whether or not it trusts the
+/// helpdesk's numbers: how often the helpdesk refuses what the gateway let
+/// through is what tells an operator to trust them).
+pub(crate) fn count_upstream_429(metrics: &Metrics, tenant: &Tenant) {
+    metrics.helpdesk.upstream_429.get_or_create(&HelpdeskMetrics::tenant(&tenant.name)).inc();
 }
 
 /// Charges `how` to `tenant`'s account window: one store call.

@@ -163,6 +163,8 @@ support::on_both_paths! {
         assert_eq!(used(gw.admin, "acme").await, 8);
         assert_eq!(metric(&gw, "deskgate_upstream_reconciliations_total").await, None);
         assert_eq!(metric(&gw, "deskgate_upstream_budget_mismatch").await, None);
+        // The helpdesk's 429s are counted all the same.
+        assert_eq!(metric(&gw, "deskgate_upstream_rate_limited_total").await, Some(2.0));
         assert_eq!(admin_get(gw.admin, "/tenants/acme").await.json()["helpdesk"]["trusted"], false);
         // The tenant's own setting wins over its plan's.
         let config = config.replace("plan = \"small\"\n", "plan = \"small\"\ntrust_upstream_limits = true\n");
