@@ -18,7 +18,7 @@ pub struct TenantLabel {
 /// The families, by tenant.
 pub struct HelpdeskMetrics {
     /// `deskgate_upstream_rate_limited_total`: answers the helpdesk itself
-    /// refused with 429 (relayed to the client).
+    /// refused with 429 (relayed to the client), trusted or not.
     pub upstream_429: Family<TenantLabel, Counter>,
     /// `deskgate_upstream_reconciliations_total`: store charges made on the
     /// helpdesk's word (a lower `X-RateLimit-Remaining`, or a 429).
@@ -41,7 +41,7 @@ impl HelpdeskMetrics {
         };
         registry.register(
             "deskgate_upstream_rate_limited",
-            "Answers the helpdesk itself refused with 429 (relayed; the account is then closed until its Retry-After), by tenant",
+            "Answers the helpdesk itself refused with 429 (relayed; with trust_upstream_limits the account is then closed until its Retry-After), by tenant",
             m.upstream_429.clone(),
         );
         registry.register(
