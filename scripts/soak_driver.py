@@ -1,22 +1,29 @@
 #!/usr/bin/env python3
-"""Soak driver for deskgate (issue 6); run through scripts/soak.sh.
+"""Soak driver for deskgate; run through scripts/soak.sh.
 
 Starts an upstream (in this process), writes a config, runs the release
 binary, drives a steady mixed load (tenants under and over budget, every
 endpoint class, vanity-host and portal calls) for a bounded time, samples the
-gateway's RSS, open file descriptors, OS threads and tokio tasks, and checks
-at the end:
+gateway's RSS, open file descriptors, OS threads and tokio tasks, while
+webhooks flow through the egress queue, the config is reloaded (SIGHUP, a
+tenant added) and, with the Redis store, Redis is restarted (SHUTDOWN SAVE,
+then started again from its dump: the gateway runs `fail_closed`, so calls
+during the outage get 503 and none is admitted uncounted). Checks at the end:
 
   * nothing lost: every call got an answer; the gateway's
     deskgate_requests_total equals what the clients saw, tenant by status;
     every 200 the clients saw reached the upstream exactly once;
   * tenants under budget: every call admitted;
-  * tenants over budget: in ANY 60 s interval the upstream got at most the
-    budget (account and endpoint), and over the run at least 99 % of what a
+  * tenants over budget: the most the upstream got in any 60 s interval is
+    exactly the budget (account and endpoint), and over the run at least 99 % of what a
     rolling window can admit (budget x minutes). The least count in a sliding
     60 s interval is printed too: it dips below the budget by design, because
     credits come back on the schedule they were spent (the first minute's
     burst echoes) and random arrivals do not always take them at once;
+  * webhooks: every webhook accepted was delivered exactly once, and a
+    webhook tenant's deliveries plus its API calls stay within its budget;
+  * the reload applied (the added tenant answers on the admin listener), and
+    503s happened only around the Redis restart;
   * resources flat: RSS, fds and tasks at the end within a small margin of
     their level after warm-up.
 
@@ -36,9 +43,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 WINDOW = 60.0
+WEBHOOK_RATE = 2.0  # webhooks per second, all for under_a
 
 
 def free_port():
@@ -86,6 +95,42 @@ class Upstream:
             writer.close()
 
 
+class WebhookReceiver:
+    """Records each delivery's X-Deskgate-Webhook-Id and time; answers 200."""
+
+    def __init__(self):
+        self.deliveries = []  # (monotonic, id)
+
+    async def handle(self, reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"(?i)\r\nx-deskgate-webhook-id:\s*([^\r]+)", head)
+                n = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                if n:
+                    await reader.readexactly(int(n.group(1)))
+                self.deliveries.append((time.monotonic(), m.group(1).decode() if m else "?"))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.CancelledError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+def post_webhook(listen, body):
+    """POSTs one webhook to the egress listener; the status, or None when unreachable."""
+    req = urllib.request.Request(f"http://{listen}/webhooks", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except Exception:  # noqa: BLE001 - the listener did not answer
+        return None
+
+
 # --------------------------------------------------------------------------- load
 
 def plan(rate):
@@ -93,8 +138,9 @@ def plan(rate):
     per_min = lambda share: rate * share * 60  # demand per minute for a share
     tenants = {
         # name: (toml, [(weight, method, path, body)], kind)
+        # under_a also receives the webhooks (WEBHOOK_RATE/s), which spend its budget.
         "under_a": dict(share=0.30, over=False, calls=[(1, "GET", "/api/v2/tickets/{n}", None)],
-                        budget=dict(per_minute=int(per_min(0.30) * 2) + 10)),
+                        budget=dict(per_minute=int(per_min(0.30) * 2) + 10 + int(WEBHOOK_RATE * 60 * 2))),
         "under_b": dict(share=0.20, over=False, calls=[
             (1, "GET", "/api/v2/tickets", None),
             (1, "POST", "/api/v2/tickets", b'{"subject":"soak","description":"x","email":"a@b.c"}'),
@@ -117,11 +163,13 @@ def plan(rate):
     return tenants
 
 
-def config_toml(tenants, listen, admin, upstream, store):
+def config_toml(tenants, listen, admin, upstream, store, webhooks, extra=""):
+    # fail_closed: while Redis restarts, calls get 503 and nothing is admitted uncounted.
     out = [f'[server]\nlisten = "{listen}"\nheader_read_timeout_ms = 10000\n',
            f'[admin]\nlisten = "{admin}"\n',
            f'[upstream]\nurl = "http://{upstream}"\ntimeout_ms = 5000\n',
-           f'[limiter]\n{store}\nstore_timeout_ms = 200\n']
+           f'[limiter]\n{store}\nstore_timeout_ms = 200\non_store_error = "fail_closed"\n',
+           f'[webhooks]\nlisten = "{webhooks}"\nretry_schedule_s = [1, 2, 5]\n']
     for name, t in tenants.items():
         b = t["budget"]
         line = f'[[tenant]]\nname = "{name}"\ndomain = "{name}.freshdesk.com"\nplan = "enterprise_2000"\nper_minute = {b["per_minute"]}\n'
@@ -133,6 +181,7 @@ def config_toml(tenants, listen, admin, upstream, store):
         eps = {k: min(v, b["per_minute"]) for k, v in eps.items()}
         line += "endpoints = { " + ", ".join(f"{k} = {v}" for k, v in eps.items()) + " }\n"
         out.append(line)
+    out.append(extra)
     return "\n".join(out)
 
 
@@ -165,6 +214,7 @@ class Load:
         self.seen = {}  # (tenant, status) -> count
         self.errors = 0
         self.latencies = []
+        self.unavailable = []  # monotonic times of 503 answers (the store restarting)
         self.inflight = set()
         names = list(tenants)
         self.picks = [(t, c) for t in names for c in tenants[t]["calls"]]
@@ -204,6 +254,8 @@ class Load:
             if m:
                 await asyncio.wait_for(c.reader.readexactly(int(m.group(1))), 10)
             self.seen[(tenant, status)] = self.seen.get((tenant, status), 0) + 1
+            if status == 503:
+                self.unavailable.append(time.monotonic())
             self.latencies.append(time.monotonic() - start)
             if re.search(rb"(?i)\r?\nconnection:\s*close", b"\r\n" + rest):
                 c.writer.close()
@@ -291,23 +343,36 @@ def main():
 
     tenants = plan(args.rate)
     upstream = Upstream()
+    receiver = WebhookReceiver()
     listen, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    wh_listen = f"127.0.0.1:{free_port()}"
     tmp = tempfile.mkdtemp(prefix="deskgate-soak-")
-    redis = None
+    redis = [None]
     store = 'store = "memory"'
+    rport = free_port()
+    redis_cmd = ["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", tmp]
+
+    def redis_up():
+        redis[0] = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            if subprocess.run(["redis-cli", "-p", str(rport), "ping"], capture_output=True).stdout.strip() == b"PONG":
+                return
+            time.sleep(0.05)
+
     if args.store == "redis":
-        rport = free_port()
-        redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                                  "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
+        redis_up()
         store = f'store = "redis"\nredis_url = "redis://127.0.0.1:{rport}/0"'
+    outage = []  # (down, up) in seconds since the load started
 
     async def run():
         server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
         up_addr = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+        hook_server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+        hook_url = "http://127.0.0.1:%d/hook" % hook_server.sockets[0].getsockname()[1]
         cfg = os.path.join(tmp, "deskgate.toml")
         with open(cfg, "w") as f:
-            f.write(config_toml(tenants, listen, admin, up_addr, store))
+            f.write(config_toml(tenants, listen, admin, up_addr, store, wh_listen))
         log = open(os.path.join(tmp, "deskgate.log"), "w")
         gw = subprocess.Popen([args.bin, "--config", cfg, "--log-format", "json"], stdout=log, stderr=log,
                               env={**os.environ, "RUST_LOG": "warn"})
@@ -321,39 +386,98 @@ def main():
               f"rate {args.rate}/s for {args.seconds:.0f} s; config and log in {tmp}")
         for name, t in tenants.items():
             print(f"  {name:8} {t['share']*100:4.0f}% of calls  {'OVER ' if t['over'] else 'under'}  budget {t['budget']}")
+        print(f"  webhooks {WEBHOOK_RATE}/s for under_a; reload at {0.4 * args.seconds:.0f} s"
+              + (f"; Redis restart at {0.6 * args.seconds:.0f} s" if args.store == "redis" else ""))
 
         samples = []
         next_sample = [0.0]
+        events = {"reload": 0.4 * args.seconds, "redis": 0.6 * args.seconds if args.store == "redis" else None}
+        loop = asyncio.get_running_loop()
+        background = []
+
+        def reload_now():
+            with open(cfg, "w") as f:
+                f.write(config_toml(tenants, listen, admin, up_addr, store, wh_listen,
+                                    '[[tenant]]\nname = "late"\ndomain = "late.freshdesk.com"\nplan = "enterprise_2000"\n'))
+            gw.send_signal(signal.SIGHUP)
+
+        def restart_redis(t0):
+            subprocess.run(["redis-cli", "-p", str(rport), "shutdown", "save"], capture_output=True)
+            redis[0].wait(timeout=10)
+            down = time.monotonic() - t0
+            redis_up()
+            outage.append((down, time.monotonic() - t0))
+            print(f"  Redis restarted: down at {down:.1f} s, answering at {outage[-1][1]:.1f} s", flush=True)
 
         async def tick(elapsed):
             if elapsed >= next_sample[0]:
                 next_sample[0] += args.sample
                 rss, fds, threads = proc_sample(gw.pid)
-                text = await asyncio.get_running_loop().run_in_executor(None, scrape, admin)
+                text = await loop.run_in_executor(None, scrape, admin)
                 tasks = int(metric_values(text, "deskgate_runtime_alive_tasks")[0][1])
                 samples.append((elapsed, rss, fds, threads, tasks))
                 print(f"  t={elapsed:6.0f}s  rss={rss:7d} KiB  fds={fds:4d}  threads={threads:3d}  tasks={tasks:4d}", flush=True)
+            if events["reload"] is not None and elapsed >= events["reload"]:
+                events["reload"] = None
+                print(f"  t={elapsed:6.0f}s  reload (SIGHUP, tenant `late` added)", flush=True)
+                reload_now()
+            if events["redis"] is not None and elapsed >= events["redis"]:
+                events["redis"] = None
+                background.append(loop.run_in_executor(None, restart_redis, time.monotonic() - elapsed))
+
+        accepted, refused = [], {}
+
+        async def webhooks(t0, seconds):
+            n, pending = 0, None
+            while time.monotonic() - t0 < seconds:
+                if pending is None:
+                    n += 1
+                    pending = f"soak-{n}"
+                body = {"tenant": "under_a", "url": hook_url, "id": pending, "body": {"n": n}}
+                status = await loop.run_in_executor(None, post_webhook, wh_listen, body)
+                if status in (200, 202):
+                    accepted.append(pending)
+                    pending = None
+                else:  # the queue could not take it (Redis restarting): the same id again
+                    refused[status] = refused.get(status, 0) + 1
+                await asyncio.sleep(1.0 / WEBHOOK_RATE)
 
         host_port = listen.split(":")
         load = Load((host_port[0], int(host_port[1])), tenants, args.rate, args.seed)
         t0 = time.monotonic()
+        hooks = asyncio.create_task(webhooks(t0, args.seconds))
         sent = await load.run(args.seconds, tick)
+        await hooks
+        for b in background:
+            await b
+        # Deliveries still due (retries, postponed) get time to go out.
+        for _ in range(300):
+            if len({i for _, i in receiver.deliveries}) >= len(accepted):
+                break
+            await asyncio.sleep(0.1)
         await asyncio.sleep(0.5)
         rss, fds, threads = proc_sample(gw.pid)
         text = scrape(admin)
         tasks = int(metric_values(text, "deskgate_runtime_alive_tasks")[0][1])
         samples.append((time.monotonic() - t0, rss, fds, threads, tasks))
         print(f"  t={samples[-1][0]:6.0f}s  rss={rss:7d} KiB  fds={fds:4d}  threads={threads:3d}  tasks={tasks:4d}  (after the load)")
+        try:
+            with urllib.request.urlopen(f"http://{admin}/tenants/late", timeout=5) as r:
+                late = r.status
+        except urllib.error.HTTPError as e:
+            late = e.code
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=40)
         server.close()
-        return t0, sent, load, samples, text
+        hook_server.close()
+        return t0, sent, load, samples, text, accepted, refused, late
 
-    t0, sent, load, samples, metrics = asyncio.run(run())
+    t0, sent, load, samples, metrics, accepted, refused, late = asyncio.run(run())
+    receiver_deliveries = receiver.deliveries
     with open(os.path.join(tmp, "arrivals.json"), "w") as f:
         json.dump([(t - t0, host, method, path) for t, host, method, path in upstream.arrivals], f)
-    if redis:
-        redis.kill()
+    if redis[0]:
+        redis[0].kill()
 
     failures = []
     answered = sum(load.seen.values())
@@ -397,10 +521,22 @@ def main():
                 api_ok = ok + load.seen.get(("portal", 200), 0)  # portal calls use under_a's host
             if len(arrivals.get(name, [])) != api_ok:
                 failures.append(f"{name}: {api_ok} answered 200 but the upstream got {len(arrivals.get(name, []))}")
+            down = load.seen.get((name, 503), 0)
             if not t["over"]:
-                if lim or ok != total:
-                    failures.append(f"{name}: under budget but {lim} refused")
-                line += "all admitted" if ok == total else "NOT all admitted"
+                if lim or ok + down != total:
+                    failures.append(f"{name}: under budget but {total - ok - down} refused")
+                line += "all admitted" if ok + down == total else "NOT all admitted"
+                if down:
+                    line += f" ({down} answered 503 while Redis restarted)"
+                if name == "under_a":
+                    # Webhook deliveries spend the same account budget as its calls.
+                    both = [a for a, _, p in arrivals.get(name, []) if p.startswith("/api/")]
+                    both += [d - t0 for d, _ in receiver_deliveries]
+                    mx, _ = window_counts(both)
+                    quota = t["budget"]["per_minute"]
+                    line += f"; calls + webhooks: max {mx}/{quota} in any 60 s"
+                    if mx > quota:
+                        failures.append(f"under_a: calls + webhooks {mx} in one 60 s interval, budget {quota}")
             else:
                 policies = [("account", t["budget"]["per_minute"], lambda m, p: True)]
                 for ep, q in t["budget"].get("endpoints", {}).items():
@@ -426,12 +562,39 @@ def main():
                         if mn is not None:
                             part += f" (least in a sliding 60 s: {mn})"
                     parts.append(part)
-                    if mx > quota:
-                        failures.append(f"{name}/{pname}: {mx} admitted in one 60 s interval, budget {quota}")
+                    if mx > quota or (demand_over and mx != quota):
+                        failures.append(f"{name}/{pname}: at most {mx} admitted in a 60 s interval, budget {quota}"
+                                        + (" (exactly the budget expected)" if demand_over else ""))
                     if demand_over and used < 0.99:
                         failures.append(f"{name}/{pname}: only {used * 100:.1f} % of the budget used over the run")
                 line += "; ".join(parts)
         print(line)
+
+    # 503s only around the Redis restart (the gateway runs fail_closed).
+    n503 = len(load.unavailable)
+    if n503:
+        stray = [u - t0 for u in load.unavailable
+                 if not any(d - 1 <= u - t0 <= up + 3 for d, up in outage)]
+        print(f"\n503 answers: {n503}, all within the Redis restart" if not stray else f"\n503 answers: {n503}, {len(stray)} outside it")
+        if stray:
+            failures.append(f"{len(stray)} calls answered 503 outside the Redis restart (first at {stray[0]:.1f} s)")
+    for down, up in outage:
+        print(f"Redis down from {down:.1f} s to {up:.1f} s")
+
+    # Webhooks: every accepted one delivered exactly once.
+    ids = [i for _, i in receiver_deliveries]
+    dup = len(ids) - len(set(ids))
+    missing = set(accepted) - set(ids)
+    print(f"\nwebhooks accepted {len(accepted)}, deliveries {len(ids)}, duplicates {dup}, missing {len(missing)}"
+          f"; ingest refused (retried): {refused or 'none'}")
+    if dup or missing:
+        failures.append(f"webhooks: {dup} delivered twice, {len(missing)} accepted but never delivered")
+
+    # The reload applied: the tenant it added is known to the running gateway.
+    reloads = {l.get("result"): v for l, v in metric_values(metrics, "deskgate_config_reloads_total")}
+    print(f"reloads {reloads}; added tenant `late` on the admin listener: {late}")
+    if late != 200 or reloads.get("success", 0) < 1:
+        failures.append(f"reload did not apply: /tenants/late answered {late}, reloads {reloads}")
 
     # Resources: after warm-up (the second sample on), compare the last sample with the first.
     warm = samples[1:] if len(samples) > 2 else samples

@@ -28,14 +28,25 @@ pub enum Command {
     Run,
     /// Load and validate the config, print a summary; exit 1 on any error
     Check,
+    /// Ask the admin listener named in the config for /readyz; exit 0 when
+    /// ready, 1 otherwise (a container HEALTHCHECK without shell or curl)
+    Healthcheck,
     /// Start a sample helpdesk and the gateway in front of it, print curl commands
     Demo {
-        /// API listener of the demo gateway
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// API listener of the demo gateway (the container image sets
+        /// 0.0.0.0:8080, so `-p` reaches it)
+        #[arg(long, env = "DESKGATE_DEMO_LISTEN", default_value = "127.0.0.1:8080")]
         listen: String,
         /// Admin listener of the demo gateway
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        #[arg(long, env = "DESKGATE_DEMO_ADMIN", default_value = "127.0.0.1:9090")]
         admin: String,
+    },
+    /// Serve only the demo's sample helpdesk (an upstream stand-in to try the
+    /// gateway against); SIGTERM or Ctrl-C stops it
+    SampleHelpdesk {
+        /// Where the sample helpdesk listens
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
     },
 }
 

@@ -63,6 +63,7 @@ pub struct Config {
     /// Tenants in file order (main file first, then `tenants_dir` sorted by file name).
     pub tenants: Vec<Arc<Tenant>>,
     pub webhooks: Option<WebhooksConfig>,
+    pub access_log: AccessLogConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +90,14 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+}
+
+/// `[access_log]`: which calls get an access-log line (`access_log`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AccessLogConfig {
+    /// The share of served calls logged, 0.0 to 1.0. Refusals and upstream
+    /// errors are always logged.
+    pub sample_served: f64,
 }
 
 #[derive(Debug, Clone)]

@@ -23,7 +23,12 @@ use crate::config::Config;
 /// Starts the sample helpdesk on `127.0.0.1:0` and returns its address.
 /// Its answers look like the helpdesk's: JSON tickets and contacts.
 pub async fn start_sample_helpdesk() -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_sample_helpdesk_on("127.0.0.1:0").await
+}
+
+/// Starts the sample helpdesk on `listen` and returns its address.
+pub async fn start_sample_helpdesk_on(listen: &str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let next_id = Arc::new(AtomicU64::new(1001));
     tokio::spawn(async move {
@@ -115,8 +120,10 @@ pub async fn run(listen: &str, admin: &str) -> Result<(), String> {
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     let gateway =
         Gateway::start(config).await.map_err(|e| format!("{e} (pick other ports with --listen ADDR --admin ADDR)"))?;
-    let api = gateway.api_addr;
-    let adm = gateway.admin_addr;
+    // Bound to all interfaces (in a container, so `-p` reaches it): the
+    // commands name loopback, which works from the same host or container.
+    let api = crate::healthcheck::reachable(gateway.api_addr);
+    let adm = crate::healthcheck::reachable(gateway.admin_addr);
     println!(
         r#"
 deskgate demo is running.
@@ -157,5 +164,15 @@ Ctrl-C stops both.
     println!("stopping");
     gateway.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `deskgate sample-helpdesk`: only the demo's sample helpdesk, on `listen`,
+/// until SIGTERM or Ctrl-C: an upstream stand-in to put the gateway in front
+/// of (the compose file runs it as its own service).
+pub async fn run_sample_helpdesk(listen: &str) -> Result<(), String> {
+    let addr = start_sample_helpdesk_on(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(%addr, "sample helpdesk listening");
+    crate::app::wait_for_signal().await;
     Ok(())
 }

@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use http::request::Parts;
-use http::{Request, Response};
+use http::{Method, Request, Response, Uri};
 use hyper::body::{Body as _, Incoming};
 
+use crate::access_log::Target;
 use crate::body::Body;
 use crate::checks;
-use crate::head::names::X_REQUEST_ID;
+use crate::head::names::{HOST, X_REQUEST_ID};
 use crate::proxy::{self, ConnInfo, Wire};
 use crate::reject::Reject;
 use crate::state::Shared;
@@ -23,7 +24,7 @@ use crate::upstream::{Forwarding, UpstreamError};
 /// hyper's service for the API listener: one call through the lifecycle.
 pub async fn handle(shared: Arc<Shared>, conn: ConnInfo, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let mut wire = HyperWire { parts, body: Some(body), client: &shared.upstream.hyper, credential: None };
+    let mut wire = HyperWire { parts, body: Some(body), client: &shared.upstream.hyper, credential: None, sent: None };
     Ok(proxy::serve_call(&shared, conn, &mut wire).await)
 }
 
@@ -36,6 +37,16 @@ struct HyperWire<'u> {
     /// The `Authorization` value, kept when the exchange takes the head (a
     /// `HeaderValue` clone shares the request's bytes: nothing is copied).
     credential: Option<HeaderValue>,
+    /// What the access log shows of the request, kept when the exchange
+    /// takes the head (clones that share the request's bytes).
+    sent: Option<Sent>,
+}
+
+/// The method, target and `Host` of a request whose head went upstream.
+struct Sent {
+    method: Method,
+    uri: Uri,
+    host: Option<HeaderValue>,
 }
 
 impl Wire for HyperWire<'_> {
@@ -56,6 +67,11 @@ impl Wire for HyperWire<'_> {
         // The call is sent once: its head and body move into the upstream request.
         let body = self.body.take().ok_or(UpstreamError::Protocol)?;
         self.credential = self.parts.headers.get(AUTHORIZATION).cloned();
+        self.sent = Some(Sent {
+            method: self.parts.method.clone(),
+            uri: self.parts.uri.clone(),
+            host: self.parts.headers.get(&HOST).cloned(),
+        });
         let parts = std::mem::replace(&mut self.parts, Request::new(()).into_parts().0);
         self.client.send(fwd, parts, body).await
     }
@@ -65,6 +81,15 @@ impl Wire for HyperWire<'_> {
             Some(v) => Some(v.as_bytes()),
             None => self.parts.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes),
         }
+    }
+
+    fn target(&self) -> Target<'_> {
+        let (method, uri, host) = match &self.sent {
+            Some(s) => (&s.method, &s.uri, s.host.as_ref()),
+            None => (&self.parts.method, &self.parts.uri, self.parts.headers.get(&HOST)),
+        };
+        let host = uri.authority().map(|a| a.as_str().as_bytes()).or(host.map(HeaderValue::as_bytes));
+        Target { method, path: uri.path(), host }
     }
 
     fn status(answer: &Response<Body>) -> u16 {

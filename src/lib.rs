@@ -17,11 +17,13 @@
 //! `upstream::forwarding` rules) → an upstream error becomes a
 //! `reject::Reject` → `wire.answer` or `wire.refuse`, with `finish` adding
 //! the rate-limit headers (`headers`) and the request id, counting
-//! (`metrics`) and logging, once. Nothing below `proxy` calls back into it.
+//! (`metrics`), once, and the call's access-log line (`access_log`) written.
+//! Nothing below `proxy` calls back into it.
 //!
 //! # Layout
 //!
-//! - `cli`, `main.rs`: command line; `app`: wiring, listeners, shutdown
+//! - `cli`, `main.rs`: command line; `logging`: the subscriber and its
+//!   `RUST_LOG` filter; `app`: wiring, listeners, shutdown
 //! - `config` (+ `raw`, `validate`, `plans`, `summary`): TOML → validated types
 //! - `state`: `Shared` and the swappable `Snapshot`
 //! - `server`: accept loop, TLS, HTTP/1.1 + h2; `tls`: rustls configs
@@ -40,15 +42,17 @@
 //! - `headers`: decision → rate-limit headers; `reject`: every refusal, built
 //!   from the steps', the limiter's and the upstream's data; `fields`: where
 //!   both write (a `HeaderMap` or the fast path's text)
-//! - `metrics`, `admin`: Prometheus registry and the admin listener
+//! - `metrics`, `admin`: Prometheus registry and the admin listener;
+//!   `access_log`: one structured line per call
 //! - `reload`: SIGHUP and file changes → load → atomic swap
-//! - `demo`: `deskgate demo`
+//! - `demo`: `deskgate demo`; `healthcheck`: `deskgate healthcheck`
 //! - `webhooks` (+ `api`, `dispatch`, `deliver`, `queue`, `redis_queue`): webhook
 //!   egress on its own listener, spending the same budgets
 //!
 //! `scripts/module-cycles` checks that no module imports another in a circle.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod body;
@@ -62,9 +66,11 @@ pub mod fields;
 pub mod h1;
 pub mod head;
 pub mod headers;
+pub mod healthcheck;
 pub mod host;
 pub mod hyper_wire;
 pub mod limiter;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reconcile;

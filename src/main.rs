@@ -1,12 +1,10 @@
 //! `deskgate`: parse the command line, set up logging, dispatch, exit codes.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use deskgate::cli::{Cli, Command, LogFormat};
+use deskgate::cli::{Cli, Command};
 use deskgate::config::Config;
-use tracing_subscriber::EnvFilter;
 
 // jemalloc with background purging: memory freed after a reload (old and new
 // snapshots briefly coexist, and parsing 10,000 tenants' TOML is transient)
@@ -15,19 +13,9 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn init_logging(format: Option<LogFormat>) {
-    let format = format.unwrap_or(if std::io::stderr().is_terminal() { LogFormat::Text } else { LogFormat::Json });
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    deskgate::logging::init(cli.log_format);
     let mut builder = match cli.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {
@@ -57,6 +45,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Healthcheck) => match deskgate::healthcheck::run(&path) {
+            Ok(ready) => {
+                println!("ready: {ready}");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("deskgate healthcheck: {why}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Demo { listen, admin }) => match runtime.block_on(deskgate::demo::run(&listen, &admin)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -64,6 +62,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::SampleHelpdesk { listen }) => {
+            match runtime.block_on(deskgate::demo::run_sample_helpdesk(&listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("deskgate sample-helpdesk: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None | Some(Command::Run) => {
             let cfg = match Config::load(&path) {
                 Ok(cfg) => cfg,

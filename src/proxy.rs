@@ -2,7 +2,8 @@
 //! carries it, is served by `serve_call`: request id → `decide` (steps
 //! 1–9) → forwarding → the timed exchange with the upstream → an upstream
 //! error becomes a refusal → the answer or the refusal is written, with
-//! `finish` adding the gateway's fields, counting and logging, once.
+//! `finish` adding the gateway's fields and counting, once; then the call's
+//! one access-log line (`access_log`).
 //!
 //! How a call's bytes move is the transport's business, behind `Wire`:
 //! the fast path's raw HTTP/1.1 (`fast`) and hyper's server and client
@@ -15,10 +16,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::access_log::{self, Refused, Target};
 use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
 use crate::fields::Fields;
-use crate::head::names::{AUTHORIZATION, X_FORWARDED_PROTO, X_REQUEST_ID};
+use crate::head::names::{AUTHORIZATION, HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::head::{self, RequestFields, RequestHead, RequestId};
 use crate::limiter::{Ask, Decision};
 use crate::metrics::{Name, TenantReason, TenantSeries};
@@ -61,6 +63,13 @@ pub(crate) trait Wire {
         self.head().first(&AUTHORIZATION)
     }
 
+    /// The request as the access log shows it, also once the exchange has
+    /// taken the head: the method, the path and the host that arrived.
+    fn target(&self) -> Target<'_> {
+        let h = self.head();
+        Target { method: h.method(), path: h.path(), host: h.authority().map(str::as_bytes).or_else(|| h.first(&HOST)) }
+    }
+
     /// Sends the judged call upstream as `fwd` says and waits for the
     /// answer's head, within the upstream timeout.
     async fn exchange(&mut self, fwd: &Forwarding<'_>) -> Result<Self::Answer, UpstreamError>;
@@ -86,7 +95,7 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
     let snap = shared.snapshot.load_full();
     let mut cx = Call::new(RequestId::of(wire.head()));
     let answer = match decide(shared, &snap, conn, &mut cx, wire.head(), wire.body_present()).await {
-        Ok(plan) => {
+        Ok(mut plan) => {
             let cfg = &snap.config;
             let start = Instant::now();
             let answer = wire.exchange(&plan.forwarding(cfg, conn, &cx.request_id)).await;
@@ -118,7 +127,10 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
                     reconcile::charge(&shared.limiter, &shared.metrics, tenant, how).await;
                 }
             }
+            // Moved, not copied: the access log shows the path that was sent.
+            cx.forwarded_path = plan.path.take();
             answer.map_err(|e| {
+                cx.upstream_error = Some(e.kind());
                 shared.metrics.count_upstream_error(e);
                 Reject::for_upstream(
                     e,
@@ -130,19 +142,51 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
         }
         Err(reject) => Err(reject),
     };
-    match answer {
+    let mut total = Duration::ZERO;
+    let (output, status, refused) = match answer {
         Ok(answer) => {
             let status = W::status(&answer);
             // The upstream's own id reaches the client; ours only where it sent none.
             let own_id = !W::answer_has_request_id(&answer);
-            wire.answer(answer, |h| finish(shared, &cx, status, own_id, h)).await
+            let output = wire.answer(answer, |h| total = finish(shared, &cx, status, own_id, h)).await;
+            (output, status, None)
         }
         Err(reject) => {
             cx.reject = Some(reject.code());
+            let refused = Refused { upstream_error: cx.upstream_error, ..Refused::of(&reject) };
             let status = reject.status().as_u16();
-            wire.refuse(reject, |h| finish(shared, &cx, status, true, h)).await
+            let output = wire.refuse(reject, |h| total = finish(shared, &cx, status, true, h)).await;
+            (output, status, Some(refused))
         }
+    };
+    // After the answer, where the head can be read again (the wire holds it
+    // while it writes). A served call that is not logged costs this branch.
+    if access_log::wanted(refused.is_some(), snap.config.access_log.sample_served) {
+        log_call(&cx, conn, wire.target(), status, total, refused);
     }
+    output
+}
+
+/// The call's access-log line (`access_log`).
+fn log_call(cx: &Call, conn: ConnInfo, target: Target<'_>, status: u16, total: Duration, refused: Option<Refused>) {
+    let decision = cx.decision.as_ref();
+    access_log::write(&access_log::Line {
+        request_id: cx.request_id.as_str(),
+        api: cx.api,
+        // An API call whose host led to no tenant is `unknown`, as it is counted.
+        tenant: cx.api.then(|| cx.tenant.as_ref().map_or("unknown", |t| &*t.name)),
+        endpoint: cx.api.then(|| cx.endpoint.as_str()),
+        target,
+        forwarded_path: cx.forwarded_path.as_deref(),
+        client: conn.peer,
+        status,
+        cost: decision.map(Decision::charged),
+        remaining: decision.map(|d| d.account.remaining),
+        upstream_status: refused.is_none().then_some(status).filter(|_| cx.upstream.is_some()),
+        upstream: cx.upstream,
+        total,
+        refused,
+    });
 }
 
 /// Gives back what an API call was charged (`reason`: why, for the metric),
@@ -194,6 +238,10 @@ struct Call {
     /// Time spent waiting for the upstream's response headers.
     upstream: Option<Duration>,
     reject: Option<&'static str>,
+    /// Why the exchange with the upstream failed, if it did.
+    upstream_error: Option<&'static str>,
+    /// The normalised path sent upstream, when it differs from the one received.
+    forwarded_path: Option<String>,
 }
 
 impl Call {
@@ -223,6 +271,8 @@ impl Call {
             decision: None,
             upstream: None,
             reject: None,
+            upstream_error: None,
+            forwarded_path: None,
         }
     }
 }
@@ -388,23 +438,23 @@ fn is_https(cfg: &Config, conn: ConnInfo, fields: &impl RequestFields) -> bool {
 }
 
 /// The single exit: rate-limit headers and (with `own_id`) the request id
-/// into `h` (the answer's fields), metrics and one log line.
-fn finish(shared: &Shared, cx: &Call, status: u16, own_id: bool, h: &mut impl Fields) {
+/// into `h` (the answer's fields) and metrics. Returns the call's time so
+/// far, which its access-log line shows.
+fn finish(shared: &Shared, cx: &Call, status: u16, own_id: bool, h: &mut impl Fields) -> Duration {
     if let Some(d) = &cx.decision {
         headers::render(d, h);
     }
     if own_id {
         h.field(&X_REQUEST_ID, |v| v.extend_from_slice(cx.request_id.as_bytes()));
     }
+    let total = cx.start.elapsed();
     if !cx.api {
-        return;
+        return total;
     }
-    let endpoint = cx.endpoint.as_str();
     let tenant = Name(cx.tenant.as_ref().map_or_else(|| Arc::from("unknown"), |t| t.name.clone()));
     let m = &shared.metrics;
     let series = cx.series.as_deref();
     m.count_answer(series, &tenant, cx.endpoint, status);
-    let total = cx.start.elapsed();
     let (duration, overhead) = m.call_histograms(cx.endpoint);
     duration.observe(total.as_secs_f64());
     overhead.observe(total.saturating_sub(cx.upstream.unwrap_or_default()).as_secs_f64());
@@ -415,16 +465,11 @@ fn finish(shared: &Shared, cx: &Call, status: u16, own_id: bool, h: &mut impl Fi
         }
     }
     match cx.reject {
-        Some("rate_limit_exceeded") => {
-            m.count_rate_limited(series, &tenant, cx.endpoint);
-            tracing::info!(tenant = %tenant.0, endpoint, reason = "rate_limit_exceeded", status, request_id = cx.request_id.as_str(), "refused");
-        }
+        Some("rate_limit_exceeded") => m.count_rate_limited(series, &tenant, cx.endpoint),
         Some(reason) => {
             m.rejected.get_or_create(&TenantReason { tenant: tenant.clone(), reason }).inc();
-            tracing::info!(tenant = %tenant.0, endpoint, reason, status, request_id = cx.request_id.as_str(), "refused");
         }
-        None => {
-            tracing::debug!(tenant = %tenant.0, endpoint, status, request_id = cx.request_id.as_str(), elapsed_us = total.as_micros() as u64, "served");
-        }
+        None => {}
     }
+    total
 }

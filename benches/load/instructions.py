@@ -41,7 +41,7 @@ conf = open(config).read().replace('LISTEN_PORT', str(port)).replace('ADMIN_PORT
 with open(os.path.join(work, 'deskgate.toml'), 'w') as f:
     f.write(conf)
 out = os.path.join(work, 'callgrind.out')
-env = dict(os.environ, DESKGATE_WORKERS='1', RUST_LOG='warn')
+env = dict(os.environ, DESKGATE_WORKERS='1', RUST_LOG=os.environ.get('BENCH_RUST_LOG', 'warn'))
 proc = subprocess.Popen(['valgrind', '--tool=callgrind', '--callgrind-out-file=' + out, binary,
                          '--log-format', 'json', '--config', os.path.join(work, 'deskgate.toml')],
                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

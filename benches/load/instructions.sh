@@ -9,6 +9,8 @@
 #   benches/load/instructions.sh                      # target/release/deskgate
 #   benches/load/instructions.sh OLD_BIN NEW_BIN      # compare two builds
 #   N=5000 benches/load/instructions.sh
+#   BENCH_RUST_LOG=info benches/load/instructions.sh  # with the access log written
+#                                                     # (default: warn, which filters it out)
 #
 # For each binary: a GET (ticket list) and a POST with a small JSON body
 # (ticket create), memory store; the GET again with the Redis store, sent one

@@ -30,6 +30,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub tenant: Vec<RawTenant>,
     pub webhooks: Option<RawWebhooks>,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
 }
 
 /// One file of `tenants_dir`: exactly one `[tenant]` table.
@@ -63,6 +65,12 @@ pub(super) struct RawTls {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccessLog {
+    pub sample_served: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

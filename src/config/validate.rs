@@ -14,10 +14,12 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::plans::DEFAULT_WINDOW_SECONDS;
+use super::raw::RawAccessLog;
 use super::raw::{
     RawConfig, RawLimiter, RawOnStoreError, RawPlan, RawServer, RawStore, RawTenant, RawTenantFile, RawUpstream,
     RawWebhooks,
 };
+use super::AccessLogConfig;
 use super::{
     builtin_plans, AdminConfig, Config, ConfigError, EndpointBudgets, LimiterConfig, OnStoreError, Plan, ServerConfig,
     StoreKind, Tenant, TlsFiles, UpstreamConfig, WebhooksConfig,
@@ -140,6 +142,7 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         Some(w) => Some(webhooks(&main, w)?),
         None => None,
     };
+    let access_log = access_log(&main, &raw.access_log)?;
     let mut listeners = vec![
         ("server.listen", server.listen, server_listen_span),
         ("admin.listen", admin_listen, raw.admin.listen.as_ref().map(Spanned::span)),
@@ -181,6 +184,7 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         plans: plans.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
         tenants,
         webhooks,
+        access_log,
     })
 }
 
@@ -354,6 +358,23 @@ fn seconds(
     zero_ok: bool,
 ) -> Result<Duration, ConfigError> {
     count(src, v, key, "seconds", default, zero_ok).map(Duration::from_secs)
+}
+
+fn access_log(src: &Source, raw: &RawAccessLog) -> Result<AccessLogConfig, ConfigError> {
+    let sample_served = match &raw.sample_served {
+        None => 1.0,
+        Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            return Err(src.at(
+                v,
+                format!(
+                    "access_log.sample_served: must be a share from 0.0 (none) to 1.0 (every call), got {}",
+                    v.get_ref()
+                ),
+            ))
+        }
+    };
+    Ok(AccessLogConfig { sample_served })
 }
 
 fn count(
@@ -1074,6 +1095,22 @@ mod tests {
         assert_eq!(e, "t.toml:3:10: tenant \"a\": domain must not be empty");
         let e = error("[[tenant]]\nname = \"a\"\ndomain = \"https://a.example.com/\"\nplan = \"pro\"\n");
         assert!(e.starts_with("t.toml:3:10: tenant \"a\": invalid domain"), "{e}");
+    }
+
+    #[test]
+    fn access_log_sampling_defaults_to_every_call_and_must_be_a_share() {
+        assert_eq!(load_str("").access_log.sample_served, 1.0);
+        assert_eq!(load_str("[access_log]\nsample_served = 0.25\n").access_log.sample_served, 0.25);
+        assert_eq!(load_str("[access_log]\nsample_served = 0\n").access_log.sample_served, 0.0);
+        let e = error("[access_log]\nsample_served = 1.5\n");
+        assert_eq!(
+            e,
+            "t.toml:2:17: access_log.sample_served: must be a share from 0.0 (none) to 1.0 (every call), got 1.5"
+        );
+        let e = error("[access_log]\nsample_served = -0.1\n");
+        assert!(e.starts_with("t.toml:2:17: access_log.sample_served"), "{e}");
+        let e = error("[access_log]\nsample = 0.5\n");
+        assert!(e.contains("sample"), "{e}");
     }
 
     #[test]

@@ -78,6 +78,21 @@ impl Logs {
         self.lines().into_iter().filter(|l| l["message"] == message).collect()
     }
 
+    /// The access-log lines (target `deskgate::access`) whose message is
+    /// `message` (`"served"` or `"refused"`).
+    pub fn access(&self, message: &str) -> Vec<Value> {
+        self.events(message).into_iter().filter(|l| l["target"] == "deskgate::access").collect()
+    }
+
+    /// The one access-log line of the call with request id `id` (asserts
+    /// there is exactly one).
+    pub fn access_line(&self, id: &str) -> Value {
+        let lines: Vec<Value> =
+            self.lines().into_iter().filter(|l| l["target"] == "deskgate::access" && l["request_id"] == id).collect();
+        assert_eq!(lines.len(), 1, "one access line for {id}: {:?}", self.lines());
+        lines.into_iter().next().unwrap_or_default()
+    }
+
     /// The `refused` lines for `tenant` with `reason`.
     pub fn refused(&self, tenant: &str, reason: &str) -> Vec<Value> {
         self.events("refused").into_iter().filter(|l| l["tenant"] == tenant && l["reason"] == reason).collect()

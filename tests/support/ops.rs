@@ -395,3 +395,37 @@ impl Drop for Running {
         }
     }
 }
+
+// ---------------------------------------------------------------- healthcheck
+
+/// A loopback port free now: for configs that must name their admin port up
+/// front (`deskgate healthcheck` reads it from the file, so `:0` will not do).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// What `deskgate healthcheck` answered: exit code, stdout, stderr.
+pub struct Health {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `deskgate healthcheck` from a prepared command (config by
+/// `--config` or `DESKGATE_CONFIG`), off the async runtime.
+pub fn healthcheck_cmd(mut cmd: Command) -> Health {
+    let out = cmd.arg("healthcheck").stdin(Stdio::null()).output().expect("run deskgate healthcheck");
+    Health {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `deskgate healthcheck --config PATH`.
+pub fn healthcheck(config: &Path) -> Health {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deskgate"));
+    cmd.arg("--config").arg(config);
+    healthcheck_cmd(cmd)
+}
