@@ -112,6 +112,18 @@ fn tenants_index(shared: &Shared) -> Response<Body> {
     json(StatusCode::OK, &serde_json::json!({ "count": list.len(), "tenants": list }))
 }
 
+/// What the helpdesk last reported for `t` (its own `X-RateLimit-*`), since
+/// the config in force was loaded: `null` fields until it reported any.
+fn helpdesk_json(snap: &crate::state::Snapshot, t: &crate::config::Tenant) -> serde_json::Value {
+    let report = snap.hosts.get(&t.domain).and_then(|e| e.helpdesk.report());
+    serde_json::json!({
+        "trusted": t.trust_upstream_limits,
+        "remaining": report.and_then(|r| r.remaining),
+        "total": report.and_then(|r| r.total),
+        "reported_at_unix_ms": report.map(|r| r.at_unix_ms),
+    })
+}
+
 /// `/tenants/{name}`: plan, budgets, used and left per window, read with a
 /// cost-0 ask so nothing is consumed.
 async fn tenant(shared: &Shared, name: &str) -> Response<Body> {
@@ -167,6 +179,7 @@ async fn tenant(shared: &Shared, name: &str) -> Response<Body> {
             }
         }
     }
+    let helpdesk = helpdesk_json(&snap, t);
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -179,6 +192,7 @@ async fn tenant(shared: &Shared, name: &str) -> Response<Body> {
             "held_calls": shared.hold.held(&t.name),
             "store_reachable": store_ok,
             "windows": windows,
+            "helpdesk": helpdesk,
         }),
     )
 }

@@ -25,7 +25,7 @@ use ipnet::IpNet;
 
 use crate::endpoint::Endpoint;
 
-pub use plans::builtin_plans;
+pub use plans::{builtin_plans, DEFAULT_TRUST_UPSTREAM_LIMITS};
 pub use secret::PasswordSource;
 pub use summary::redact_url;
 
@@ -206,6 +206,9 @@ pub struct Plan {
     pub max_wait: Duration,
     /// Calls of one tenant held at once in one replica.
     pub max_held_calls: u32,
+    /// Learn from the helpdesk's own `X-RateLimit-*` and 429 answers
+    /// (`reconcile`). Default [`plans::DEFAULT_TRUST_UPSTREAM_LIMITS`].
+    pub trust_upstream_limits: bool,
 }
 
 /// A tenant with its effective budget (plan merged with the tenant's overrides).
@@ -228,6 +231,8 @@ pub struct Tenant {
     pub max_wait: Duration,
     /// Calls of this tenant held at once in one replica; beyond, 429 at once.
     pub max_held_calls: u32,
+    /// The plan's `trust_upstream_limits`, or the tenant's own.
+    pub trust_upstream_limits: bool,
 }
 
 impl Config {

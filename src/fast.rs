@@ -37,6 +37,7 @@ use crate::proxy::{self, ConnInfo, Wire};
 use crate::reject::Reject;
 use crate::state::Shared;
 use crate::upstream::raw::{Exchange, Pool};
+use crate::upstream::reported::Reported;
 use crate::upstream::{forwarding, Forwarding, UpstreamError};
 use head::{FastHead, FieldsAt, Head};
 
@@ -334,6 +335,10 @@ impl<'c, 'b> Wire for FastWire<'c, 'b, '_> {
 
     fn answer_has_request_id(answer: &Exchange<'c>) -> bool {
         answer.has_request_id()
+    }
+
+    fn reported(answer: &Exchange<'c>) -> Reported {
+        answer.reported()
     }
 
     async fn answer(&mut self, mut answer: Exchange<'c>, ours: impl FnOnce(&mut RawFields)) -> bool {

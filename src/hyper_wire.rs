@@ -18,6 +18,7 @@ use crate::proxy::{self, ConnInfo, Wire};
 use crate::reject::Reject;
 use crate::state::Shared;
 use crate::upstream::hyper::HyperClient;
+use crate::upstream::reported::Reported;
 use crate::upstream::{Forwarding, UpstreamError};
 
 /// hyper's service for the API listener: one call through the lifecycle.
@@ -97,6 +98,10 @@ impl Wire for HyperWire<'_> {
 
     fn answer_has_request_id(answer: &Response<Body>) -> bool {
         answer.headers().contains_key(&X_REQUEST_ID)
+    }
+
+    fn reported(answer: &Response<Body>) -> Reported {
+        Reported::from_map(answer.headers())
     }
 
     async fn answer(&mut self, mut answer: Response<Body>, ours: impl FnOnce(&mut HeaderMap)) -> Response<Body> {

@@ -76,6 +76,7 @@ pub mod limiter;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reconcile;
 pub mod reject;
 pub mod reload;
 pub mod server;

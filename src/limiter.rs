@@ -10,6 +10,7 @@
 
 mod deny;
 pub mod memory;
+mod reconcile;
 pub mod redis;
 mod refused;
 pub mod store;
@@ -26,6 +27,7 @@ use crate::endpoint::Endpoint;
 
 use deny::DenyCache;
 pub use memory::MemoryStore;
+pub use reconcile::Settle;
 pub use redis::RedisStore;
 use refused::RefusedCredentials;
 pub use store::{Store, StoreError};

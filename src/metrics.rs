@@ -17,6 +17,9 @@ use prometheus_client::registry::Registry;
 
 use crate::endpoint::Endpoint;
 
+mod helpdesk;
+pub use helpdesk::{HelpdeskMetrics, TenantLabel};
+
 /// A label value shared with the config (no copy per request).
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Name(pub Arc<str>);
@@ -124,6 +127,8 @@ pub struct Metrics {
     runtime_tasks: Gauge,
     /// The process series, read at scrape time.
     process: Process,
+    /// What the helpdesk's own limit headers did (`reconcile`).
+    pub helpdesk: HelpdeskMetrics,
 }
 
 /// The process series operators expect beside any exporter's (the names of
@@ -292,6 +297,7 @@ impl Metrics {
         let runtime_tasks = Gauge::default();
         registry.register("deskgate_runtime_alive_tasks", "Tokio tasks alive at scrape time", runtime_tasks.clone());
         let process = Process::register(&mut registry);
+        let helpdesk = HelpdeskMetrics::register(&mut registry);
         let last_reload = Gauge::default();
         let last_reload_at = Gauge::default();
         // The config loaded at start counts as the last successful load.
@@ -325,6 +331,7 @@ impl Metrics {
             last_reload_at,
             runtime_tasks,
             process,
+            helpdesk,
         }
     }
 

@@ -26,9 +26,11 @@ use crate::head::{self, RequestFields, RequestHead, RequestId};
 use crate::hold::Held;
 use crate::limiter::{Ask, Decision, StoreUnavailable};
 use crate::metrics::{Name, TenantReason, TenantSeries};
+use crate::reconcile::{self, HelpdeskView};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
 use crate::tenant::{self, HostEntry};
+use crate::upstream::reported::Reported;
 use crate::upstream::{Forwarding, UpstreamError};
 use crate::{checks, headers};
 
@@ -79,6 +81,9 @@ pub(crate) trait Wire {
     /// Whether the upstream's answer carries its own `X-Request-Id`.
     fn answer_has_request_id(answer: &Self::Answer) -> bool;
 
+    /// What the helpdesk's answer says about the account's budget.
+    fn reported(answer: &Self::Answer) -> Reported;
+
     /// Writes the upstream's answer downstream, with the fields `ours` sets.
     async fn answer(&mut self, answer: Self::Answer, ours: impl FnOnce(&mut Self::Fields)) -> Self::Output;
 
@@ -118,6 +123,19 @@ pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &
             };
             if let Some(reason) = refund {
                 give_back(shared, cfg, &mut cx, &plan, wire.credential(), reason).await;
+            }
+            if let (Ok(a), Some(tenant)) = (&answer, plan.tenant.as_deref()) {
+                if W::status(a) == 429 {
+                    reconcile::count_upstream_429(&shared.metrics, tenant);
+                }
+            }
+            // `Some` only with `trust_upstream_limits`: otherwise one branch.
+            if let (Ok(a), Some(view), Some(tenant)) = (&answer, cx.helpdesk.as_deref(), plan.tenant.as_deref()) {
+                let answered =
+                    reconcile::Answered { status: W::status(a), reported: W::reported(a), at: start + waited };
+                if let Some(how) = reconcile::read_answer(&shared.metrics, tenant, view, &mut cx.decision, answered) {
+                    reconcile::charge(&shared.limiter, &shared.metrics, tenant, how).await;
+                }
             }
             // Moved, not copied: the access log shows the path that was sent.
             cx.forwarded_path = plan.path.take();
@@ -223,6 +241,8 @@ struct Call {
     tenant: Option<Arc<Tenant>>,
     /// The tenant's metric series, with `tenant`.
     series: Option<Arc<TenantSeries>>,
+    /// The helpdesk's numbers for the tenant, when it trusts them.
+    helpdesk: Option<Arc<HelpdeskView>>,
     endpoint: Endpoint,
     decision: Option<Decision>,
     /// Time spent waiting for the upstream's response headers.
@@ -243,6 +263,9 @@ impl Call {
         if let Some(e) = host {
             self.tenant = Some(e.tenant.clone());
             self.series = Some(e.series.clone());
+            if e.tenant.trust_upstream_limits {
+                self.helpdesk = Some(e.helpdesk.clone());
+            }
         }
     }
 
@@ -253,6 +276,7 @@ impl Call {
             api: false,
             tenant: None,
             series: None,
+            helpdesk: None,
             endpoint: Endpoint::Other,
             decision: None,
             upstream: None,

@@ -10,6 +10,7 @@ use crate::head::{self, RequestHead};
 use crate::config::{Config, Tenant};
 use crate::host;
 use crate::metrics::TenantSeries;
+use crate::reconcile::HelpdeskView;
 use crate::reject::Reject;
 
 /// How a host relates to its tenant.
@@ -28,6 +29,8 @@ pub struct HostEntry {
     pub kind: HostKind,
     /// The tenant's metric series (one per tenant, shared by its hosts).
     pub series: Arc<TenantSeries>,
+    /// The helpdesk's latest numbers for the tenant (`reconcile`).
+    pub helpdesk: Arc<HelpdeskView>,
 }
 
 /// Every configured host (normalised by `config`, as [`normalize_host`]
@@ -36,7 +39,8 @@ pub fn host_table(config: &Config) -> HashMap<String, HostEntry> {
     let mut hosts = HashMap::with_capacity(config.tenants.len() * 2);
     for t in &config.tenants {
         let series = Arc::new(TenantSeries::default());
-        let entry = |kind| HostEntry { tenant: t.clone(), kind, series: series.clone() };
+        let helpdesk = Arc::new(HelpdeskView::default());
+        let entry = |kind| HostEntry { tenant: t.clone(), kind, series: series.clone(), helpdesk: helpdesk.clone() };
         hosts.insert(t.domain.clone(), entry(HostKind::Canonical));
         for v in &t.vanity_hosts {
             hosts.insert(v.clone(), entry(HostKind::Vanity));

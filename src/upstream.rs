@@ -13,6 +13,7 @@ pub mod chunked;
 pub mod forwarding;
 pub mod hyper;
 pub mod raw;
+pub mod reported;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -10,6 +10,13 @@ pub(super) const DEFAULT_WINDOW_SECONDS: u32 = 60;
 /// Default `max_held_calls`: enough to smooth a burst of one integration,
 /// few enough that a flood holds no more than this many tasks per tenant.
 pub(super) const DEFAULT_MAX_HELD_CALLS: u32 = 100;
+/// `trust_upstream_limits` where neither plan nor tenant sets it: on. The
+/// helpdesk's `X-RateLimit-Remaining` counts every integration on the
+/// account, not only the calls that pass here, and deskgate only ever
+/// charges more on its word, never less: the worst a wrong number can do is
+/// refuse early (for at most one window), while trusting nothing forwards
+/// calls into 429s the helpdesk announced (README, "Upstream-aware budgets").
+pub const DEFAULT_TRUST_UPSTREAM_LIMITS: bool = true;
 
 /// The built-in plans by name. A `[plans.NAME]` table in the config replaces
 /// the plan of that name as a whole.
@@ -40,6 +47,7 @@ pub fn builtin_plans() -> BTreeMap<String, Plan> {
                 window_seconds: DEFAULT_WINDOW_SECONDS,
                 max_wait: std::time::Duration::ZERO,
                 max_held_calls: DEFAULT_MAX_HELD_CALLS,
+                trust_upstream_limits: DEFAULT_TRUST_UPSTREAM_LIMITS,
             };
             (name.to_owned(), plan)
         })

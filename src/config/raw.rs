@@ -127,6 +127,7 @@ pub(super) struct RawPlan {
     pub window_seconds: Option<Spanned<i64>>,
     pub max_wait_ms: Option<Spanned<i64>>,
     pub max_held_calls: Option<Spanned<i64>>,
+    pub trust_upstream_limits: Option<bool>,
 }
 
 /// A `[[tenant]]` entry, or the `[tenant]` table of a tenant file.
@@ -144,6 +145,7 @@ pub(super) struct RawTenant {
     pub shadow: Option<bool>,
     pub max_wait_ms: Option<Spanned<i64>>,
     pub max_held_calls: Option<Spanned<i64>>,
+    pub trust_upstream_limits: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

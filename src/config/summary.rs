@@ -112,6 +112,7 @@ fn tenant_json(t: &Tenant) -> Value {
         "shadow": t.shadow,
         "max_wait_ms": t.max_wait.as_millis() as u64,
         "max_held_calls": t.max_held_calls,
+        "trust_upstream_limits": t.trust_upstream_limits,
     })
 }
 
@@ -187,6 +188,9 @@ impl Config {
             }
             if !t.max_wait.is_zero() {
                 let _ = write!(s, " holds calls up to {} ms ({} at most)", t.max_wait.as_millis(), t.max_held_calls);
+            }
+            if !t.trust_upstream_limits {
+                let _ = write!(s, " ignores the helpdesk's X-RateLimit-*");
             }
             s.push('\n');
         }

@@ -864,6 +864,7 @@ fn plans(src: &Source, raw: BTreeMap<Spanned<String>, RawPlan>) -> Result<BTreeM
         }
         let max_wait = max_wait(src, p.max_wait_ms.as_ref(), &owner, Duration::ZERO)?;
         let max_held_calls = max_held_calls(src, p.max_held_calls.as_ref(), &owner, DEFAULT_MAX_HELD_CALLS)?;
+        let trust_upstream_limits = p.trust_upstream_limits.unwrap_or(super::DEFAULT_TRUST_UPSTREAM_LIMITS);
         let plan = Plan {
             name: name.get_ref().clone(),
             api_access,
@@ -872,6 +873,7 @@ fn plans(src: &Source, raw: BTreeMap<Spanned<String>, RawPlan>) -> Result<BTreeM
             window_seconds,
             max_wait,
             max_held_calls,
+            trust_upstream_limits,
         };
         plans.insert(name.into_inner(), plan);
     }
@@ -1033,6 +1035,7 @@ impl<'p> TenantSet<'p> {
             shadow: raw.shadow.unwrap_or(false),
             max_wait: max_wait(src, raw.max_wait_ms.as_ref(), &owner, plan.max_wait)?,
             max_held_calls: max_held_calls(src, raw.max_held_calls.as_ref(), &owner, plan.max_held_calls)?,
+            trust_upstream_limits: raw.trust_upstream_limits.unwrap_or(plan.trust_upstream_limits),
         }));
         Ok(())
     }

@@ -124,6 +124,22 @@ impl MemoryStore {
         };
         Refunded { account, endpoint }
     }
+
+    /// Charges what the helpdesk reports to `ask`'s account window (see
+    /// [`super::Settle`]); returns the credits charged.
+    pub fn settle_now(&self, ask: &Ask<'_>, how: super::Settle) -> u32 {
+        let now = self.now_us();
+        let tenant = self.tenant(ask);
+        let mut guard = tenant.lock().unwrap_or_else(|e| e.into_inner());
+        let w = &mut guard.account;
+        refit(w, ask.account);
+        match how {
+            super::Settle::Left(left) => w.settle_left(now, ask.account.quota, left),
+            super::Settle::ClosedFor { ms } => {
+                w.close_until(now, ask.account.quota, now.saturating_add(ms.saturating_mul(1000)))
+            }
+        }
+    }
 }
 
 /// A reload may change a policy's window length; slots of another width

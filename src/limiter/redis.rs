@@ -108,6 +108,9 @@ const WINDOW_LUA: &str = include_str!("window.lua");
 /// Gives back one call's charge (rare: a call the helpdesk never received or
 /// refused as unauthenticated), on the same key.
 const REFUND_LUA: &str = include_str!("refund.lua");
+/// Charges what the helpdesk reports (rare: an answer that disagrees with
+/// the gateway's count, or a helpdesk 429), on the same key.
+const RECONCILE_LUA: &str = include_str!("reconcile.lua");
 
 #[derive(Clone)]
 enum Conn {
@@ -126,6 +129,7 @@ struct Inner {
     connecting: AtomicBool,
     script: redis::Script,
     refund: redis::Script,
+    reconcile: redis::Script,
     /// Calls waiting for the next batch. A std mutex: held only to push or
     /// to take, never across an await.
     queue: Mutex<Vec<Waiting>>,
@@ -184,6 +188,7 @@ impl RedisStore {
             connecting: AtomicBool::new(true),
             script: redis::Script::new(WINDOW_LUA),
             refund: redis::Script::new(REFUND_LUA),
+            reconcile: redis::Script::new(RECONCILE_LUA),
             queue: Mutex::new(Vec::new()),
             batch,
         });
@@ -343,6 +348,41 @@ impl RedisStore {
             (4, false) => Ok(Refunded { account: int(&reply[..4]), endpoint: 0 }),
             (8, true) => Ok(Refunded { account: int(&reply[..4]), endpoint: int(&reply[4..]) }),
             (n, _) => Err(StoreError::Backend(format!("unexpected refund reply of {n} bytes"))),
+        }
+    }
+
+    /// Like [`super::Limiter::settle`], answered by `deadline` at the
+    /// latest: one script call (`reconcile.lua`) on the tenant's key, which
+    /// charges its account window; the credits charged.
+    pub async fn settle_by(&self, ask: &Ask<'_>, how: super::Settle, deadline: Instant) -> Result<u32, StoreError> {
+        tokio::time::timeout_at(deadline, self.settle_run(ask, how, None)).await.unwrap_or(Err(StoreError::Timeout))
+    }
+
+    /// Like [`RedisStore::settle_by`], on a given store clock (tests).
+    #[doc(hidden)]
+    pub async fn settle_at(&self, ask: &Ask<'_>, how: super::Settle, now_us: u64) -> Result<u32, StoreError> {
+        self.settle_run(ask, how, Some(now_us)).await
+    }
+
+    async fn settle_run(&self, ask: &Ask<'_>, how: super::Settle, now_us: Option<u64>) -> Result<u32, StoreError> {
+        let p = ask.account;
+        let slot_us = u32::try_from(window::slot_us(p.window_s))
+            .map_err(|_| StoreError::Backend(format!("window of {} s is too long", p.window_s)))?;
+        let (mode, arg) = match how {
+            super::Settle::Left(left) => (1u8, u64::from(left)),
+            // Bounded far below the script's u48 (a Retry-After of years means nothing).
+            super::Settle::ClosedFor { ms } => (2u8, ms.min(1 << 40)),
+        };
+        let mut args = [0u8; 19];
+        args[0] = mode;
+        args[1..5].copy_from_slice(&p.quota.to_be_bytes());
+        args[5..9].copy_from_slice(&p.window_s.to_be_bytes());
+        args[9..13].copy_from_slice(&slot_us.to_be_bytes());
+        args[13..19].copy_from_slice(&arg.to_be_bytes()[2..]);
+        let reply = self.invoke(&self.inner.reconcile, ask.tenant, &args, now_us).await?;
+        match <[u8; 4]>::try_from(reply.as_slice()) {
+            Ok(b) => Ok(u32::from_be_bytes(b)),
+            Err(_) => Err(StoreError::Backend(format!("unexpected reconcile reply of {} bytes", reply.len()))),
         }
     }
 

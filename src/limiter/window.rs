@@ -18,6 +18,10 @@
 //! against Redis `TIME`; the table tests here pin the numbers both must
 //! produce.
 
+mod settle;
+
+pub use settle::close_slot;
+
 /// Slots per window. 120 gives 0.5 s slots for a 60 s window and ≥ 99 % use.
 pub const SLOTS: u64 = 120;
 /// Ring length: the slots one window can touch.

@@ -267,6 +267,8 @@ pub struct AnswerHead {
     pub close: bool,
     /// The answer carries its own `X-Request-Id`.
     pub request_id: bool,
+    /// The helpdesk's own account numbers (`X-RateLimit-*`, `Retry-After`).
+    pub reported: super::reported::Reported,
 }
 
 /// The one reading of an upstream answer's framing, for both clients: the
@@ -287,13 +289,16 @@ pub fn read_answer<'a>(
     let mut length: Option<u64> = None;
     let mut coded: Option<bool> = None;
     let (mut close, mut request_id) = (false, false);
+    let mut reported = super::reported::Reported::default();
     for (name, value) in fields {
         // Every field of every answer passes here: most are told apart by
         // their first letter alone.
-        if !matches!(initial(name), b'c' | b't' | b'x') {
+        if !matches!(initial(name), b'c' | b't' | b'x' | b'r') {
             continue;
         }
-        if name.eq_ignore_ascii_case(b"connection") {
+        if matches!(initial(name), b'x' | b'r') && reported.note(name, value) {
+            // The helpdesk's numbers (`reconcile`).
+        } else if name.eq_ignore_ascii_case(b"connection") {
             close |= lists(value, b"close");
         } else if name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()) {
             request_id = true;
@@ -320,7 +325,7 @@ pub fn read_answer<'a>(
         }
     };
     let relayed_length = length.filter(|_| relays_length(status, head_only, body, coded.is_some()));
-    Ok(AnswerHead { body, relayed_length, close, request_id })
+    Ok(AnswerHead { body, relayed_length, close, request_id, reported })
 }
 
 /// Whether an answer's `Content-Length` goes downstream (as one number):

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::chunked::Chunked;
+use super::reported::Reported;
 use super::{forwarding, UpstreamError};
 use crate::fields::RawFields;
 use crate::h1::{self, Date};
@@ -181,6 +182,8 @@ struct ResponseHead {
     relayed_length: Option<u64>,
     /// The answer carries its own `X-Request-Id`.
     request_id: bool,
+    /// The helpdesk's own account numbers.
+    reported: Reported,
 }
 
 async fn read_response_head(conn: &mut Conn, head_only: bool) -> Result<ResponseHead, Broken> {
@@ -234,7 +237,7 @@ fn parse_response(buf: &[u8], head_only: bool, at: &mut Vec<FieldAt>) -> Result<
         forwarding::read_answer(status.as_u16(), head_only, rsp.headers.iter().map(|f| (f.name.as_bytes(), f.value)))
             .map_err(|_| Broken)?;
     reusable &= !read.close;
-    let (body, relayed_length, request_id) = (read.body, read.relayed_length, read.request_id);
+    let (body, relayed_length, request_id, reported) = (read.body, read.relayed_length, read.request_id, read.reported);
     let framing = match body {
         // Late bytes after an answer without a body (a buggy upstream's
         // body to a HEAD, a 204 or a 304) would reach the next call on this
@@ -250,7 +253,7 @@ fn parse_response(buf: &[u8], head_only: bool, at: &mut Vec<FieldAt>) -> Result<
     if matches!(framing, Framing::Close) {
         reusable = false;
     }
-    Ok(Some(ResponseHead { status, len, framing, reusable, relayed_length, request_id }))
+    Ok(Some(ResponseHead { status, len, framing, reusable, relayed_length, request_id, reported }))
 }
 
 /// One answered exchange: the head is parsed, the body not yet copied.
@@ -269,6 +272,11 @@ impl Exchange<'_> {
     /// Whether the answer carries its own `X-Request-Id`.
     pub fn has_request_id(&self) -> bool {
         self.head.request_id
+    }
+
+    /// What the helpdesk said about the account's budget.
+    pub fn reported(&self) -> Reported {
+        self.head.reported
     }
 
     /// The downstream head: the upstream's status and fields, minus

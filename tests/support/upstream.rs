@@ -480,3 +480,119 @@ impl ScriptedUpstream {
         ScriptedUpstream { addr, connections, heads }
     }
 }
+
+/// A stand-in for the helpdesk's own per-account budget: it keeps its own
+/// rolling count (`budget` calls per `window`, every call costs 1, whoever
+/// makes it), answers with `X-RateLimit-Total`, `X-RateLimit-Remaining` and
+/// `X-RateLimit-Used-CurrentRequest` as the helpdesk does, and once spent a
+/// 429 with `Retry-After` (whole seconds, until its oldest call leaves).
+/// It is also called directly ([`HelpdeskStandIn::call_directly`]), as the
+/// account's other integrations do. A call that came through a gateway
+/// carries `X-Forwarded-For`: those it answered 429 are counted apart.
+#[derive(Clone)]
+pub struct HelpdeskStandIn {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<StandIn>>,
+}
+
+struct StandIn {
+    budget: u32,
+    window: Duration,
+    /// When each counted call came.
+    log: std::collections::VecDeque<std::time::Instant>,
+    /// Calls through a gateway: answered 200, answered 429, and the `Host` each carried.
+    forwarded_ok: u32,
+    forwarded_429: u32,
+    hosts: Vec<String>,
+}
+
+impl HelpdeskStandIn {
+    pub async fn start(budget: u32, window: Duration) -> HelpdeskStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(StandIn {
+            budget,
+            window,
+            log: Default::default(),
+            forwarded_ok: 0,
+            forwarded_429: 0,
+            hosts: Vec::new(),
+        }));
+        let s = state.clone();
+        accept_loop(listener, move |stream| {
+            let s = s.clone();
+            async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let s = s.clone();
+                    async move { Ok::<_, Infallible>(s.lock().unwrap().answer(&req)) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            }
+        });
+        HelpdeskStandIn { addr, state }
+    }
+
+    /// `n` calls made straight to the helpdesk, not through any gateway
+    /// (over HTTP, like any other integration); their statuses.
+    pub async fn call_directly(&self, n: u32) -> Vec<u16> {
+        let c = super::client();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(super::get(&c, self.addr, "direct.example", "/api/v2/tickets").await.status.as_u16());
+        }
+        out
+    }
+
+    /// Calls through a gateway that it answered (200, 429).
+    pub fn forwarded(&self) -> (u32, u32) {
+        let s = self.state.lock().unwrap();
+        (s.forwarded_ok, s.forwarded_429)
+    }
+
+    /// The `Host` of every call that came through a gateway.
+    pub fn forwarded_hosts(&self) -> Vec<String> {
+        self.state.lock().unwrap().hosts.clone()
+    }
+}
+
+impl StandIn {
+    fn answer(&mut self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let now = std::time::Instant::now();
+        while self.log.front().is_some_and(|&t| now.duration_since(t) >= self.window) {
+            self.log.pop_front();
+        }
+        let through_gateway = req.headers().contains_key("x-forwarded-for");
+        if through_gateway {
+            self.hosts.push(req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned());
+        }
+        let used = self.log.len() as u32;
+        let mut rsp = if used >= self.budget {
+            if through_gateway {
+                self.forwarded_429 += 1;
+            }
+            let oldest = *self.log.front().expect("a spent budget has calls");
+            let wait = (oldest + self.window).saturating_duration_since(now);
+            let retry = wait.as_millis().div_ceil(1000).max(1) as u64;
+            let mut rsp = Response::new(Full::new(Bytes::from_static(
+                br#"{"message":"You have exceeded the limit of requests per minute","from":"helpdesk"}"#,
+            )));
+            *rsp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            rsp.headers_mut().insert("retry-after", retry.into());
+            rsp.headers_mut().insert("x-ratelimit-remaining", 0.into());
+            rsp.headers_mut().insert("x-ratelimit-used-currentrequest", 0.into());
+            rsp
+        } else {
+            if through_gateway {
+                self.forwarded_ok += 1;
+            }
+            self.log.push_back(now);
+            let mut rsp = Response::new(Full::new(Bytes::from_static(br#"[{"id":1,"from":"helpdesk"}]"#)));
+            rsp.headers_mut().insert("x-ratelimit-remaining", (self.budget - used - 1).into());
+            rsp.headers_mut().insert("x-ratelimit-used-currentrequest", 1.into());
+            rsp
+        };
+        rsp.headers_mut().insert("x-ratelimit-total", self.budget.into());
+        rsp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        rsp
+    }
+}
