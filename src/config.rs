@@ -63,6 +63,7 @@ pub struct Config {
     /// Tenants in file order (main file first, then `tenants_dir` sorted by file name).
     pub tenants: Vec<Arc<Tenant>>,
     pub webhooks: Option<WebhooksConfig>,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -132,6 +133,32 @@ pub struct LimiterConfig {
     /// How long a credential the helpdesk answered 401 is answered 401 by
     /// the gateway itself (zero: never).
     pub refused_credential_ttl: Duration,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub per_tenant: PerTenant,
+}
+
+/// `[metrics] per_tenant`: which series carry a `tenant` label per tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PerTenant {
+    /// Every series with a `tenant` label has one per tenant.
+    #[default]
+    All,
+    /// Only the budget, rate-limited, shadow and near-limit series do;
+    /// requests, rejections and refunds are summed under `tenant="*"`.
+    LimitsOnly,
+}
+
+impl PerTenant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PerTenant::All => "all",
+            PerTenant::LimitsOnly => "limits_only",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

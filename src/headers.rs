@@ -14,13 +14,7 @@ pub fn render(d: &Decision, h: &mut impl Fields) {
     h.field(&X_RATELIMIT_TOTAL, |v| push_number(v, u64::from(d.account.policy.quota)));
     h.field(&X_RATELIMIT_REMAINING, |v| push_number(v, u64::from(d.account.remaining)));
     h.field(&X_RATELIMIT_USED, |v| push_number(v, u64::from(d.charged())));
-    h.field(&RATELIMIT_POLICY, |v| {
-        push_policy(v, &d.account);
-        if let Some(e) = &d.endpoint {
-            v.extend_from_slice(b", ");
-            push_policy(v, e);
-        }
-    });
+    h.field(&RATELIMIT_POLICY, |v| push_policies(v, d));
     let tight = d.tighter();
     h.field(&RATELIMIT, |v| {
         push_quoted(v, tight.policy.name);
@@ -34,6 +28,24 @@ pub fn render(d: &Decision, h: &mut impl Fields) {
         if !h.contains(&names::RETRY_AFTER) {
             h.field(&names::RETRY_AFTER, |v| push_number(v, refusal.retry_after_s));
         }
+    }
+}
+
+/// Adds the rate-limit headers a shadow tenant's answer shows: the budgets
+/// that would be enforced and what this call took, but nothing a client
+/// backs off on (no `X-RateLimit-Remaining`, `RateLimit` or `Retry-After`),
+/// so a dry run changes no client's behaviour.
+pub fn render_unenforced(d: &Decision, h: &mut impl Fields) {
+    h.field(&X_RATELIMIT_TOTAL, |v| push_number(v, u64::from(d.account.policy.quota)));
+    h.field(&X_RATELIMIT_USED, |v| push_number(v, u64::from(d.charged())));
+    h.field(&RATELIMIT_POLICY, |v| push_policies(v, d));
+}
+
+fn push_policies(v: &mut Vec<u8>, d: &Decision) {
+    push_policy(v, &d.account);
+    if let Some(e) = &d.endpoint {
+        v.extend_from_slice(b", ");
+        push_policy(v, e);
     }
 }
 

@@ -69,6 +69,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod reject;
 pub mod reload;
+pub mod scrape;
 pub mod server;
 pub mod state;
 pub mod tenant;

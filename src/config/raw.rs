@@ -30,6 +30,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub tenant: Vec<RawTenant>,
     pub webhooks: Option<RawWebhooks>,
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
 /// One file of `tenants_dir`: exactly one `[tenant]` table.
@@ -127,6 +129,12 @@ pub(super) struct RawTenant {
     pub endpoints: Option<BTreeMap<Spanned<String>, Spanned<i64>>>,
     pub window_seconds: Option<Spanned<i64>>,
     pub shadow: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub per_tenant: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::plans::DEFAULT_WINDOW_SECONDS;
+use super::raw::RawMetrics;
 use super::raw::{
     RawConfig, RawLimiter, RawOnStoreError, RawPlan, RawServer, RawStore, RawTenant, RawTenantFile, RawUpstream,
     RawWebhooks,
@@ -22,6 +23,7 @@ use super::{
     builtin_plans, AdminConfig, Config, ConfigError, EndpointBudgets, LimiterConfig, OnStoreError, Plan, ServerConfig,
     StoreKind, Tenant, TlsFiles, UpstreamConfig, WebhooksConfig,
 };
+use super::{MetricsConfig, PerTenant};
 use crate::endpoint::Endpoint;
 use crate::host::{normalize_host, HostError};
 
@@ -169,6 +171,7 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     };
 
+    let metrics = metrics(&main, &raw.metrics)?;
     let tenants = tenants.list;
     Ok(Config {
         path: path.to_path_buf(),
@@ -181,7 +184,24 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         plans: plans.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
         tenants,
         webhooks,
+        metrics,
     })
+}
+
+fn metrics(src: &Source, raw: &RawMetrics) -> Result<MetricsConfig, ConfigError> {
+    let per_tenant = match raw.per_tenant.as_ref() {
+        None => PerTenant::All,
+        Some(v) => match v.get_ref().as_str() {
+            "all" => PerTenant::All,
+            "limits_only" => PerTenant::LimitsOnly,
+            other => {
+                return Err(
+                    src.at(v, format!("metrics.per_tenant: expected \"all\" or \"limits_only\", got \"{other}\""))
+                )
+            }
+        },
+    };
+    Ok(MetricsConfig { per_tenant })
 }
 
 /// Relative paths in the config are relative to the main file's directory,
@@ -658,6 +678,12 @@ impl<'p> TenantSet<'p> {
             return Err(
                 src.at(&raw.name, format!("tenant name \"{name}\": use only ASCII letters, digits, '-', '_' and '.'"))
             );
+        }
+        if name == crate::metrics::UNKNOWN_TENANT {
+            return Err(src.at(
+                &raw.name,
+                format!("tenant name \"{name}\" is reserved: metrics count calls to unknown hosts under it"),
+            ));
         }
         if let Some(first) = self.names.get(name) {
             return Err(src.at(&raw.name, format!("duplicate tenant name \"{name}\" (first defined at {first})")));
