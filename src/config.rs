@@ -170,6 +170,10 @@ pub struct WebhooksConfig {
     pub alert_url: Option<String>,
 }
 
+/// The `tenant` label metrics give API calls to a host no tenant has:
+/// refused as a tenant name, so that bucket never merges with a tenant.
+pub const UNKNOWN_TENANT: &str = "unknown";
+
 /// Per-endpoint budgets, indexed by [`Endpoint::index`] (`None`: no endpoint budget).
 pub type EndpointBudgets = [Option<u32>; Endpoint::CLASSIFIED];
 

@@ -115,9 +115,8 @@ impl TenantSeries {
 /// are letters, digits, `-`, `_` and `.`), so it cannot collide with one.
 pub const ALL_TENANTS: &str = "*";
 
-/// The `tenant` label of API calls to a host no tenant has. Config refuses
-/// it as a tenant name, so the bucket never merges with a tenant.
-pub const UNKNOWN_TENANT: &str = "unknown";
+/// The `tenant` label of API calls to a host no tenant has.
+pub use crate::config::UNKNOWN_TENANT;
 
 /// The index of a policy in [`TenantSeries`]' per-policy arrays and its
 /// `policy` label: the account (`None`) or an endpoint class's budget.

@@ -679,7 +679,7 @@ impl<'p> TenantSet<'p> {
                 src.at(&raw.name, format!("tenant name \"{name}\": use only ASCII letters, digits, '-', '_' and '.'"))
             );
         }
-        if name == crate::metrics::UNKNOWN_TENANT {
+        if name == super::UNKNOWN_TENANT {
             return Err(src.at(
                 &raw.name,
                 format!("tenant name \"{name}\" is reserved: metrics count calls to unknown hosts under it"),
