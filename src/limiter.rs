@@ -300,9 +300,7 @@ impl Limiter {
     pub fn store_healthy(&self) -> bool {
         match &self.store {
             AnyStore::Memory(_) => true,
-            AnyStore::Redis(r) => {
-                r.is_connected() && self.circuit.is_closed() && self.probe_ok.load(Ordering::Acquire)
-            }
+            AnyStore::Redis(r) => r.is_connected() && self.circuit.is_closed() && self.probe_ok.load(Ordering::Acquire),
         }
     }
 
