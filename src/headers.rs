@@ -105,6 +105,25 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_answer_names_the_budgets_but_no_remaining_or_wait() {
+        let d = Decision {
+            allowed: false,
+            cost: 1,
+            account: state("account", 50, 0, 4_000, Some(9_001)),
+            endpoint: Some(state("ticket_list", 20, 0, 4_000, Some(9_001))),
+            degraded: false,
+        };
+        let mut h = HeaderMap::new();
+        render_unenforced(&d, &mut h);
+        assert_eq!(h["x-ratelimit-total"], "50");
+        assert_eq!(h["x-ratelimit-used-currentrequest"], "0");
+        assert_eq!(h["ratelimit-policy"], "\"account\";q=50;w=60, \"ticket_list\";q=20;w=60");
+        for name in ["retry-after", "ratelimit", "x-ratelimit-remaining"] {
+            assert!(h.get(name).is_none(), "{name}");
+        }
+    }
+
+    #[test]
     fn a_refusal_costs_nothing_and_says_when_to_retry() {
         let d = Decision {
             allowed: false,

@@ -960,6 +960,22 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_named_like_the_unknown_host_bucket_is_an_error() {
+        let e = error("[[tenant]]\nname = \"unknown\"\ndomain = \"u.example.com\"\nplan = \"pro\"\n");
+        assert_eq!(e, "t.toml:2:8: tenant name \"unknown\" is reserved: metrics count calls to unknown hosts under it");
+    }
+
+    #[test]
+    fn metrics_per_tenant_defaults_to_all_and_names_what_it_accepts() {
+        assert_eq!(load_str(TENANT).metrics.per_tenant, PerTenant::All);
+        let c = load_str(&with_tenant("[metrics]\nper_tenant = \"limits_only\"\n"));
+        assert_eq!(c.metrics.per_tenant, PerTenant::LimitsOnly);
+        assert_eq!(c.redacted_json()["metrics"]["per_tenant"], "limits_only");
+        let e = error("[metrics]\nper_tenant = \"some\"\n");
+        assert_eq!(e, "t.toml:2:14: metrics.per_tenant: expected \"all\" or \"limits_only\", got \"some\"");
+    }
+
+    #[test]
     fn plan_endpoint_budget_above_its_total_is_an_error() {
         let e = error("[plans.growth]\nper_minute = 200\nendpoints = { ticket_list = 300 }\n");
         assert_eq!(
