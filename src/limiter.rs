@@ -218,10 +218,9 @@ pub const CIRCUIT_FAILURES: u32 = 3;
 /// one probe call through.
 pub const CIRCUIT_OPEN_FOR: Duration = Duration::from_millis(500);
 
-/// How often a remote store is probed in the background (`PING`, through
-/// the circuit), so `/readyz` and `deskgate_store_up` follow the store
-/// without waiting for calls to fail, and an open circuit closes again
-/// without traffic.
+/// How often a remote store is probed in the background (`PING`), so
+/// `/readyz` and `deskgate_store_up` follow the store without waiting for
+/// calls to fail, and an open circuit closes again without traffic.
 pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// Budgets for every tenant, through one store.
@@ -270,24 +269,33 @@ impl Limiter {
         Ok(limiter)
     }
 
-    /// One background probe of a remote store: a `PING` when the circuit
-    /// lets a call through (it is the half-open probe when the circuit is
-    /// open), its outcome counted like a call's.
+    /// One background probe of a remote store: a `PING`. While the circuit
+    /// is closed its outcome only feeds readiness (calls alone open the
+    /// circuit, as before); while it is open, the ping is the half-open
+    /// probe, so the circuit closes again without waiting for a call.
     async fn probe(&self) {
         let AnyStore::Redis(r) = &self.store else { return };
         let start = Instant::now();
-        let Some(mut permit) = self.circuit.permit(start) else {
-            // Open, and not yet time to try again: still down.
-            self.probe_ok.store(false, Ordering::Release);
-            return;
-        };
+        let mut permit = None;
+        if !self.circuit.is_closed() {
+            let Some(p) = self.circuit.permit(start) else {
+                // Open, and not yet time to try again: still down.
+                self.probe_ok.store(false, Ordering::Release);
+                return;
+            };
+            permit = Some(p);
+        }
         match r.ping_by(start + self.store_timeout).await {
             Ok(()) => {
-                permit.succeeded();
+                if let Some(p) = permit.as_mut() {
+                    p.succeeded();
+                }
                 self.probe_ok.store(true, Ordering::Release);
             }
             Err(e) => {
-                permit.failed(Instant::now(), &e);
+                if let Some(p) = permit.as_mut() {
+                    p.failed(Instant::now(), &e);
+                }
                 if self.probe_ok.swap(false, Ordering::AcqRel) {
                     tracing::warn!(error = %e, "rate-limit store probe failed");
                 }
