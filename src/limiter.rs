@@ -340,6 +340,10 @@ impl Limiter {
         match result {
             Ok(d) => {
                 permit.succeeded();
+                // The store answered: ready again without waiting for the probe.
+                if !self.probe_ok.load(Ordering::Relaxed) {
+                    self.probe_ok.store(true, Ordering::Release);
+                }
                 if !d.allowed {
                     self.denials.record(ask, &d, start, Instant::now());
                 }
