@@ -282,3 +282,31 @@ async fn readyz_turns_503_within_a_second_of_redis_dying_without_traffic() {
     assert!(up_again, "/readyz did not turn 200 after Redis came back");
     assert_eq!(gauge(gw.admin, "deskgate_store_up", &[]).await, Some(1.0));
 }
+
+/// A reload keeps the tenants whose budgets a scrape reads, and forgets a
+/// tenant the new config removed.
+#[tokio::test]
+async fn a_reload_keeps_the_budget_series_of_tenants_served_and_drops_removed_ones() {
+    let up = RecordingUpstream::start().await;
+    let gw = gateway(up.addr, "", SERIES_TENANTS).await;
+    let c = client();
+    assert_eq!(get(&c, gw.addr, "dry.freshdesk.com", "/api/v2/contacts").await.status, 200);
+    assert_eq!(get(&c, gw.addr, "ten.freshdesk.com", "/api/v2/contacts").await.status, 200);
+    assert_eq!(up.count(), 2);
+    let path = gw.dir.path().join("deskgate.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    let ten = "[[tenant]]\nname = \"ten\"\ndomain = \"ten.freshdesk.com\"\nplan = \"trial\"\nper_minute = 10\n";
+    assert!(text.contains(ten), "{text}");
+    std::fs::write(&path, text.replace(ten, "")).expect("write config");
+    gw.gw.reload().await.expect("reload");
+    let m = scrape(gw.admin).await;
+    assert_eq!(value(&m, "deskgate_budget_remaining", &[("tenant", "dry"), ("policy", "account")]), Some(1.0));
+    assert_eq!(value(&m, "deskgate_budget_limit", &[("tenant", "dry"), ("policy", "account")]), Some(2.0));
+    // Never served here: nothing to say about it.
+    assert_eq!(value(&m, "deskgate_budget_limit", &[("tenant", "short"), ("policy", "account")]), None);
+    assert!(
+        !m.iter().any(|s| s.name.starts_with("deskgate_budget_") && s.labels.get("tenant").is_some_and(|t| t == "ten")),
+        "a removed tenant keeps no budget series"
+    );
+    assert_eq!(used(gw.admin, "dry").await, 1);
+}
