@@ -173,7 +173,7 @@ pub struct Metrics {
     all_tenants: Name,
     unknown_tenant: Name,
     /// One scrape at a time writes the budget gauges and encodes them.
-    pub scrape_lock: tokio::sync::Mutex<()>,
+    pub scrape_lock: std::sync::Mutex<()>,
     pub config_reloads: Family<ResultLabel, Counter>,
     /// `deskgate_config_last_reload_successful` and its timestamp.
     last_reload: Gauge,
@@ -423,7 +423,7 @@ impl Metrics {
             connections_open,
             all_tenants: Name(Arc::from(ALL_TENANTS)),
             unknown_tenant: Name(Arc::from(UNKNOWN_TENANT)),
-            scrape_lock: tokio::sync::Mutex::new(()),
+            scrape_lock: std::sync::Mutex::new(()),
             config_reloads,
             last_reload,
             last_reload_at,

@@ -29,20 +29,7 @@ const READS_IN_FLIGHT: usize = 64;
 /// when `open`, else the classic text format.
 pub async fn metrics_text(shared: &Shared, open: bool) -> String {
     let m = &shared.metrics;
-    // Two scrapes at once would clear each other's budget series midway.
-    let _one = m.scrape_lock.lock().await;
-    refresh(shared).await;
-    if open {
-        m.encode()
-    } else {
-        m.encode_classic()
-    }
-}
-
-async fn refresh(shared: &Shared) {
-    let m = &shared.metrics;
     let healthy = shared.limiter.store_healthy();
-    m.store_up.set(i64::from(healthy));
     let snap = shared.snapshot.load_full();
     let tenants: Vec<Arc<Tenant>> = snap
         .hosts
@@ -50,7 +37,6 @@ async fn refresh(shared: &Shared) {
         .filter(|e| e.kind == HostKind::Canonical && e.tenant.api_access && e.series.seen())
         .map(|e| e.tenant.clone())
         .collect();
-    // Read before clearing, so a scrape never shows a half-filled family.
     let read: Vec<(Arc<Tenant>, Vec<PolicyState>)> = if healthy {
         let limiter = &shared.limiter;
         stream::iter(tenants.clone())
@@ -69,6 +55,10 @@ async fn refresh(shared: &Shared) {
         // asking per tenant would only wait for timeouts.
         Vec::new()
     };
+    // Written and encoded under one lock (held for no await): two scrapes
+    // at once would clear each other's budget series midway.
+    let _one = m.scrape_lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    m.store_up.set(i64::from(healthy));
     m.budget_remaining.clear();
     m.budget_limit.clear();
     for t in &tenants {
@@ -83,6 +73,11 @@ async fn refresh(shared: &Shared) {
             let labels = TenantPolicy { tenant: tenant.clone(), policy: p.policy.name };
             m.budget_remaining.get_or_create(&labels).set(i64::from(p.remaining));
         }
+    }
+    if open {
+        m.encode()
+    } else {
+        m.encode_classic()
     }
 }
 
