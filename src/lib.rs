@@ -40,7 +40,8 @@
 //! - `headers`: decision → rate-limit headers; `reject`: every refusal, built
 //!   from the steps', the limiter's and the upstream's data; `fields`: where
 //!   both write (a `HeaderMap` or the fast path's text)
-//! - `metrics`, `admin`: Prometheus registry and the admin listener
+//! - `metrics`, `admin`: Prometheus registry and the admin listener;
+//!   `scrape`: what `/metrics` reads at scrape time (budget gauges, store state)
 //! - `reload`: SIGHUP and file changes → load → atomic swap
 //! - `demo`: `deskgate demo`
 //! - `webhooks` (+ `api`, `dispatch`, `deliver`, `queue`, `redis_queue`): webhook
