@@ -60,10 +60,11 @@ pub async fn handle(
                     .windows(b"application/openmetrics-text".len())
                     .any(|w| w == b"application/openmetrics-text")
             });
-            let (content_type, text) = if open {
-                ("application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.encode())
+            let text = crate::scrape::metrics_text(&shared, open).await;
+            let content_type = if open {
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
             } else {
-                ("text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode_classic())
+                "text/plain; version=0.0.4; charset=utf-8"
             };
             respond(StatusCode::OK, content_type, text)
         }

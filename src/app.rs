@@ -126,7 +126,8 @@ impl Gateway {
             hold,
         });
         let fast = FastPath::new(shared.clone(), fast_enabled);
-        let opts = ListenerOptions { header_read_timeout, tls: tls.clone(), fast };
+        let connections = Some(shared.metrics.connections_open.clone());
+        let opts = ListenerOptions { header_read_timeout, tls: tls.clone(), fast, connections };
         let (shutdown, rx) = watch::channel(false);
         let (admin_shutdown, admin_rx) = watch::channel(false);
         let draining = Arc::new(AtomicBool::new(false));
@@ -153,7 +154,8 @@ impl Gateway {
         });
         let admin_shared = shared.clone();
         let admin_draining = draining.clone();
-        let admin_opts = ListenerOptions { header_read_timeout: Duration::from_secs(10), tls: None, fast: None };
+        let admin_opts =
+            ListenerOptions { header_read_timeout: Duration::from_secs(10), tls: None, fast: None, connections: None };
         let admin_task = tokio::spawn(async move {
             let handler = move |_peer, _tls, req| admin::handle(admin_shared.clone(), admin_draining.clone(), req);
             let graceful = server::serve(admin_listener, admin_opts, admin_rx, handler).await;

@@ -96,6 +96,7 @@ pub struct Config {
     pub digest: String,
     /// When these files were read.
     pub loaded_at: std::time::SystemTime,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +176,32 @@ pub struct LimiterConfig {
     pub refused_credential_ttl: Duration,
 }
 
+/// `[metrics]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub per_tenant: PerTenant,
+}
+
+/// `[metrics] per_tenant`: which series carry a `tenant` label per tenant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PerTenant {
+    /// Every series with a `tenant` label has one per tenant.
+    #[default]
+    All,
+    /// Only the budget, rate-limited, shadow and near-limit series do;
+    /// requests, rejections and refunds are summed under `tenant="*"`.
+    LimitsOnly,
+}
+
+impl PerTenant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PerTenant::All => "all",
+            PerTenant::LimitsOnly => "limits_only",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhooksConfig {
     pub listen: SocketAddr,
@@ -189,6 +216,10 @@ pub struct WebhooksConfig {
     /// is refused with `webhook_queue_full`.
     pub max_queued_per_tenant: u64,
 }
+
+/// The `tenant` label metrics give API calls to a host no tenant has:
+/// refused as a tenant name, so that bucket never merges with a tenant.
+pub const UNKNOWN_TENANT: &str = "unknown";
 
 /// Per-endpoint budgets, indexed by [`Endpoint::index`] (`None`: no endpoint budget).
 pub type EndpointBudgets = [Option<u32>; Endpoint::CLASSIFIED];

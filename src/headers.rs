@@ -14,13 +14,7 @@ pub fn render(d: &Decision, h: &mut impl Fields) {
     h.field(&X_RATELIMIT_TOTAL, |v| push_number(v, u64::from(d.account.policy.quota)));
     h.field(&X_RATELIMIT_REMAINING, |v| push_number(v, u64::from(d.account.remaining)));
     h.field(&X_RATELIMIT_USED, |v| push_number(v, u64::from(d.charged())));
-    h.field(&RATELIMIT_POLICY, |v| {
-        push_policy(v, &d.account);
-        if let Some(e) = &d.endpoint {
-            v.extend_from_slice(b", ");
-            push_policy(v, e);
-        }
-    });
+    h.field(&RATELIMIT_POLICY, |v| push_policies(v, d));
     let tight = d.tighter();
     h.field(&RATELIMIT, |v| {
         push_quoted(v, tight.policy.name);
@@ -34,6 +28,24 @@ pub fn render(d: &Decision, h: &mut impl Fields) {
         if !h.contains(&names::RETRY_AFTER) {
             h.field(&names::RETRY_AFTER, |v| push_number(v, refusal.retry_after_s));
         }
+    }
+}
+
+/// Adds the rate-limit headers a shadow tenant's answer shows: the budgets
+/// that would be enforced and what this call took, but nothing a client
+/// backs off on (no `X-RateLimit-Remaining`, `RateLimit` or `Retry-After`),
+/// so a dry run changes no client's behaviour.
+pub fn render_unenforced(d: &Decision, h: &mut impl Fields) {
+    h.field(&X_RATELIMIT_TOTAL, |v| push_number(v, u64::from(d.account.policy.quota)));
+    h.field(&X_RATELIMIT_USED, |v| push_number(v, u64::from(d.charged())));
+    h.field(&RATELIMIT_POLICY, |v| push_policies(v, d));
+}
+
+fn push_policies(v: &mut Vec<u8>, d: &Decision) {
+    push_policy(v, &d.account);
+    if let Some(e) = &d.endpoint {
+        v.extend_from_slice(b", ");
+        push_policy(v, e);
     }
 }
 
@@ -90,6 +102,25 @@ mod tests {
         assert_eq!(h["ratelimit-policy"], "\"account\";q=400;w=60, \"ticket_list\";q=100;w=60");
         assert_eq!(h["ratelimit"], "\"ticket_list\";r=37;t=12");
         assert!(h.get("retry-after").is_none());
+    }
+
+    #[test]
+    fn a_shadow_answer_names_the_budgets_but_no_remaining_or_wait() {
+        let d = Decision {
+            allowed: false,
+            cost: 1,
+            account: state("account", 50, 0, 4_000, Some(9_001)),
+            endpoint: Some(state("ticket_list", 20, 0, 4_000, Some(9_001))),
+            degraded: false,
+        };
+        let mut h = HeaderMap::new();
+        render_unenforced(&d, &mut h);
+        assert_eq!(h["x-ratelimit-total"], "50");
+        assert_eq!(h["x-ratelimit-used-currentrequest"], "0");
+        assert_eq!(h["ratelimit-policy"], "\"account\";q=50;w=60, \"ticket_list\";q=20;w=60");
+        for name in ["retry-after", "ratelimit", "x-ratelimit-remaining"] {
+            assert!(h.get(name).is_none(), "{name}");
+        }
     }
 
     #[test]

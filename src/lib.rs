@@ -46,6 +46,7 @@
 //!   both write (a `HeaderMap` or the fast path's text)
 //! - `metrics`, `admin`: Prometheus registry and the admin listener;
 //!   `access_log`: one structured line per call
+//!   `scrape`: what `/metrics` reads at scrape time (budget gauges, store state)
 //! - `reload`: SIGHUP and file changes → load → atomic swap
 //! - `demo`: `deskgate demo`; `healthcheck`: `deskgate healthcheck`
 //! - `webhooks` (+ `api`, `dispatch`, `deliver`, `queue`, `redis_queue`): webhook
@@ -79,6 +80,7 @@ pub mod proxy;
 pub mod reconcile;
 pub mod reject;
 pub mod reload;
+pub mod scrape;
 pub mod server;
 pub mod state;
 pub mod tenant;

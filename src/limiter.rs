@@ -232,8 +232,15 @@ pub const CIRCUIT_FAILURES: u32 = 3;
 /// one probe call through.
 pub const CIRCUIT_OPEN_FOR: Duration = Duration::from_millis(500);
 
+/// How often a remote store is probed in the background (`PING`), so
+/// `/readyz` and `deskgate_store_up` follow the store without waiting for
+/// calls to fail, and an open circuit closes again without traffic.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
 /// Budgets for every tenant, through one store.
 pub struct Limiter {
+    /// Whether the latest background probe was answered (true until one fails).
+    probe_ok: AtomicBool,
     store: AnyStore,
     on_store_error: OnStoreError,
     store_timeout: Duration,
@@ -246,6 +253,7 @@ impl Limiter {
     /// A limiter over `store`, configured by `[limiter]`.
     pub fn new(store: AnyStore, cfg: &LimiterConfig) -> Limiter {
         Limiter {
+            probe_ok: AtomicBool::new(true),
             store,
             on_store_error: cfg.on_store_error,
             store_timeout: cfg.store_timeout,
@@ -268,7 +276,45 @@ impl Limiter {
             StoreKind::Memory => AnyStore::Memory(MemoryStore::new()),
             kind => AnyStore::Redis(RedisStore::connect(kind, &cfg.key_prefix, cfg.redis_batch).await?),
         };
-        Ok(Arc::new(Limiter::new(store, cfg)))
+        let limiter = Arc::new(Limiter::new(store, cfg));
+        if matches!(limiter.store, AnyStore::Redis(_)) {
+            tokio::spawn(probe_loop(Arc::downgrade(&limiter)));
+        }
+        Ok(limiter)
+    }
+
+    /// One background probe of a remote store: a `PING`. While the circuit
+    /// is closed its outcome only feeds readiness (calls alone open the
+    /// circuit, as before); while it is open, the ping is the half-open
+    /// probe, so the circuit closes again without waiting for a call.
+    async fn probe(&self) {
+        let AnyStore::Redis(r) = &self.store else { return };
+        let start = Instant::now();
+        let mut permit = None;
+        if !self.circuit.is_closed() {
+            let Some(p) = self.circuit.permit(start) else {
+                // Open, and not yet time to try again: still down.
+                self.probe_ok.store(false, Ordering::Release);
+                return;
+            };
+            permit = Some(p);
+        }
+        match r.ping_by(start + self.store_timeout).await {
+            Ok(()) => {
+                if let Some(p) = permit.as_mut() {
+                    p.succeeded();
+                }
+                self.probe_ok.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                if let Some(p) = permit.as_mut() {
+                    p.failed(Instant::now(), &e);
+                }
+                if self.probe_ok.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "rate-limit store probe failed");
+                }
+            }
+        }
     }
 
     /// Whether the store answers: always for memory; for Redis, connected and
@@ -276,7 +322,7 @@ impl Limiter {
     pub fn store_healthy(&self) -> bool {
         match &self.store {
             AnyStore::Memory(_) => true,
-            AnyStore::Redis(r) => r.is_connected() && self.circuit.is_closed(),
+            AnyStore::Redis(r) => r.is_connected() && self.circuit.is_closed() && self.probe_ok.load(Ordering::Acquire),
         }
     }
 
@@ -308,6 +354,10 @@ impl Limiter {
         match result {
             Ok(d) => {
                 permit.succeeded();
+                // The store answered: ready again without waiting for the probe.
+                if !self.probe_ok.load(Ordering::Relaxed) {
+                    self.probe_ok.store(true, Ordering::Release);
+                }
                 if !d.allowed {
                     self.denials.record(ask, &d, start, Instant::now());
                 }
@@ -394,6 +444,17 @@ impl Limiter {
             }),
             OnStoreError::FailClosed => Err(StoreUnavailable { retry_after_s: 1 }),
         }
+    }
+}
+
+/// Probes the store every [`PROBE_EVERY`] while the limiter lives.
+async fn probe_loop(limiter: std::sync::Weak<Limiter>) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(limiter) = limiter.upgrade() else { return };
+        limiter.probe().await;
     }
 }
 

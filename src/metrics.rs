@@ -6,6 +6,7 @@
 //! header, so cardinality stays bounded by the config.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -83,14 +84,50 @@ pub struct VersionLabel {
 /// tenant's removal only feeds a series no longer exposed.
 #[derive(Debug, Default)]
 pub struct TenantSeries {
-    /// `deskgate_budget_remaining`: the account, then each endpoint class.
-    remaining: [OnceLock<Gauge>; 1 + Endpoint::CLASSIFIED],
+    /// Whether this replica judged an API call of the tenant since start
+    /// (carried over reloads): the tenants whose budgets a scrape reads.
+    seen: AtomicBool,
     /// `deskgate_requests_total` with status 200, 201 and 429, per endpoint
     /// class (`other` last): nearly every answer, also under a flood. Other
     /// statuses take the family.
     answered: [[OnceLock<Counter>; 3]; Endpoint::CLASSIFIED + 1],
     /// `deskgate_rate_limited_total`, per endpoint class.
     limited: [OnceLock<Counter>; Endpoint::CLASSIFIED + 1],
+    /// `deskgate_near_limit_total`: the account, then each endpoint class.
+    near: [OnceLock<Counter>; 1 + Endpoint::CLASSIFIED],
+    /// `deskgate_shadow_refusals_total`: the account, then each endpoint class.
+    shadow: [OnceLock<Counter>; 1 + Endpoint::CLASSIFIED],
+}
+
+impl TenantSeries {
+    /// Notes an API call of the tenant: a load, and one store the first time.
+    pub fn mark_seen(&self) {
+        if !self.seen.load(Ordering::Relaxed) {
+            self.seen.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an API call of the tenant was judged here (see `seen`).
+    pub fn seen(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
+    }
+}
+
+/// The `tenant` label of series aggregated over tenants
+/// (`[metrics] per_tenant = "limits_only"`): `*` is no tenant name (names
+/// are letters, digits, `-`, `_` and `.`), so it cannot collide with one.
+pub const ALL_TENANTS: &str = "*";
+
+/// The `tenant` label of API calls to a host no tenant has.
+pub use crate::config::UNKNOWN_TENANT;
+
+/// The index of a policy in [`TenantSeries`]' per-policy arrays and its
+/// `policy` label: the account (`None`) or an endpoint class's budget.
+fn policy_slot(endpoint: Option<Endpoint>) -> (usize, &'static str) {
+    match endpoint {
+        None => (0, "account"),
+        Some(e) => (e.index().map_or(0, |i| i + 1), e.as_str()),
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -117,7 +154,29 @@ pub struct Metrics {
     upstream_errors: Family<KindLabel, Counter>,
     pub store_duration: Histogram,
     pub store_errors: Counter,
+    /// `deskgate_budget_remaining` and `deskgate_budget_limit`: written by
+    /// each scrape from the store's windows (`scrape`), not by calls.
     pub budget_remaining: Family<TenantPolicy, Gauge>,
+    pub budget_limit: Family<TenantPolicy, Gauge>,
+    /// `deskgate_shadow_refusals_total{tenant,policy}`: calls of shadow
+    /// tenants forwarded that would have been answered 429.
+    shadow_refusals: Family<TenantPolicy, Counter>,
+    /// `deskgate_near_limit_total{tenant,policy}`: calls admitted with under
+    /// a tenth of a budget left.
+    near_limit: Family<TenantPolicy, Counter>,
+    /// `deskgate_store_up`: set at scrape time.
+    pub store_up: Gauge,
+    /// `deskgate_calls_in_flight`: API and portal calls between their head
+    /// and their answer's head, on either path.
+    pub calls_in_flight: Gauge,
+    /// `deskgate_connections_open`: downstream connections of the API
+    /// listener, on either path.
+    pub connections_open: Gauge,
+    /// The label values every call may need, built once.
+    all_tenants: Name,
+    unknown_tenant: Name,
+    /// One scrape at a time writes the budget gauges and encodes them.
+    pub scrape_lock: std::sync::Mutex<()>,
     pub config_reloads: Family<ResultLabel, Counter>,
     /// `deskgate_config_last_reload_successful` and its timestamp.
     last_reload: Gauge,
@@ -227,6 +286,12 @@ impl Metrics {
         let store_duration = latency_histogram();
         let store_errors = Counter::default();
         let budget_remaining = Family::<TenantPolicy, Gauge>::default();
+        let budget_limit = Family::<TenantPolicy, Gauge>::default();
+        let shadow_refusals = Family::<TenantPolicy, Counter>::default();
+        let near_limit = Family::<TenantPolicy, Counter>::default();
+        let store_up = Gauge::default();
+        let calls_in_flight = Gauge::default();
+        let connections_open = Gauge::default();
         let config_reloads = Family::<ResultLabel, Counter>::default();
         let build_info = Family::<VersionLabel, Gauge>::default();
         // Series of closed label sets start at 0, so `increase()` sees their first event.
@@ -289,8 +354,38 @@ impl Metrics {
         );
         registry.register(
             "deskgate_budget_remaining",
-            "Credits left in the window after the latest call",
+            "Credits left in the tenant's window of the policy at scrape time (tenants with a call since start)",
             budget_remaining.clone(),
+        );
+        registry.register(
+            "deskgate_budget_limit",
+            "Credits the policy allows per window, beside each deskgate_budget_remaining",
+            budget_limit.clone(),
+        );
+        registry.register(
+            "deskgate_shadow_refusals",
+            "Calls of shadow tenants forwarded that would have been answered 429, by tenant and the refusing policy",
+            shadow_refusals.clone(),
+        );
+        registry.register(
+            "deskgate_near_limit",
+            "Calls admitted with under 10% of a budget left after them, by tenant and policy",
+            near_limit.clone(),
+        );
+        registry.register(
+            "deskgate_store_up",
+            "Whether the rate-limit store answers (1) or not (0: disconnected, circuit open or the background probe failing)",
+            store_up.clone(),
+        );
+        registry.register(
+            "deskgate_calls_in_flight",
+            "Calls received whose answer head is not yet written",
+            calls_in_flight.clone(),
+        );
+        registry.register(
+            "deskgate_connections_open",
+            "Downstream connections open on the API listener",
+            connections_open.clone(),
         );
         registry.register("deskgate_config_reloads", "Config reloads, by result", config_reloads.clone());
         registry.register("deskgate_build_info", "Build information", build_info);
@@ -326,6 +421,15 @@ impl Metrics {
             store_duration,
             store_errors,
             budget_remaining,
+            budget_limit,
+            shadow_refusals,
+            near_limit,
+            store_up,
+            calls_in_flight,
+            connections_open,
+            all_tenants: Name(Arc::from(ALL_TENANTS)),
+            unknown_tenant: Name(Arc::from(UNKNOWN_TENANT)),
+            scrape_lock: std::sync::Mutex::new(()),
             config_reloads,
             last_reload,
             last_reload_at,
@@ -377,18 +481,40 @@ impl Metrics {
         };
     }
 
-    /// Sets what is left of `tenant`'s account budget (`endpoint` `None`) or
-    /// of its budget for `endpoint`.
-    pub fn set_remaining(&self, series: Option<&TenantSeries>, tenant: &Name, endpoint: Option<Endpoint>, left: u32) {
-        let policy = endpoint.map_or("account", Endpoint::as_str);
+    /// The `tenant` label of the unknown-host bucket.
+    pub fn unknown_tenant(&self) -> &Name {
+        &self.unknown_tenant
+    }
+
+    /// The `tenant` label of series aggregated over tenants.
+    pub fn all_tenants(&self) -> &Name {
+        &self.all_tenants
+    }
+
+    /// Counts a call admitted with under a tenth of `tenant`'s account
+    /// budget (`endpoint` `None`) or its budget for `endpoint` left.
+    pub fn count_near_limit(&self, series: Option<&TenantSeries>, tenant: &Name, endpoint: Option<Endpoint>) {
+        self.per_policy(&self.near_limit, series.map(|s| &s.near), tenant, endpoint);
+    }
+
+    /// Counts a shadow tenant's call forwarded that `endpoint`'s budget
+    /// (`None`: the account's) would have refused.
+    pub fn count_shadow_refusal(&self, series: Option<&TenantSeries>, tenant: &Name, endpoint: Option<Endpoint>) {
+        self.per_policy(&self.shadow_refusals, series.map(|s| &s.shadow), tenant, endpoint);
+    }
+
+    fn per_policy(
+        &self,
+        family: &Family<TenantPolicy, Counter>,
+        kept: Option<&[OnceLock<Counter>; 1 + Endpoint::CLASSIFIED]>,
+        tenant: &Name,
+        endpoint: Option<Endpoint>,
+    ) {
+        let (i, policy) = policy_slot(endpoint);
         let labels = || TenantPolicy { tenant: tenant.clone(), policy };
-        let i = endpoint.and_then(Endpoint::index).map_or(0, |e| e + 1);
-        let left = i64::from(left);
-        match series {
-            Some(series) => {
-                series.remaining[i].get_or_init(|| self.budget_remaining.get_or_create(&labels()).clone()).set(left)
-            }
-            None => self.budget_remaining.get_or_create(&labels()).set(left),
+        match kept {
+            Some(kept) => kept[i].get_or_init(|| family.get_or_create(&labels()).clone()).inc(),
+            None => family.get_or_create(&labels()).inc(),
         };
     }
 
@@ -467,4 +593,21 @@ fn classic(open: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A gauge raised while this lives (calls or connections in flight): two
+/// atomic adds, whatever ends the work, a cancelled future included.
+pub struct Held<'a>(&'a Gauge);
+
+impl<'a> Held<'a> {
+    pub fn new(gauge: &'a Gauge) -> Held<'a> {
+        gauge.inc();
+        Held(gauge)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -18,14 +18,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::access_log::{self, Refused, Target};
+use crate::config::PerTenant;
 use crate::config::{Config, Tenant};
 use crate::endpoint::{self, Endpoint};
 use crate::fields::Fields;
 use crate::head::names::{AUTHORIZATION, HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 use crate::head::{self, RequestFields, RequestHead, RequestId};
 use crate::hold::Held;
-use crate::limiter::{Ask, Decision, StoreUnavailable};
-use crate::metrics::{Name, TenantReason, TenantSeries};
+use crate::limiter::{Ask, Decision, PolicyState, StoreUnavailable};
+use crate::metrics::{Held as Gauged, Metrics, Name, TenantReason, TenantSeries};
 use crate::reconcile::{self, HelpdeskView};
 use crate::reject::Reject;
 use crate::state::{Shared, Snapshot};
@@ -102,7 +103,9 @@ pub(crate) trait Wire {
 /// an answer.
 pub(crate) async fn serve_call<W: Wire>(shared: &Shared, conn: ConnInfo, wire: &mut W) -> W::Output {
     let snap = shared.snapshot.load_full();
+    let _in_flight = Gauged::new(&shared.metrics.calls_in_flight);
     let mut cx = Call::new(RequestId::of(wire.head()));
+    cx.aggregate = snap.config.metrics.per_tenant == PerTenant::LimitsOnly;
     let gone = || wire.client_gone();
     let answer = match decide(shared, &snap, conn, &mut cx, wire.head(), wire.body_present(), gone).await {
         Ok(mut plan) => {
@@ -221,7 +224,8 @@ async fn give_back(
     let Some(charged) = cx.decision else { return };
     if let Some(after) = shared.limiter.refund(&Ask::new(tenant, cx.endpoint, charged.cost), &charged).await {
         cx.decision = Some(after);
-        shared.metrics.refunds.get_or_create(&TenantReason { tenant: Name(tenant.name.clone()), reason }).inc();
+        let tenant = if cx.aggregate { shared.metrics.all_tenants().clone() } else { Name(tenant.name.clone()) };
+        shared.metrics.refunds.get_or_create(&TenantReason { tenant, reason }).inc();
     }
 }
 
@@ -252,6 +256,15 @@ struct Call {
     upstream_error: Option<&'static str>,
     /// The normalised path sent upstream, when it differs from the one received.
     forwarded_path: Option<String>,
+    /// A shadow tenant's call: its answer shows no remaining budget or wait.
+    shadow: bool,
+    /// Forwarded although its budget refused it (a shadow tenant's).
+    shadow_refused: bool,
+    /// Passed every check and its budget: forwarded as an API call.
+    admitted: bool,
+    /// `[metrics] per_tenant = "limits_only"`: requests, rejections and
+    /// refunds are counted under `tenant="*"`.
+    aggregate: bool,
 }
 
 impl Call {
@@ -261,6 +274,7 @@ impl Call {
     fn api_call(&mut self, host: Option<&HostEntry>) {
         self.api = true;
         if let Some(e) = host {
+            e.series.mark_seen();
             self.tenant = Some(e.tenant.clone());
             self.series = Some(e.series.clone());
             if e.tenant.trust_upstream_limits {
@@ -283,6 +297,10 @@ impl Call {
             reject: None,
             upstream_error: None,
             forwarded_path: None,
+            shadow: false,
+            shadow_refused: false,
+            admitted: false,
+            aggregate: false,
         }
     }
 }
@@ -329,11 +347,21 @@ async fn decide<G: Future<Output = ()>>(
 ) -> Result<Plan, Reject> {
     let cfg = &*snap.config;
     // Refused whatever the path: what no upstream should be left to make
-    // sense of, API call or portal page.
-    checks::request_form(req)?;
-    checks::framing_and_connection(req)?;
+    // sense of, API call or portal page. Counted under the tenant its host
+    // names, if it names one, before the path is even read.
+    let early = checks::request_form(req).and_then(|()| checks::framing_and_connection(req));
     // RFC 9112 §3.2: no `Host`, two, or a malformed one is 400 on any path.
-    let host = tenant::requested_host(req)?;
+    let host = match (early, tenant::requested_host(req)) {
+        (Ok(()), Ok(host)) => host,
+        (Err(reject), host) => {
+            if let Some(entry) = host.ok().and_then(|h| snap.hosts.get(&*h)) {
+                cx.api_call(Some(entry));
+            }
+            return Err(reject);
+        }
+        // No tenant to count it for.
+        (Ok(()), Err(reject)) => return Err(reject),
+    };
     let https = is_https(cfg, conn, req);
     // Any spelling that cannot be normalised safely is 400, whatever it
     // spells: a server behind us might read an API call into it. `Some`
@@ -369,6 +397,7 @@ async fn decide<G: Future<Output = ()>>(
     let entry = snap.hosts.get(&*host);
     cx.api_call(entry);
     let tenant = tenant::resolve(entry)?.clone(); // 1
+    cx.shadow = tenant.shadow;
     if cfg.server.require_https && !https {
         return Err(Reject::SslRequired); // 2
     }
@@ -432,8 +461,10 @@ async fn decide<G: Future<Output = ()>>(
         if !tenant.shadow {
             return Err(Reject::from(refusal));
         }
+        cx.shadow_refused = true;
         tracing::info!(tenant = %tenant.name, endpoint = endpoint.as_str(), request_id = cx.request_id.as_str(), "shadow: would answer 429");
     }
+    cx.admitted = true;
     Ok(Plan { https, tenant: Some(tenant), authority: None, path: normalized })
 }
 
@@ -474,7 +505,11 @@ fn is_https(cfg: &Config, conn: ConnInfo, fields: &impl RequestFields) -> bool {
 /// far, which its access-log line shows.
 fn finish(shared: &Shared, cx: &Call, status: u16, own_id: bool, h: &mut impl Fields) -> Duration {
     if let Some(d) = &cx.decision {
-        headers::render(d, h);
+        if cx.shadow {
+            headers::render_unenforced(d, h);
+        } else {
+            headers::render(d, h);
+        }
     }
     if own_id {
         h.field(&X_REQUEST_ID, |v| v.extend_from_slice(cx.request_id.as_bytes()));
@@ -483,25 +518,48 @@ fn finish(shared: &Shared, cx: &Call, status: u16, own_id: bool, h: &mut impl Fi
     if !cx.api {
         return total;
     }
-    let tenant = Name(cx.tenant.as_ref().map_or_else(|| Arc::from("unknown"), |t| t.name.clone()));
     let m = &shared.metrics;
+    let tenant = cx.tenant.as_ref().map_or_else(|| m.unknown_tenant().clone(), |t| Name(t.name.clone()));
+    // Requests and rejections: per tenant or summed (`[metrics] per_tenant`).
+    let counted = if cx.aggregate { m.all_tenants() } else { &tenant };
     let series = cx.series.as_deref();
-    m.count_answer(series, &tenant, cx.endpoint, status);
+    m.count_answer(series, counted, cx.endpoint, status);
     let (duration, overhead) = m.call_histograms(cx.endpoint);
     duration.observe(total.as_secs_f64());
     overhead.observe(total.saturating_sub(cx.upstream.unwrap_or_default()).as_secs_f64());
     if let Some(d) = &cx.decision {
-        m.set_remaining(series, &tenant, None, d.account.remaining);
-        if let Some(e) = &d.endpoint {
-            m.set_remaining(series, &tenant, Some(cx.endpoint), e.remaining);
-        }
+        count_budget_events(m, cx, &tenant, d);
     }
     match cx.reject {
         Some("rate_limit_exceeded") => m.count_rate_limited(series, &tenant, cx.endpoint),
         Some(reason) => {
-            m.rejected.get_or_create(&TenantReason { tenant: tenant.clone(), reason }).inc();
+            m.rejected.get_or_create(&TenantReason { tenant: counted.clone(), reason }).inc();
         }
         None => {}
     }
     total
+}
+
+/// The per-policy events of a judged call: admitted with under a tenth of a
+/// budget left (`deskgate_near_limit_total`), or a shadow tenant's call its
+/// budget would have refused (`deskgate_shadow_refusals_total`).
+fn count_budget_events(m: &Metrics, cx: &Call, tenant: &Name, d: &Decision) {
+    let series = cx.series.as_deref();
+    if cx.shadow_refused {
+        let on_endpoint = d.blocking().is_some_and(|p| d.endpoint.is_some_and(|e| e.policy == p.policy));
+        m.count_shadow_refusal(series, tenant, on_endpoint.then_some(cx.endpoint));
+        return;
+    }
+    // Admitted and charged calls only: a refusal, a refund or a degraded
+    // pass took nothing (a `charge_invalid` refusal was charged, not admitted).
+    if !cx.admitted || d.charged() == 0 {
+        return;
+    }
+    let near = |p: &PolicyState| u64::from(p.remaining) * 10 < u64::from(p.policy.quota);
+    if near(&d.account) {
+        m.count_near_limit(series, tenant, None);
+    }
+    if d.endpoint.as_ref().is_some_and(near) {
+        m.count_near_limit(series, tenant, Some(cx.endpoint));
+    }
 }

@@ -21,8 +21,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
-use crate::endpoint::Endpoint;
-use crate::metrics::{Name, TenantPolicy};
 use crate::state::{Shared, Snapshot};
 use crate::tls;
 
@@ -51,10 +49,11 @@ pub async fn reload_now(shared: &Shared, tls: Option<&TlsSlot>) -> Result<(), Co
                     "config reloaded, but these settings apply only after a restart"
                 );
             }
-            forget_removed_tenants(shared, &old.config, &config);
             let tenants = config.tenants.len();
             let path = config.path.display().to_string();
-            shared.snapshot.store(Arc::new(Snapshot::new(config).pending_restart(restart)));
+            let new = Snapshot::new(config).pending_restart(restart);
+            carry_seen(&old, &new);
+            shared.snapshot.store(Arc::new(new));
             if let (Some(slot), Some(server_tls)) = (tls, server_tls) {
                 slot.store(Some(Arc::new(server_tls)));
             }
@@ -149,19 +148,20 @@ fn restart_only_changes(running: &Config, new: &mut Config, listener_tls: bool) 
     changed
 }
 
-/// A tenant gone from the config leaves no stale `deskgate_budget_remaining` series.
-fn forget_removed_tenants(shared: &Shared, old: &Config, new: &Config) {
+/// The tenants this replica has served keep their budget series over a
+/// reload (a scrape reads the budgets of those only); a tenant gone from the
+/// config has no series left to show.
+fn carry_seen(old: &Snapshot, new: &Snapshot) {
     // A set, not `Config::tenant` per name: with 10,000 tenants a linear
     // lookup per tenant made a reload take most of a second.
-    let kept: std::collections::HashSet<&str> = new.tenants.iter().map(|t| &*t.name).collect();
-    for t in &old.tenants {
-        if kept.contains(&*t.name) {
-            continue;
-        }
-        let tenant = Name(t.name.clone());
-        let policies = std::iter::once("account").chain(Endpoint::ALL_CLASSIFIED.map(|e| e.as_str()));
-        for policy in policies {
-            shared.metrics.budget_remaining.remove(&TenantPolicy { tenant: tenant.clone(), policy });
+    let seen: std::collections::HashSet<&str> =
+        old.hosts.values().filter(|e| e.series.seen()).map(|e| &*e.tenant.name).collect();
+    if seen.is_empty() {
+        return;
+    }
+    for e in new.hosts.values() {
+        if seen.contains(&*e.tenant.name) {
+            e.series.mark_seen();
         }
     }
 }

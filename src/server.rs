@@ -28,6 +28,8 @@ use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
 use crate::fast::FastPath;
+use crate::metrics::Held;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +42,9 @@ pub struct ListenerOptions {
     pub tls: Option<Arc<ArcSwapOption<rustls::ServerConfig>>>,
     /// Plain-TCP connections start on the HTTP/1.1 fast path (`fast`).
     pub fast: Option<Arc<FastPath>>,
+    /// Raised while a connection is open, on whichever path serves it
+    /// (`deskgate_connections_open` for the API listener).
+    pub connections: Option<Gauge>,
 }
 
 /// What `serve` leaves behind: the connections still open, to drain.
@@ -126,8 +131,10 @@ where
         let conn_shutdown = shutdown.clone();
         let hyper_shutdown = shutdown.clone();
         let guard = LiveGuard::new(&live);
+        let open = opts.connections.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            let _open = open.as_ref().map(Held::new);
             // A plain connection starts on the fast path, which bounds the
             // wait for every request head itself.
             let (prefix, stream) = match FastPath::for_connection(fast.as_ref(), tls.is_some()) {

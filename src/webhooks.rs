@@ -347,7 +347,12 @@ impl Webhooks {
         let api_rx = shutdown.clone();
         let listener = self.listener;
         let api_task = tokio::spawn(async move {
-            let opts = ListenerOptions { header_read_timeout: Duration::from_secs(10), tls: None, fast: None };
+            let opts = ListenerOptions {
+                header_read_timeout: Duration::from_secs(10),
+                tls: None,
+                fast: None,
+                connections: None,
+            };
             let handler = move |_peer, _tls, req| api::handle(api_core.clone(), req);
             let graceful = server::serve(listener, opts, api_rx, handler).await;
             let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;

@@ -123,26 +123,29 @@ async fn assert_refused_alone(
     assert_eq!(used(gw.admin, "acme").await, acme, "{shape}: charged");
 }
 
-/// Asserts that nothing was counted per tenant: no `deskgate_requests_total`
-/// or `deskgate_rejected_total` series at all, and no `refused` log line.
-/// Refusals made before the path is judged (request form, framing,
-/// `Connection`, `Host`) have no tenant and endpoint yet, so they are not
-/// per-tenant figures.
-async fn assert_not_counted_per_tenant(gw: &TestGateway, logs: &Logs, shape: &str) {
+/// Asserts what refusals made before the path is judged (request form,
+/// framing, `Connection`) leave behind: each counted for the tenant its
+/// `Host` names (`acme` here), as `(status, reason, times)` in `counted`,
+/// and nothing for anyone else — a missing or doubled `Host` names no
+/// tenant, so it is counted for nobody.
+async fn assert_counted_for_acme_only(gw: &TestGateway, logs: &Logs, shape: &str, counted: &[(u16, &str, u32)]) {
+    for &(status, reason, times) in counted {
+        assert_refusal_counted(gw, Some(logs), "acme", "other", status, reason, times).await;
+    }
     let samples = metrics::scrape(gw.admin).await;
     for name in ["deskgate_requests_total", "deskgate_rejected_total"] {
-        let series: Vec<_> = samples.iter().filter(|s| s.name == name).map(|s| &s.labels).collect();
-        assert!(series.is_empty(), "{shape}: {name} counted {series:?}");
+        let others: Vec<_> =
+            samples.iter().filter(|s| s.name == name && s.labels["tenant"] != "acme").map(|s| &s.labels).collect();
+        assert!(others.is_empty(), "{shape}: {name} counted {others:?}");
     }
-    assert_eq!(metrics::value(&samples, "deskgate_requests_total", &[]), None, "{shape}");
-    // Its access line names no tenant and no endpoint.
-    assert!(!logs.events("refused").is_empty(), "{shape}: refused without an access line");
-    let refused: Vec<_> = logs
-        .events("refused")
-        .into_iter()
-        .filter(|l| l.get("tenant").is_some() || l.get("endpoint").is_some())
-        .collect();
-    assert!(refused.is_empty(), "{shape}: logged as a per-tenant refusal: {refused:?}");
+    // One access line per refusal: under acme where its Host named acme;
+    // one with no tenant where no Host named anyone.
+    let total: u32 = counted.iter().map(|c| c.2).sum();
+    let refused = logs.access("refused");
+    let acme = refused.iter().filter(|l| l["tenant"] == "acme").count();
+    assert_eq!(acme, total as usize, "{shape}: one refused line each: {refused:?}");
+    let others: Vec<_> = refused.iter().filter(|l| l.get("tenant").is_some_and(|t| t != "acme")).collect();
+    assert!(others.is_empty(), "{shape}: logged under another tenant: {others:?}");
 }
 
 /// Decodes a chunked body (sizes, data, the last chunk; no trailers).
@@ -421,7 +424,7 @@ support::on_both_paths! {
             let shape = format!("Connection: keep-alive, {option}");
             assert_refused_alone(&up, &gw, &shape, &bytes, 400, "invalid_value", Some("Connection")).await;
         }
-        assert_not_counted_per_tenant(&gw, &logs, "Connection").await;
+        assert_counted_for_acme_only(&gw, &logs, "Connection", &[(400, "invalid_value", 6)]).await;
     }
 
     /// Item 7: a GET or HEAD API call with a body is 400, and the body is
@@ -558,7 +561,8 @@ support::on_both_paths! {
         for (shape, bytes, status, code) in cases {
             assert_refused_alone(&up, &gw, shape, &bytes, status, code, None).await;
         }
-        assert_not_counted_per_tenant(&gw, &logs, "framing and targets").await;
+        let counted = [(501, "unsupported_transfer_coding", 2), (400, "invalid_value", 3), (405, "method_not_allowed", 1)];
+        assert_counted_for_acme_only(&gw, &logs, "framing and targets", &counted).await;
         let protocol = metrics::counter(gw.admin, "deskgate_upstream_errors_total", &[("kind", "protocol")]).await;
         assert_eq!(protocol, 0.0, "a refusal is no upstream error");
     }

@@ -280,30 +280,6 @@ async fn readyz_turns_503_while_in_flight_calls_drain() {
     tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("shutdown in time").expect("shutdown");
 }
 
-/// Runs `promtool check metrics` (Prometheus's own parser and linter) on
-/// `text`; `None` when promtool is not installed (the test then returns),
-/// unless `DESKGATE_REQUIRE_REDIS=1` (CI), which requires every real part.
-fn promtool_check(text: &str) -> Option<(bool, String)> {
-    use std::io::Write;
-    let child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(_) if std::env::var("DESKGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
-            panic!("promtool is not on PATH (Debian package `prometheus`) and DESKGATE_REQUIRE_REDIS=1")
-        }
-        Err(_) => return None,
-    };
-    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Some((out.status.success(), said))
-}
-
 #[tokio::test]
 async fn metrics_pass_promtool_in_the_classic_format_and_openmetrics_is_served_when_asked_for() {
     let dir = ConfigDir::new();

@@ -32,6 +32,7 @@ pub(super) struct RawConfig {
     pub webhooks: Option<RawWebhooks>,
     #[serde(default)]
     pub access_log: RawAccessLog,
+    pub metrics: RawMetrics,
 }
 
 /// One file of `tenants_dir`: exactly one `[tenant]` table.
@@ -146,6 +147,12 @@ pub(super) struct RawTenant {
     pub max_wait_ms: Option<Spanned<i64>>,
     pub max_held_calls: Option<Spanned<i64>>,
     pub trust_upstream_limits: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub per_tenant: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -277,6 +277,7 @@ impl Config {
             "plans": self.plans.iter().map(|(k, p)| (k.clone(), plan_json(p))).collect::<serde_json::Map<_, _>>(),
             "tenants": self.tenants.iter().map(|t| tenant_json(t)).collect::<Vec<_>>(),
             "webhooks": webhooks,
+            "metrics": { "per_tenant": self.metrics.per_tenant.as_str() },
         })
     }
 }

@@ -16,6 +16,7 @@ use toml::Spanned;
 use super::diagnose::{self, FileKind};
 use super::plans::{DEFAULT_MAX_HELD_CALLS, DEFAULT_WINDOW_SECONDS};
 use super::raw::RawAccessLog;
+use super::raw::RawMetrics;
 use super::raw::{
     RawConfig, RawLimiter, RawOnStoreError, RawPlan, RawServer, RawStore, RawTenant, RawTenantFile, RawUpstream,
     RawWebhooks,
@@ -27,6 +28,7 @@ use super::{
     builtin_plans, AdminConfig, Config, ConfigError, EndpointBudgets, LimiterConfig, OnStoreError, Plan, ServerConfig,
     StoreKind, Tenant, TlsFiles, UpstreamConfig, WebhooksConfig,
 };
+use super::{MetricsConfig, PerTenant};
 use crate::endpoint::Endpoint;
 use crate::host::{normalize_host, HostError};
 
@@ -198,6 +200,7 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         None => Some(None),
     };
     let access_log = keep(&mut errors, access_log(&main, &raw.access_log));
+    let metrics = keep(&mut errors, metrics(&main, &raw.metrics));
     if let (Some((server, server_listen_span)), Some(admin_listen), Some(webhooks)) = (&server, admin_listen, &webhooks)
     {
         let mut listeners = vec![
@@ -248,8 +251,9 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         Some(webhooks),
         Some(redis_password),
         Some(access_log),
+        Some(metrics),
         true,
-    ) = (server, admin_listen, upstream, limiter, webhooks, redis_password, access_log, plans_ok)
+    ) = (server, admin_listen, upstream, limiter, webhooks, redis_password, access_log, metrics, plans_ok)
     else {
         return Err(ConfigError::many(errors).unwrap_or_else(|| main.err(None, "invalid config")));
     };
@@ -269,6 +273,7 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         tenants,
         webhooks,
         access_log,
+        metrics,
         redis_password_from: redis_password.map(|(_, from, _)| from),
         digest: digest.finish(),
         loaded_at: std::time::SystemTime::now(),
@@ -278,6 +283,22 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
 /// The value of `r`, or `None` with its error added to `errors`.
 fn keep<T>(errors: &mut Vec<ConfigError>, r: Result<T, ConfigError>) -> Option<T> {
     r.map_err(|e| errors.push(e)).ok()
+}
+
+fn metrics(src: &Source, raw: &RawMetrics) -> Result<MetricsConfig, ConfigError> {
+    let per_tenant = match raw.per_tenant.as_ref() {
+        None => PerTenant::All,
+        Some(v) => match v.get_ref().as_str() {
+            "all" => PerTenant::All,
+            "limits_only" => PerTenant::LimitsOnly,
+            other => {
+                return Err(
+                    src.at(v, format!("metrics.per_tenant: expected \"all\" or \"limits_only\", got \"{other}\""))
+                )
+            }
+        },
+    };
+    Ok(MetricsConfig { per_tenant })
 }
 
 /// Relative paths in the config are relative to the main file's directory,
@@ -924,6 +945,12 @@ impl<'p> TenantSet<'p> {
                 src.at(&raw.name, format!("tenant name \"{name}\": use only ASCII letters, digits, '-', '_' and '.'"))
             );
         }
+        if name == super::UNKNOWN_TENANT {
+            return Err(src.at(
+                &raw.name,
+                format!("tenant name \"{name}\" is reserved: metrics count calls to unknown hosts under it"),
+            ));
+        }
         if let Some(first) = self.names.get(name) {
             return Err(src.at(&raw.name, format!("duplicate tenant name \"{name}\" (first defined at {first})")));
         }
@@ -1199,6 +1226,22 @@ mod tests {
         let e = error(&text);
         assert!(e.starts_with("t.toml:7:8: duplicate tenant name \"acme\" (first defined at "), "{e}");
         assert!(e.ends_with("t.toml:2:8)"), "{e}");
+    }
+
+    #[test]
+    fn a_tenant_named_like_the_unknown_host_bucket_is_an_error() {
+        let e = error("[[tenant]]\nname = \"unknown\"\ndomain = \"u.example.com\"\nplan = \"pro\"\n");
+        assert_eq!(e, "t.toml:2:8: tenant name \"unknown\" is reserved: metrics count calls to unknown hosts under it");
+    }
+
+    #[test]
+    fn metrics_per_tenant_defaults_to_all_and_names_what_it_accepts() {
+        assert_eq!(load_str(TENANT).metrics.per_tenant, PerTenant::All);
+        let c = load_str(&with_tenant("[metrics]\nper_tenant = \"limits_only\"\n"));
+        assert_eq!(c.metrics.per_tenant, PerTenant::LimitsOnly);
+        assert_eq!(c.redacted_json()["metrics"]["per_tenant"], "limits_only");
+        let e = error("[metrics]\nper_tenant = \"some\"\n");
+        assert_eq!(e, "t.toml:2:14: metrics.per_tenant: expected \"all\" or \"limits_only\", got \"some\"");
     }
 
     #[test]

@@ -386,6 +386,20 @@ impl RedisStore {
         }
     }
 
+    /// One `PING`, answered by `deadline` at the latest: the limiter's
+    /// background probe of the store (`/readyz` without traffic).
+    pub async fn ping_by(&self, deadline: Instant) -> Result<(), StoreError> {
+        let ping = async {
+            let cmd = redis::cmd("PING");
+            match &mut self.conn()? {
+                Conn::Single(c) => cmd.query_async::<()>(&mut **c).await,
+                Conn::Cluster(c) => cmd.query_async::<()>(c).await,
+            }
+            .map_err(backend)
+        };
+        tokio::time::timeout_at(deadline, ping).await.unwrap_or(Err(StoreError::Timeout))
+    }
+
     fn conn(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.inner.conn.load().as_deref() {
             return Ok(c.clone());

@@ -70,3 +70,27 @@ pub async fn scrape(admin: SocketAddr) -> Vec<Sample> {
 pub async fn counter(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     value(&scrape(admin).await, name, labels).unwrap_or(0.0)
 }
+
+/// Runs `promtool check metrics` (Prometheus's own parser and linter) on
+/// `text`; `None` when promtool is not installed (the test then returns),
+/// unless `DESKGATE_REQUIRE_REDIS=1` (CI), which requires every real part.
+pub fn promtool_check(text: &str) -> Option<(bool, String)> {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(_) if std::env::var("DESKGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1") => {
+            panic!("promtool is not on PATH (Debian package `prometheus`) and DESKGATE_REQUIRE_REDIS=1")
+        }
+        Err(_) => return None,
+    };
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Some((out.status.success(), said))
+}

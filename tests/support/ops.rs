@@ -6,7 +6,7 @@
 
 pub use super::client::{admin_get, read, send, Reply};
 pub use super::eventually;
-pub use super::metrics::{parse_metrics, value, Sample};
+pub use super::metrics::{parse_metrics, promtool_check, value, Sample};
 use super::upstream::accept_loop;
 
 use std::collections::BTreeMap;
