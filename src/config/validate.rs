@@ -21,9 +21,9 @@ use super::raw::{
     RawConfig, RawLimiter, RawOnStoreError, RawPlan, RawServer, RawStore, RawTenant, RawTenantFile, RawUpstream,
     RawWebhooks,
 };
-use super::AccessLogConfig;
 use super::secret::{self, PasswordSource};
 use super::summary::redact_url;
+use super::AccessLogConfig;
 use super::{
     builtin_plans, AdminConfig, Config, ConfigError, EndpointBudgets, LimiterConfig, OnStoreError, Plan, ServerConfig,
     StoreKind, Tenant, TlsFiles, UpstreamConfig, WebhooksConfig,
