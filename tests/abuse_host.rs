@@ -1,4 +1,4 @@
-//! Host header tricks over raw sockets (issue 6): absolute-form targets
+//! Host header tricks over raw sockets: absolute-form targets
 //! against `Host`, userinfo, ports, two `Host` headers, `X-Forwarded-Host`
 //! and h2's `:authority` can neither move a call onto another tenant's budget
 //! nor get an API call through a vanity host.

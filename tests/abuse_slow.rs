@@ -1,4 +1,4 @@
-//! Slow and vanishing downstreams (issue 6): a slow-loris client is cut off
+//! Slow and vanishing downstreams: a slow-loris client is cut off
 //! by `header_read_timeout_ms` without holding anything that others need, an
 //! upload that stalls is answered 408 while one that keeps moving is never
 //! timed out, and a client that disconnects mid-upload or mid-download leaks

@@ -1,5 +1,5 @@
 //! Request smuggling shapes against the running gateway, over raw sockets
-//! (issue 6): every ambiguous framing is refused before anything reaches the
+//!: every ambiguous framing is refused before anything reaches the
 //! upstream, or — where RFC 9112 lets a server resolve it — resolved one way
 //! only and forwarded re-framed, so the upstream can never read a second
 //! request into what the gateway took for one.

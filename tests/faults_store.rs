@@ -1,4 +1,4 @@
-//! A betraying store under concurrent load (issue 6): Redis killed, paused
+//! A betraying store under concurrent load: Redis killed, paused
 //! (SIGSTOP, `CLIENT PAUSE`), restarted empty, slow, or cut off by the
 //! network. The configured fail mode holds for every call, no call waits on
 //! the store much longer than `store_timeout_ms`, nothing panics, and exact

@@ -1,4 +1,4 @@
-//! A betraying upstream (issue 6): refused connections, resets before and
+//! A betraying upstream: refused connections, resets before and
 //! after the headers, headers that never come, a body that stalls, malformed
 //! responses. Each gives the documented status (502/504) or a cleanly closed
 //! stream, in bounded time, and leaves no task, socket or upstream

@@ -164,7 +164,7 @@ fn judged_forwarded_inputs_reach_the_upstream_as_they_were_judged() {
     }
 }
 
-/// The property's judgement itself, on the seeds: the shapes of issue 18
+/// The property's judgement itself, on the seeds: the judged-is-sent shapes
 /// are accepted or refused as the gateway answers them, so the replay above
 /// checks forwarded heads, not only refusals.
 #[test]

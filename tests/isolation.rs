@@ -1,4 +1,4 @@
-//! Tenant isolation (issue 6): one tenant calling at 20× its budget changes
+//! Tenant isolation: one tenant calling at 20× its budget changes
 //! neither another tenant's admitted count nor, beyond noise, its latency —
 //! with the in-memory store and with Redis.
 //!

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Load benchmark: deskgate against nginx (and haproxy) in ONE run, interleaved
-# over several rounds, with the pinning of issue 5: the load generator on CPU 0,
+# over several rounds, with this pinning: the load generator on CPU 0,
 # proxy and upstream sharing CPU 1, one worker each.
 #
 #   benches/load/run.sh                 # ROUNDS=3 DURATION=10 by default

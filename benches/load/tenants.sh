@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 10,000 configured tenants (issue 5): `deskgate check` time, start-up time,
+# 10,000 configured tenants: `deskgate check` time, start-up time,
 # reload time (SIGHUP → deskgate_config_reloads_total moves), and RSS after
 # every tenant has been active on two endpoints (memory store).
 #

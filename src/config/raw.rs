@@ -32,6 +32,7 @@ pub(super) struct RawConfig {
     pub webhooks: Option<RawWebhooks>,
     #[serde(default)]
     pub access_log: RawAccessLog,
+    #[serde(default)]
     pub metrics: RawMetrics,
 }
 
