@@ -532,7 +532,16 @@ async fn connect_loop(inner: Weak<Inner>) {
             return;
         };
         match open(&strong.target).await {
-            Ok(c) => {
+            Ok(mut c) => {
+                // Loaded now, so the first calls after the gateway starts do
+                // not meet `NOSCRIPT` and pay two more round trips within
+                // their timeout (a Redis restarted later still does: that
+                // batch loads it and goes again).
+                if let Conn::Single(m) = &mut c {
+                    if let Err(e) = load_script(m).await {
+                        tracing::warn!(error = %e, "cannot load the rate-limit script yet; it is loaded on first use");
+                    }
+                }
                 strong.conn.store(Some(Arc::new(c)));
                 strong.connecting.store(false, Ordering::Release);
                 tracing::info!("connected to Redis");
