@@ -102,6 +102,10 @@ pub(super) struct RawLimiter {
     pub charge_invalid: Option<bool>,
     pub redis_batch: Option<bool>,
     pub refused_credential_ttl_ms: Option<Spanned<i64>>,
+    pub redis_sentinel: Option<Spanned<Vec<Spanned<String>>>>,
+    pub redis_sentinel_master: Option<Spanned<String>>,
+    pub redis_sentinel_master_username: Option<Spanned<String>>,
+    pub redis_sentinel_master_password: Option<Spanned<String>>,
 }
 
 /// `[plans.NAME]`; the name is the map key.

@@ -430,8 +430,63 @@ fn redis_url(src: &Source, v: &Spanned<String>, key: &str) -> Result<String, Con
     }
 }
 
+/// `redis_sentinel` and its companions: `None` when no sentinel is named
+/// (then none of the companions may be set either). Exactly one of
+/// `redis_url`, `redis_cluster` and `redis_sentinel` names the store.
+fn sentinel_store(src: &Source, raw: &RawLimiter, kind: RawStore) -> Result<Option<StoreKind>, ConfigError> {
+    let Some(list) = &raw.redis_sentinel else {
+        let companion = [
+            (raw.redis_sentinel_master.as_ref(), "limiter.redis_sentinel_master"),
+            (raw.redis_sentinel_master_username.as_ref(), "limiter.redis_sentinel_master_username"),
+            (raw.redis_sentinel_master_password.as_ref(), "limiter.redis_sentinel_master_password"),
+        ];
+        if let Some((v, key)) = companion.into_iter().find_map(|(v, k)| v.map(|v| (v, k))) {
+            return Err(src.at(v, format!("{key} is set but redis_sentinel is not: name the sentinels or remove it")));
+        }
+        return Ok(None);
+    };
+    if kind == RawStore::Memory {
+        return Err(
+            src.at(list, "limiter.redis_sentinel is set but store = \"memory\": set store = \"redis\" or remove it")
+        );
+    }
+    if raw.redis_url.is_some() || raw.redis_cluster.is_some() {
+        return Err(src.at(list, "limiter: set exactly one of redis_url, redis_cluster or redis_sentinel"));
+    }
+    if list.get_ref().is_empty() {
+        return Err(src.at(list, "limiter.redis_sentinel: must list at least one sentinel URL"));
+    }
+    let sentinels =
+        list.get_ref().iter().map(|u| redis_url(src, u, "limiter.redis_sentinel")).collect::<Result<_, _>>()?;
+    let master = match &raw.redis_sentinel_master {
+        None => {
+            return Err(src.at(
+                list,
+                "limiter.redis_sentinel needs redis_sentinel_master, the name the sentinels know the primary by",
+            ))
+        }
+        Some(m) if m.get_ref().trim().is_empty() => {
+            return Err(src.at(m, "limiter.redis_sentinel_master: must not be empty"))
+        }
+        Some(m) => m.get_ref().trim().to_owned(),
+    };
+    let nonempty = |v: Option<&Spanned<String>>, key: &str| match v {
+        Some(v) if v.get_ref().is_empty() => {
+            Err(src.at(v, format!("{key}: must not be empty (leave it out when the primary needs none)")))
+        }
+        v => Ok(v.map(|v| v.get_ref().clone())),
+    };
+    Ok(Some(StoreKind::RedisSentinel {
+        sentinels,
+        master,
+        username: nonempty(raw.redis_sentinel_master_username.as_ref(), "limiter.redis_sentinel_master_username")?,
+        password: nonempty(raw.redis_sentinel_master_password.as_ref(), "limiter.redis_sentinel_master_password")?,
+    }))
+}
+
 fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> {
     let kind = raw.store.as_ref().map_or(RawStore::Memory, |s| *s.get_ref());
+    let sentinel = sentinel_store(src, &raw, kind)?;
     let store = match (kind, &raw.redis_url, &raw.redis_cluster) {
         (RawStore::Memory, Some(v), _) => {
             return Err(src.at(v, "limiter.redis_url is set but store = \"memory\": set store = \"redis\" or remove it"))
@@ -454,10 +509,16 @@ fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> 
                 c.get_ref().iter().map(|u| redis_url(src, u, "limiter.redis_cluster")).collect::<Result<_, _>>()?;
             StoreKind::RedisCluster { urls }
         }
-        (RawStore::Redis, None, None) => {
-            let span = raw.store.as_ref().map(Spanned::span);
-            return Err(src.err(span, "limiter: store = \"redis\" needs redis_url or redis_cluster"));
-        }
+        (RawStore::Redis, None, None) => match sentinel {
+            Some(s) => s,
+            None => {
+                let span = raw.store.as_ref().map(Spanned::span);
+                return Err(src.err(
+                    span,
+                    "limiter: store = \"redis\" needs redis_url or redis_cluster (or redis_sentinel with redis_sentinel_master)",
+                ));
+            }
+        },
     };
     let key_prefix = match &raw.key_prefix {
         None => DEFAULT_KEY_PREFIX.to_owned(),

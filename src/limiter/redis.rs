@@ -81,7 +81,10 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{RedisConnectionInfo, TlsMode};
 use tokio::sync::oneshot;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::store::{Store, StoreError};
@@ -99,6 +102,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between background reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// How often the sentinels are asked where the primary is while calls
+/// succeed: finds a failover no call has run into yet.
+const SENTINEL_POLL: Duration = Duration::from_secs(1);
+/// Least time between two questions to the sentinels while calls fail.
+const SENTINEL_RETRY: Duration = Duration::from_millis(100);
 /// Most calls decided by one script call: bounds how long one batch holds
 /// Redis (about half a millisecond), since Redis runs scripts one at a time.
 pub const MAX_BATCH: usize = 64;
@@ -118,6 +126,17 @@ enum Conn {
 enum Target {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
+    Sentinel(Box<SentinelTarget>),
+}
+
+/// A primary found through Redis Sentinel, and followed when it moves.
+struct SentinelTarget {
+    sentinels: Vec<String>,
+    master: String,
+    /// How to reach the primary the sentinels name: its credentials, TLS.
+    node: SentinelNodeConnectionInfo,
+    /// Woken when a call fails: the primary may have moved.
+    trouble: Notify,
 }
 
 struct Inner {
@@ -175,9 +194,33 @@ impl RedisStore {
                     .build()
                     .map_err(backend)?,
             ),
+            StoreKind::RedisSentinel { sentinels, master, username, password } => {
+                // Built once here so a URL it cannot use fails the start.
+                Sentinel::build(sentinels.clone()).map_err(backend)?;
+                let tls = sentinels.first().filter(|u| u.starts_with("rediss://")).map(|u| {
+                    if u.ends_with("#insecure") {
+                        TlsMode::Insecure
+                    } else {
+                        TlsMode::Secure
+                    }
+                });
+                let redis = RedisConnectionInfo {
+                    username: username.clone(),
+                    password: password.clone(),
+                    ..Default::default()
+                };
+                let node = SentinelNodeConnectionInfo { tls_mode: tls, redis_connection_info: Some(redis) };
+                Target::Sentinel(Box::new(SentinelTarget {
+                    sentinels: sentinels.clone(),
+                    master: master.clone(),
+                    node,
+                    trouble: Notify::new(),
+                }))
+            }
             StoreKind::Memory => return Err(StoreError::Backend("the memory store is not a Redis store".into())),
         };
-        let batch = batch && matches!(target, Target::Single(_));
+        // A cluster spreads tenants over slots: one key per script call.
+        let batch = batch && !matches!(target, Target::Cluster(_));
         let inner = Arc::new(Inner {
             target,
             conn: ArcSwapOption::empty(),
@@ -187,9 +230,14 @@ impl RedisStore {
             queue: Mutex::new(Vec::new()),
             batch,
         });
-        let first = tokio::spawn(connect_loop(Arc::downgrade(&inner)));
-        // Usually connected by now; otherwise the loop keeps going on its own.
-        let _ = tokio::time::timeout(FIRST_CONNECT_WAIT, first).await;
+        tokio::spawn(connect_loop(Arc::downgrade(&inner)));
+        // Usually connected at once; otherwise the loop keeps going on its own.
+        let connected = async {
+            while inner.conn.load().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = tokio::time::timeout(FIRST_CONNECT_WAIT, connected).await;
         Ok(RedisStore { inner, key_prefix: key_prefix.to_owned() })
     }
 
@@ -273,11 +321,15 @@ impl RedisStore {
     /// were decided in the same turn of the event loop: well under a
     /// millisecond.
     pub async fn acquire_by(&self, ask: &Ask<'_>, deadline: Instant) -> Result<Decision, StoreError> {
-        if self.inner.batch && self.inner.conn.load().is_some() {
+        let result = if self.inner.batch && self.inner.conn.load().is_some() {
             self.batched(ask, deadline).await
         } else {
             tokio::time::timeout_at(deadline, self.run(ask, None)).await.unwrap_or(Err(StoreError::Timeout))
+        };
+        if result.is_err() {
+            self.inner.troubled();
         }
+        result
     }
 
     /// One call in the next batch (see the module's doc).
@@ -307,7 +359,13 @@ impl RedisStore {
         charged: &Decision,
         deadline: Instant,
     ) -> Result<Refunded, StoreError> {
-        tokio::time::timeout_at(deadline, self.refund_run(ask, charged, None)).await.unwrap_or(Err(StoreError::Timeout))
+        let result = tokio::time::timeout_at(deadline, self.refund_run(ask, charged, None))
+            .await
+            .unwrap_or(Err(StoreError::Timeout));
+        if result.is_err() {
+            self.inner.troubled();
+        }
+        result
     }
 
     /// Like [`Store::refund`], on a given store clock (tests).
@@ -350,10 +408,22 @@ impl RedisStore {
         if let Some(c) = self.inner.conn.load().as_deref() {
             return Ok(c.clone());
         }
-        if !self.inner.connecting.swap(true, Ordering::AcqRel) {
+        // Behind Sentinel, `follow_primary` runs for as long as the store.
+        if !matches!(self.inner.target, Target::Sentinel(_)) && !self.inner.connecting.swap(true, Ordering::AcqRel) {
             tokio::spawn(connect_loop(Arc::downgrade(&self.inner)));
         }
         Err(StoreError::Backend("not connected to Redis yet".into()))
+    }
+}
+
+impl Inner {
+    /// A call failed: behind Sentinel, the primary may have moved (or been
+    /// demoted: writes answer `READONLY`), so the sentinels are asked now
+    /// rather than at the next poll.
+    fn troubled(&self) {
+        if let Target::Sentinel(s) = &self.target {
+            s.trouble.notify_one();
+        }
     }
 }
 
@@ -526,6 +596,9 @@ async fn load_script(conn: &mut ConnectionManager) -> redis::RedisResult<String>
 /// Connects until it succeeds or the store is dropped. Once connected, the
 /// connection types reconnect by themselves.
 async fn connect_loop(inner: Weak<Inner>) {
+    if inner.upgrade().is_some_and(|i| matches!(i.target, Target::Sentinel(_))) {
+        return follow_primary(inner).await;
+    }
     let mut delay = Duration::from_millis(50);
     loop {
         let Some(strong) = inner.upgrade() else {
@@ -557,16 +630,94 @@ async fn connect_loop(inner: Weak<Inner>) {
 
 async fn open(target: &Target) -> redis::RedisResult<Conn> {
     match target {
-        Target::Single(client) => {
-            let cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(CONNECT_TIMEOUT)
-                .set_response_timeout(RESPONSE_TIMEOUT)
-                .set_factor(50)
-                .set_max_delay(MAX_RECONNECT_DELAY.as_millis() as u64)
-                .set_number_of_retries(1);
-            Ok(Conn::Single(Box::new(ConnectionManager::new_with_config(client.clone(), cfg).await?)))
-        }
+        Target::Single(client) => Ok(Conn::Single(Box::new(open_single(client).await?))),
         Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        Target::Sentinel(_) => {
+            Err((redis::ErrorKind::ClientError, "a Sentinel primary is opened by follow_primary").into())
+        }
+    }
+}
+
+/// A connection to one Redis server that reconnects by itself.
+async fn open_single(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT)
+        .set_factor(50)
+        .set_max_delay(MAX_RECONNECT_DELAY.as_millis() as u64)
+        .set_number_of_retries(1);
+    ConnectionManager::new_with_config(client.clone(), cfg).await
+}
+
+/// Behind Sentinel, for as long as the store lives: asks the sentinels which
+/// server is the primary (they check its `ROLE`), at once when a call has
+/// failed and every [`SENTINEL_POLL`] otherwise, and when it is another
+/// one than the connection goes to, connects to it and swaps the
+/// connection in. Calls meanwhile fail by `on_store_error`, bounded by their
+/// timeout as always; the old connection's calls in flight finish on it.
+async fn follow_primary(inner: Weak<Inner>) {
+    let mut sentinel: Option<Sentinel> = None;
+    let mut primary: Option<String> = None;
+    let mut failing = false;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let Target::Sentinel(t) = &strong.target else {
+            return;
+        };
+        if sentinel.is_none() {
+            sentinel = Sentinel::build(t.sentinels.clone()).ok();
+        }
+        if let Some(s) = sentinel.as_mut() {
+            let found = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                let client = s.async_master_for(&t.master, Some(&t.node)).await?;
+                let addr = client.get_connection_info().addr.to_string();
+                if primary.as_deref() == Some(addr.as_str()) && strong.conn.load().is_some() {
+                    return Ok(None);
+                }
+                let mut conn = open_single(&client).await?;
+                // Loaded up front, as for a standalone Redis (see `connect_loop`).
+                load_script(&mut conn).await?;
+                Ok::<_, redis::RedisError>(Some((addr, conn)))
+            })
+            .await;
+            match found {
+                Ok(Ok(None)) => failing = false,
+                Ok(Ok(Some((addr, conn)))) => {
+                    strong.conn.store(Some(Arc::new(Conn::Single(Box::new(conn)))));
+                    match primary.replace(addr.clone()) {
+                        None => {
+                            tracing::info!(master = %t.master, primary = %addr, "connected to the Redis primary named by Sentinel")
+                        }
+                        Some(old) => {
+                            tracing::warn!(master = %t.master, primary = %addr, previous = %old, "the Redis primary moved; following it")
+                        }
+                    }
+                    failing = false;
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        tracing::warn!(master = %t.master, error = %e, "Sentinel names no reachable primary yet; asking again");
+                    }
+                    failing = true;
+                }
+                Err(_) => {
+                    if !failing {
+                        tracing::warn!(master = %t.master, "the sentinels or the primary they name did not answer in time; asking again");
+                    }
+                    failing = true;
+                    // Its cached sentinel connections may be the ones hanging.
+                    sentinel = None;
+                }
+            }
+        }
+        tokio::select! {
+            () = t.trouble.notified() => {}
+            () = tokio::time::sleep(SENTINEL_POLL) => {}
+        }
+        drop(strong);
+        tokio::time::sleep(SENTINEL_RETRY).await;
     }
 }
 

@@ -108,6 +108,10 @@ impl Queue {
                 "the webhook queue supports a standalone redis_url only; redis_cluster is not supported for [webhooks] yet"
                     .to_owned(),
             ),
+            StoreKind::RedisSentinel { .. } => Err(
+                "the webhook queue supports a standalone redis_url only; redis_sentinel is not supported for [webhooks] yet"
+                    .to_owned(),
+            ),
         }
     }
 
