@@ -171,6 +171,13 @@ async fn failover_under_load(test: &str, how: Failover) {
         refused.first(),
         refused.last()
     );
+    // Replication on loopback lags well under a millisecond, and the
+    // gateway leaves the old primary as soon as a sentinel announces the
+    // replica it promotes: at most a few calls' charges may be lost (a
+    // requested failover lost ~2,900 here while the old primary was used
+    // until the sentinels demoted it). Fewer than none: a call refused after
+    // its timeout whose script still ran is counted but not admitted.
+    assert!(lost <= 20, "{how:?}: the failover lost {lost} charges");
     // The new primary holds the budgets from now on, exactly.
     assert_eq!(small_burst(&gw, SMALL_BUDGET + 5).await, (SMALL_BUDGET, 5));
     assert_eq!(upstream_saw(&up, SMALL), SMALL_BUDGET);

@@ -78,6 +78,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -107,6 +108,10 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 const SENTINEL_POLL: Duration = Duration::from_secs(1);
 /// Least time between two questions to the sentinels while calls fail.
 const SENTINEL_RETRY: Duration = Duration::from_millis(100);
+/// Longest a promotion announced by a sentinel is followed without the
+/// sentinels naming the new primary: a failover neither switched nor
+/// aborted by then is left to what the sentinels say.
+const FAILOVER_HOLD: Duration = Duration::from_secs(10);
 /// Most calls decided by one script call: bounds how long one batch holds
 /// Redis (about half a millisecond), since Redis runs scripts one at a time.
 pub const MAX_BATCH: usize = 64;
@@ -137,6 +142,9 @@ struct SentinelTarget {
     node: SentinelNodeConnectionInfo,
     /// Woken when a call fails: the primary may have moved.
     trouble: Notify,
+    /// The replica being promoted, from the moment a sentinel announced it
+    /// until the switch (or an abort, or [`FAILOVER_HOLD`]).
+    promoting: Mutex<Option<Promotion>>,
 }
 
 struct Inner {
@@ -215,6 +223,7 @@ impl RedisStore {
                     master: master.clone(),
                     node,
                     trouble: Notify::new(),
+                    promoting: Mutex::new(None),
                 }))
             }
             StoreKind::Memory => return Err(StoreError::Backend("the memory store is not a Redis store".into())),
@@ -651,14 +660,26 @@ async fn open_single(client: &redis::Client) -> redis::RedisResult<ConnectionMan
 
 /// Behind Sentinel, for as long as the store lives: asks the sentinels which
 /// server is the primary (they check its `ROLE`), at once when a call has
-/// failed and every [`SENTINEL_POLL`] otherwise, and when it is another
-/// one than the connection goes to, connects to it and swaps the
-/// connection in. Calls meanwhile fail by `on_store_error`, bounded by their
-/// timeout as always; the old connection's calls in flight finish on it.
+/// failed or a sentinel announced a switch, and every [`SENTINEL_POLL`]
+/// otherwise; when it is another one than the connection goes to, connects
+/// to it and swaps the connection in. Calls meanwhile fail by
+/// `on_store_error`, bounded by their timeout as always.
+///
+/// A failover in progress ([`SentinelTarget::promoting`], see
+/// [`hear_switches`]) goes first: the replica being promoted is used at
+/// once, and the old primary not again until the sentinels name it (an
+/// aborted failover).
 async fn follow_primary(inner: Weak<Inner>) {
     let mut sentinel: Option<Sentinel> = None;
     let mut primary: Option<String> = None;
     let mut failing = false;
+    if let Some(strong) = inner.upgrade() {
+        if let Target::Sentinel(t) = &strong.target {
+            for url in &t.sentinels {
+                tokio::spawn(hear_switches(Weak::clone(&inner), url.clone()));
+            }
+        }
+    }
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -666,58 +687,217 @@ async fn follow_primary(inner: Weak<Inner>) {
         let Target::Sentinel(t) = &strong.target else {
             return;
         };
-        if sentinel.is_none() {
-            sentinel = Sentinel::build(t.sentinels.clone()).ok();
+        let promoting = t.promoting.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let found = match promoting {
+            Some(p) if p.since.elapsed() < FAILOVER_HOLD => {
+                if primary.as_deref() == Some(p.addr.as_str()) && strong.conn.load().is_some() {
+                    Ok(Ok(None))
+                } else {
+                    let info = node_info(&t.node, p.host, p.port);
+                    tokio::time::timeout(CONNECT_TIMEOUT, connect_primary(redis::Client::open(info)))
+                        .await
+                        .map(|r| r.map(Some))
+                }
+            }
+            _ => {
+                if sentinel.is_none() {
+                    sentinel = Sentinel::build(t.sentinels.clone()).ok();
+                }
+                match sentinel.as_mut() {
+                    None => Ok(Err((redis::ErrorKind::ClientError, "no usable sentinel URL").into())),
+                    Some(s) => {
+                        tokio::time::timeout(CONNECT_TIMEOUT, async {
+                            let client = s.async_master_for(&t.master, Some(&t.node)).await?;
+                            if primary.as_deref() == Some(client.get_connection_info().addr.to_string().as_str())
+                                && strong.conn.load().is_some()
+                            {
+                                return Ok(None);
+                            }
+                            connect_primary(Ok(client)).await.map(Some)
+                        })
+                        .await
+                    }
+                }
+            }
+        };
+        match found {
+            Ok(Ok(None)) => failing = false,
+            Ok(Ok(Some((addr, conn)))) => {
+                strong.conn.store(Some(Arc::new(Conn::Single(Box::new(conn)))));
+                match primary.replace(addr.clone()) {
+                    None => {
+                        tracing::info!(master = %t.master, primary = %addr, "connected to the Redis primary named by Sentinel")
+                    }
+                    Some(old) => {
+                        tracing::warn!(master = %t.master, primary = %addr, previous = %old, "the Redis primary moved; following it")
+                    }
+                }
+                failing = false;
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(master = %t.master, error = %e, "Sentinel names no reachable primary yet; asking again");
+                }
+                failing = true;
+            }
+            Err(_) => {
+                if !failing {
+                    tracing::warn!(master = %t.master, "the sentinels or the primary they name did not answer in time; asking again");
+                }
+                failing = true;
+                // Its cached sentinel connections may be the ones hanging.
+                sentinel = None;
+            }
         }
-        if let Some(s) = sentinel.as_mut() {
-            let found = tokio::time::timeout(CONNECT_TIMEOUT, async {
-                let client = s.async_master_for(&t.master, Some(&t.node)).await?;
-                let addr = client.get_connection_info().addr.to_string();
-                if primary.as_deref() == Some(addr.as_str()) && strong.conn.load().is_some() {
-                    return Ok(None);
-                }
-                let mut conn = open_single(&client).await?;
-                // Loaded up front, as for a standalone Redis (see `connect_loop`).
-                load_script(&mut conn).await?;
-                Ok::<_, redis::RedisError>(Some((addr, conn)))
-            })
-            .await;
-            match found {
-                Ok(Ok(None)) => failing = false,
-                Ok(Ok(Some((addr, conn)))) => {
-                    strong.conn.store(Some(Arc::new(Conn::Single(Box::new(conn)))));
-                    match primary.replace(addr.clone()) {
-                        None => {
-                            tracing::info!(master = %t.master, primary = %addr, "connected to the Redis primary named by Sentinel")
-                        }
-                        Some(old) => {
-                            tracing::warn!(master = %t.master, primary = %addr, previous = %old, "the Redis primary moved; following it")
-                        }
+        // While no primary answers (it died and none is promoted yet), ask
+        // again soon; otherwise at a failed call, an announcement or the
+        // poll. Failed calls come in bursts: one question per
+        // SENTINEL_RETRY is plenty; a promotion heard is acted on at once,
+        // since the old primary's every charge from now on is lost.
+        if !failing {
+            tokio::select! {
+                () = t.trouble.notified() => {}
+                () = tokio::time::sleep(SENTINEL_POLL) => {}
+            }
+        }
+        let promotion = t.promoting.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|p| p.addr.clone());
+        drop(strong);
+        if failing || promotion.is_none() || promotion == primary {
+            tokio::time::sleep(SENTINEL_RETRY).await;
+        }
+    }
+}
+
+/// A connection to `client`'s server with the window script loaded (as for
+/// a standalone Redis, see `connect_loop`), and the server's address.
+async fn connect_primary(client: redis::RedisResult<redis::Client>) -> redis::RedisResult<(String, ConnectionManager)> {
+    let client = client?;
+    let addr = client.get_connection_info().addr.to_string();
+    let mut conn = open_single(&client).await?;
+    load_script(&mut conn).await?;
+    Ok((addr, conn))
+}
+
+/// How to reach `host:port`, a server of the set the sentinels watch.
+fn node_info(node: &SentinelNodeConnectionInfo, host: String, port: u16) -> redis::ConnectionInfo {
+    let addr = match node.tls_mode {
+        None => redis::ConnectionAddr::Tcp(host, port),
+        Some(mode) => {
+            redis::ConnectionAddr::TcpTls { host, port, insecure: matches!(mode, TlsMode::Insecure), tls_params: None }
+        }
+    };
+    redis::ConnectionInfo { addr, redis: node.redis_connection_info.clone().unwrap_or_default() }
+}
+
+/// The sentinels' announcements that move the primary.
+const SWITCH_CHANNELS: [&str; 6] = [
+    "+selected-slave",
+    "+failover-state-wait-promotion",
+    "+switch-master",
+    "-failover-abort-not-elected",
+    "-failover-abort-no-good-slave",
+    "-failover-abort-slave-timeout",
+];
+
+/// Listens to one sentinel's failover announcements for as long as the
+/// store lives. A requested failover leaves the old primary running and
+/// writable until the sentinels notice the promotion (up to a second) and
+/// demote it: no call fails meanwhile, yet every charge it takes is lost
+/// when it resyncs from the new primary. So once a replica is selected for
+/// promotion (`+selected-slave`), the old primary is done with: the store
+/// goes to the replica at once (its writes answer `READONLY`, failing by
+/// `on_store_error`, until the promotion a moment later). A switch or an
+/// abort ends that; [`follow_primary`] asks the sentinels again.
+async fn hear_switches(inner: Weak<Inner>, url: String) {
+    let Ok(client) = redis::Client::open(url.as_str()) else {
+        return;
+    };
+    loop {
+        let subscribed = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&SWITCH_CHANNELS[..]).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        if let Ok(Ok(pubsub)) = subscribed {
+            let mut messages = pubsub.into_on_message();
+            loop {
+                // Checks now and then that the store still lives.
+                match tokio::time::timeout(SENTINEL_POLL, messages.next()).await {
+                    Ok(None) => break,
+                    Ok(Some(msg)) => {
+                        let Some(strong) = inner.upgrade() else {
+                            return;
+                        };
+                        let payload: String = msg.get_payload().unwrap_or_default();
+                        strong.heard(msg.get_channel_name(), &payload);
                     }
-                    failing = false;
-                }
-                Ok(Err(e)) => {
-                    if !failing {
-                        tracing::warn!(master = %t.master, error = %e, "Sentinel names no reachable primary yet; asking again");
-                    }
-                    failing = true;
-                }
-                Err(_) => {
-                    if !failing {
-                        tracing::warn!(master = %t.master, "the sentinels or the primary they name did not answer in time; asking again");
-                    }
-                    failing = true;
-                    // Its cached sentinel connections may be the ones hanging.
-                    sentinel = None;
+                    Err(_) if inner.strong_count() == 0 => return,
+                    Err(_) => {}
                 }
             }
         }
-        tokio::select! {
-            () = t.trouble.notified() => {}
-            () = tokio::time::sleep(SENTINEL_POLL) => {}
+        if inner.strong_count() == 0 {
+            return;
         }
-        drop(strong);
-        tokio::time::sleep(SENTINEL_RETRY).await;
+        tokio::time::sleep(SENTINEL_POLL).await;
+    }
+}
+
+/// A replica the sentinels are promoting.
+#[derive(Clone)]
+struct Promotion {
+    host: String,
+    port: u16,
+    /// `host:port`, as a connection names its server.
+    addr: String,
+    since: std::time::Instant,
+}
+
+impl Inner {
+    /// One announcement: `+selected-slave` (`slave <ip:port> <ip> <port> @
+    /// <master> <ip> <port>`) starts a promotion of ours; a switch or an
+    /// abort of ours ends it. Wakes [`follow_primary`] either way.
+    ///
+    /// `+failover-state-wait-promotion` follows the sentinel's `REPLICAOF NO
+    /// ONE` to the replica, which it sends with `CLIENT KILL TYPE normal`:
+    /// the connection opened to the replica before is closed under it, so
+    /// a fresh one is opened now rather than by a call that fails on it.
+    fn heard(&self, channel: &str, payload: &str) {
+        let Target::Sentinel(t) = &self.target else {
+            return;
+        };
+        let words: Vec<&str> = payload.split_whitespace().collect();
+        // `+switch-master` starts with the master's name; the others name an
+        // instance: `<type> <name> <ip> <port>`, then `@ <master> …` unless
+        // the instance is the master itself.
+        let ours = match (channel, words.iter().position(|w| *w == "@")) {
+            ("+switch-master", _) => words.first(),
+            (_, Some(at)) => words.get(at + 1),
+            (_, None) => words.get(1),
+        };
+        if ours != Some(&t.master.as_str()) {
+            return;
+        }
+        let mut promoting = t.promoting.lock().unwrap_or_else(PoisonError::into_inner);
+        match channel {
+            "+selected-slave" => {
+                if let (Some(host), Some(port)) = (words.get(2), words.get(3).and_then(|p| p.parse().ok())) {
+                    let addr = redis::ConnectionAddr::Tcp((*host).to_owned(), port).to_string();
+                    tracing::warn!(master = %t.master, replica = %addr, "Sentinel is promoting a replica; the old primary takes no more calls");
+                    *promoting =
+                        Some(Promotion { host: (*host).to_owned(), port, addr, since: std::time::Instant::now() });
+                }
+            }
+            "+failover-state-wait-promotion" => {
+                if promoting.is_some() {
+                    self.conn.store(None);
+                }
+            }
+            _ => *promoting = None,
+        }
+        drop(promoting);
+        t.trouble.notify_one();
     }
 }
 
