@@ -1095,6 +1095,43 @@ mod tests {
     }
 
     #[test]
+    fn redis_sentinel_needs_its_master_and_excludes_the_other_stores() {
+        let c = load_str(
+            "[limiter]\nstore = \"redis\"\nredis_sentinel = [\"redis://s1:26379\", \"rediss://s2:26379\"]\n\
+             redis_sentinel_master = \"main\"\nredis_sentinel_master_password = \"pw\"\n",
+        );
+        assert_eq!(
+            c.limiter.store,
+            StoreKind::RedisSentinel {
+                sentinels: vec!["redis://s1:26379".into(), "rediss://s2:26379".into()],
+                master: "main".into(),
+                username: None,
+                password: Some("pw".into()),
+            }
+        );
+        let sentinel = "redis_sentinel = [\"redis://s1:26379\"]\n";
+        let e = error(&format!("[limiter]\nstore = \"redis\"\n{sentinel}"));
+        assert_eq!(
+            e,
+            "t.toml:3:18: limiter.redis_sentinel needs redis_sentinel_master, the name the sentinels know the primary by"
+        );
+        let e = error(&format!(
+            "[limiter]\nstore = \"redis\"\nredis_url = \"redis://a\"\n{sentinel}redis_sentinel_master = \"m\"\n"
+        ));
+        assert_eq!(e, "t.toml:4:18: limiter: set exactly one of redis_url, redis_cluster or redis_sentinel");
+        let e = error(&format!("[limiter]\n{sentinel}redis_sentinel_master = \"m\"\n"));
+        assert!(e.starts_with("t.toml:2:18: limiter.redis_sentinel is set but store = \"memory\""), "{e}");
+        let e = error("[limiter]\nstore = \"redis\"\nredis_url = \"redis://a\"\nredis_sentinel_master = \"m\"\n");
+        assert!(e.starts_with("t.toml:4:25: limiter.redis_sentinel_master is set but redis_sentinel is not"), "{e}");
+        let e = error("[limiter]\nstore = \"redis\"\nredis_sentinel = []\nredis_sentinel_master = \"m\"\n");
+        assert!(e.starts_with("t.toml:3:18: limiter.redis_sentinel: must list at least one sentinel URL"), "{e}");
+        let e = error("[limiter]\nstore = \"redis\"\nredis_sentinel = [\"s1:26379\"]\nredis_sentinel_master = \"m\"\n");
+        assert!(e.starts_with("t.toml:3:19: limiter.redis_sentinel: \"s1:26379\" is not a redis://"), "{e}");
+        let e = error(&format!("[limiter]\nstore = \"redis\"\n{sentinel}redis_sentinel_master = \" \"\n"));
+        assert!(e.starts_with("t.toml:4:25: limiter.redis_sentinel_master: must not be empty"), "{e}");
+    }
+
+    #[test]
     fn invalid_cidr_is_an_error_and_a_plain_ip_is_accepted() {
         let e = error("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.300/32\"]\n");
         assert!(e.starts_with("t.toml:2:34: server.trusted_proxies: invalid CIDR \"10.0.0.300/32\""), "{e}");
