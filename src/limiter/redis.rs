@@ -1,5 +1,5 @@
-//! Redis store (SPEC §4 `redis`): standalone or Redis Cluster, one script
-//! call per decision. The only file that imports `redis`.
+//! Redis store (SPEC §4 `redis`): standalone, Redis Cluster or a primary
+//! found through Redis Sentinel, one script call per decision. The only file that imports `redis`.
 //!
 //! # Keys and memory
 //!
@@ -69,7 +69,13 @@
 //! [`ClusterConnection`], which follows slot moves and reconnects too. If
 //! Redis is down when the gateway starts, the first connection is retried in
 //! the background: calls fail (and `on_store_error` applies) until it is up.
-//! Timeouts and the circuit breaker live in [`super::Limiter`].
+//! Behind Sentinel, the primary the sentinels name gets a standalone
+//! connection (batches included), and `follow_primary` swaps in a new one
+//! when the primary moves (see `hear_switches` for why it listens to the
+//! sentinels' announcements rather than only polling them).
+//! Timeouts and the circuit breaker live in [`super::Limiter`]: no call
+//! waits for a connection being made — it fails at once, or waits within
+//! its own deadline for the reconnect already under way.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
