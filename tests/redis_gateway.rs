@@ -112,6 +112,10 @@ async fn two_replica_processes_at_the_default_store_timeout_admit_exactly_the_bu
     let seen = up.seen.lock().unwrap().clone();
     assert!(seen.iter().all(|s| s.headers["host"] == "shared.freshdesk.com"), "{seen:?}");
     assert_eq!(seen.iter().filter(|s| s.uri == "/api/v2/tickets").count(), 25);
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let evalsha =
+        stats.lines().find_map(|l| l.strip_prefix("cmdstat_evalsha:calls=")).and_then(|v| v.split(',').next());
+    println!("{test}: 240 calls in two bursts of 120: {} EVALSHA", evalsha.unwrap_or("0"));
     // Both replicas read the same charge from the store.
     assert_eq!(used(a.admin, "shared").await, 60);
     assert_eq!(used(b.admin, "shared").await, 60);
