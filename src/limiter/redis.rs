@@ -873,26 +873,20 @@ impl Inner {
         let Target::Sentinel(t) = &self.target else {
             return;
         };
-        let words: Vec<&str> = payload.split_whitespace().collect();
-        // `+switch-master` starts with the master's name; the others name an
-        // instance: `<type> <name> <ip> <port>`, then `@ <master> …` unless
-        // the instance is the master itself.
-        let ours = match (channel, words.iter().position(|w| *w == "@")) {
-            ("+switch-master", _) => words.first(),
-            (_, Some(at)) => words.get(at + 1),
-            (_, None) => words.get(1),
+        let Some((master, instance)) = announcement(channel, payload) else {
+            return;
         };
-        if ours != Some(&t.master.as_str()) {
+        if master != t.master {
             return;
         }
         let mut promoting = t.promoting.lock().unwrap_or_else(PoisonError::into_inner);
         match channel {
             "+selected-slave" => {
-                if let (Some(host), Some(port)) = (words.get(2), words.get(3).and_then(|p| p.parse().ok())) {
-                    let addr = redis::ConnectionAddr::Tcp((*host).to_owned(), port).to_string();
+                if let Some((host, port)) = instance {
+                    let addr = redis::ConnectionAddr::Tcp(host.to_owned(), port).to_string();
                     tracing::warn!(master = %t.master, replica = %addr, "Sentinel is promoting a replica; the old primary takes no more calls");
                     *promoting =
-                        Some(Promotion { host: (*host).to_owned(), port, addr, since: std::time::Instant::now() });
+                        Some(Promotion { host: host.to_owned(), port, addr, since: std::time::Instant::now() });
                 }
             }
             "+failover-state-wait-promotion" => {
@@ -904,6 +898,23 @@ impl Inner {
         }
         drop(promoting);
         t.trouble.notify_one();
+    }
+}
+
+/// A sentinel announcement's master name and, when it names an instance
+/// with an address, that instance's host and port. `+switch-master` is
+/// `<master> <old ip> <old port> <new ip> <new port>`; the others name an
+/// instance, `<type> <name> <ip> <port>`, followed by `@ <master> <ip>
+/// <port>` unless the instance is the master itself.
+fn announcement<'a>(channel: &str, payload: &'a str) -> Option<(&'a str, Option<(&'a str, u16)>)> {
+    let words: Vec<&str> = payload.split_whitespace().collect();
+    if channel == "+switch-master" {
+        return Some((words.first()?, None));
+    }
+    let instance = words.get(2).zip(words.get(3).and_then(|p| p.parse().ok())).map(|(h, p)| (*h, p));
+    match words.iter().position(|w| *w == "@") {
+        Some(at) => Some((words.get(at + 1)?, instance)),
+        None => Some((words.get(1)?, instance)),
     }
 }
 
@@ -1066,6 +1077,21 @@ mod tests {
         let (late, _rx) = call(now);
         let mut batch = vec![late];
         assert_eq!(live(&mut batch), None);
+    }
+
+    /// The announcements as Redis 7's sentinels publish them.
+    #[test]
+    fn sentinel_announcements_name_their_master_and_instance() {
+        use super::announcement;
+        let selected = "slave 127.0.0.1:6380 127.0.0.1 6380 @ main 127.0.0.1 6379";
+        assert_eq!(announcement("+selected-slave", selected), Some(("main", Some(("127.0.0.1", 6380)))));
+        assert_eq!(announcement("+failover-state-wait-promotion", selected).map(|a| a.0), Some("main"));
+        let switch = "main 127.0.0.1 6379 127.0.0.1 6380";
+        assert_eq!(announcement("+switch-master", switch), Some(("main", None)));
+        let abort = "master main 127.0.0.1 6379";
+        assert_eq!(announcement("-failover-abort-no-good-slave", abort), Some(("main", Some(("127.0.0.1", 6379)))));
+        assert_eq!(announcement("+selected-slave", ""), None);
+        assert_eq!(announcement("+selected-slave", "slave x y notaport @ main"), Some(("main", None)));
     }
 
     #[test]
