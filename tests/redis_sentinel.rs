@@ -64,6 +64,26 @@ async fn the_gateway_finds_the_primary_through_the_sentinels_and_counts_exactly_
     assert_eq!(ready.status, 200);
 }
 
+/// A primary that requires a password: reached with
+/// `redis_sentinel_master_password`, refused (by the store, so 503 when
+/// failing closed) without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_requires_a_password_is_reached_with_redis_sentinel_master_password() {
+    let test = "a_primary_that_requires_a_password_is_reached_with_redis_sentinel_master_password";
+    let Some(set) = RedisSentinels::start_with(test, Some("s3cret-pass")) else { return };
+    let up = RecordingUpstream::start().await;
+    let gw = sentinel_gateway(&set, &up, "redis_sentinel_master_password = \"s3cret-pass\"").await;
+    assert_eq!(small_burst(&gw, SMALL_BUDGET + 5).await, (SMALL_BUDGET, 5));
+    assert_eq!(upstream_saw(&up, SMALL), SMALL_BUDGET);
+    assert_eq!(used(gw.admin, "small").await, SMALL_BUDGET as u64);
+    assert_eq!(set.primary.cli(&["EXISTS", "deskgate:{small}:rl"]), "1");
+
+    let without = sentinel_gateway(&set, &up, "").await;
+    let got = get(&client(), without.addr, SMALL, "/api/v2/contacts/1").await;
+    assert_eq!(got.status, 503, "no password: the store cannot be used, and fail_closed refuses");
+    assert_eq!(upstream_saw(&up, SMALL), SMALL_BUDGET, "nothing more reached the upstream");
+}
+
 /// Calls of `hot` from `workers` clients in a loop until stopped: each
 /// call's status and when it was answered.
 struct Load {

@@ -59,6 +59,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// A sentinel's config file (a sentinel rewrites it as it learns).
     sentinel_conf: Option<std::path::PathBuf>,
+    /// `requirepass`, which [`RedisServer::cli`] then sends.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -72,7 +74,7 @@ impl RedisServer {
 
     fn spawn(port: u16, extra: Vec<String>) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = RedisServer { port, dir, extra, child: None, sentinel_conf: None };
+        let mut s = RedisServer { port, dir, extra, child: None, sentinel_conf: None, password: None };
         s.launch();
         s
     }
@@ -110,12 +112,12 @@ impl RedisServer {
 
     /// `redis-cli -p PORT args…`, trimmed stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .expect("run redis-cli");
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(pw) = &self.password {
+            cmd.args(["-a", pw, "--no-auth-warning"]);
+        }
+        let out = cmd.args(args).stderr(Stdio::null()).output().expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -169,7 +171,7 @@ impl RedisCluster {
             let dir = tempfile::tempdir().expect("tempdir");
             let conf = dir.path().join(format!("nodes-{port}.conf")).display().to_string();
             let extra = vec!["--cluster-enabled".into(), "yes".into(), "--cluster-config-file".into(), conf];
-            let mut s = RedisServer { port, dir, extra, child: None, sentinel_conf: None };
+            let mut s = RedisServer { port, dir, extra, child: None, sentinel_conf: None, password: None };
             s.launch();
             nodes.push(s);
         }
@@ -209,12 +211,34 @@ pub struct RedisSentinels {
 
 impl RedisSentinels {
     pub fn start(test: &str) -> Option<RedisSentinels> {
+        RedisSentinels::start_with(test, None)
+    }
+
+    /// With `password` set, the primary and the replica require it
+    /// (`requirepass`, `masterauth`) and the sentinels use it
+    /// (`sentinel auth-pass`); the sentinels themselves need none.
+    pub fn start_with(test: &str, password: Option<&str>) -> Option<RedisSentinels> {
         if !available(test) {
             return None;
         }
-        let primary = RedisServer::spawn(free_port(false), Vec::new());
+        let auth: Vec<String> = password
+            .map(|pw| vec!["--requirepass".into(), pw.into(), "--masterauth".into(), pw.into()])
+            .unwrap_or_default();
+        let node = |extra: Vec<String>| {
+            let mut s = RedisServer {
+                port: free_port(false),
+                dir: tempfile::tempdir().expect("tempdir"),
+                extra,
+                child: None,
+                sentinel_conf: None,
+                password: password.map(str::to_owned),
+            };
+            s.launch();
+            s
+        };
+        let primary = node(auth.clone());
         let replicaof = vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()];
-        let replica = RedisServer::spawn(free_port(false), replicaof);
+        let replica = node([auth, replicaof].concat());
         let deadline = Instant::now() + Duration::from_secs(20);
         while !replica.cli(&["INFO", "replication"]).contains("master_link_status:up") {
             assert!(Instant::now() < deadline, "the replica did not sync");
@@ -230,13 +254,22 @@ impl RedisSentinels {
                      sentinel monitor {m} 127.0.0.1 {primary} 2\n\
                      sentinel down-after-milliseconds {m} 1000\n\
                      sentinel failover-timeout {m} 5000\n\
-                     sentinel parallel-syncs {m} 1\n",
+                     sentinel parallel-syncs {m} 1\n{auth_pass}",
+                    auth_pass =
+                        password.map(|pw| format!("sentinel auth-pass {SENTINEL_MASTER} {pw}\n")).unwrap_or_default(),
                     dir = dir.path().display(),
                     m = SENTINEL_MASTER,
                     primary = primary.port,
                 );
                 std::fs::write(&conf, text).expect("write sentinel.conf");
-                let mut s = RedisServer { port, dir, extra: Vec::new(), child: None, sentinel_conf: Some(conf) };
+                let mut s = RedisServer {
+                    port,
+                    dir,
+                    extra: Vec::new(),
+                    child: None,
+                    sentinel_conf: Some(conf),
+                    password: None,
+                };
                 s.launch();
                 s
             })
