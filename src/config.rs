@@ -151,8 +151,22 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
-    Redis { url: String },
-    RedisCluster { urls: Vec<String> },
+    Redis {
+        url: String,
+    },
+    RedisCluster {
+        urls: Vec<String>,
+    },
+    /// A primary with replicas under Redis Sentinel: the sentinels' URLs,
+    /// the name they know the primary by, and the primary's own
+    /// credentials (`requirepass`/ACL), which may differ from the
+    /// sentinels'. `rediss://` sentinels mean TLS to the primary too.
+    RedisSentinel {
+        sentinels: Vec<String>,
+        master: String,
+        username: Option<String>,
+        password: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -302,3 +302,154 @@ async fn a_store_cut_off_by_the_network_fails_closed_in_bounded_time_and_resumes
     assert_eq!(degraded, 0);
     assert_eq!((admitted, limited), (SMALL_BUDGET, 5));
 }
+
+// ---------------------------------------------------------------- the store wait itself, per fault
+
+/// The figures behind RELIABILITY.md's store-wait table: how long each call
+/// waits on the store (`Limiter::acquire`, which is all of a call's store
+/// wait: deny cache, circuit, batch queue, connection, script) while Redis
+/// is healthy, paused (SIGSTOP, `CLIENT PAUSE`), killed and restarted
+/// empty, cut off (blackhole), or down when the gateway starts and then
+/// started. 32 tasks call in a loop, a millisecond apart, at the shipped
+/// `store_timeout_ms = 50`.
+///
+/// A measurement, not a check: run it on an optimised build, on a quiet
+/// machine, and read the table it prints:
+/// `cargo test --release --test faults_store store_wait -- --ignored --nocapture`.
+/// It asserts only a sanity bound (timeout + 500 ms) and that every call
+/// was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run on a release build (see the doc comment)"]
+async fn store_wait_per_fault() {
+    use deskgate::config::{LimiterConfig, OnStoreError, StoreKind};
+    use deskgate::limiter::{Ask, Limiter, Policy};
+
+    const TIMEOUT: Duration = Duration::from_millis(50);
+    const TASKS: usize = 32;
+    let Some(mut redis) = RedisServer::start("store_wait_per_fault") else { return };
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let limiter = |url: String| async move {
+        let cfg = LimiterConfig {
+            store: StoreKind::Redis { url },
+            on_store_error: OnStoreError::FailClosed,
+            store_timeout: TIMEOUT,
+            key_prefix: "deskgate".into(),
+            charge_invalid: false,
+            redis_batch: true,
+            refused_credential_ttl: Duration::from_secs(10),
+        };
+        Limiter::from_config(&cfg).await.expect("limiter")
+    };
+    let direct = limiter(redis.url()).await;
+    let proxied = limiter(format!("redis://{}", proxy.addr)).await;
+
+    /// Calls from `TASKS` tasks on `l` until `stop`: each call's store wait.
+    fn load(l: &Arc<Limiter>, stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Vec<Duration>>> {
+        (0..TASKS)
+            .map(|i| {
+                let (l, stop) = (l.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let tenant = format!("t{}", i % 8);
+                    let ask = Ask {
+                        tenant: &tenant,
+                        cost: 1,
+                        account: Policy { name: "account", quota: 1_000_000, window_s: 60 },
+                        endpoint: None,
+                    };
+                    let mut waits = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let start = Instant::now();
+                        let _ = l.acquire(&ask).await;
+                        waits.push(start.elapsed());
+                        // A client's next call, a millisecond later: about
+                        // 30,000 calls a second in all, and no task spinning
+                        // on calls the open circuit answers at once.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    waits
+                })
+            })
+            .collect()
+    }
+    async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>) -> Latencies {
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("load task"));
+        }
+        Latencies::new(all)
+    }
+
+    println!("| fault (1.5 s, then 1 s after) | calls | p50 | p99 | p99.9 | max | over {TIMEOUT:?} + 1 ms |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let pid = redis_pid(&redis);
+    let report = |fault: &str, w: &Latencies| {
+        let over = w.0.iter().filter(|d| **d > TIMEOUT + Duration::from_millis(1)).count();
+        println!(
+            "| {fault} | {} | {:.1} ms | {:.1} ms | {:.1} ms | **{:.1} ms** | {over} |",
+            w.0.len(),
+            w.pct(0.5).as_secs_f64() * 1e3,
+            w.pct(0.99).as_secs_f64() * 1e3,
+            w.pct(0.999).as_secs_f64() * 1e3,
+            w.max().as_secs_f64() * 1e3
+        );
+        assert!(!w.0.is_empty(), "{fault}: no call answered");
+        assert!(w.max() < TIMEOUT + Duration::from_millis(500), "{fault}: a call waited {:?}", w.max());
+    };
+    let phase = |l: Arc<Limiter>, fault: Box<dyn FnOnce() + Send>, heal: Box<dyn FnOnce() + Send>| async move {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = load(&l, &stop);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The fault runs a process (kill, redis-cli): off the workers,
+        // whose stall would be counted as store waits.
+        tokio::task::block_in_place(fault);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::task::block_in_place(heal);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        stop.store(true, Ordering::Relaxed);
+        gather(tasks).await
+    };
+
+    let w = phase(direct.clone(), Box::new(|| {}), Box::new(|| {})).await;
+    report("none (healthy)", &w);
+    let (p1, p2) = (pid.clone(), pid.clone());
+    let w = phase(direct.clone(), Box::new(move || signal(&p1, "-STOP")), Box::new(move || signal(&p2, "-CONT"))).await;
+    report("SIGSTOP, then SIGCONT", &w);
+    let port = redis.port;
+    let pause = move || {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string(), "CLIENT", "PAUSE", "1500", "ALL"]).output();
+        assert!(out.is_ok_and(|o| o.status.success()), "CLIENT PAUSE");
+    };
+    let w = phase(direct.clone(), Box::new(pause), Box::new(|| {})).await;
+    report("`CLIENT PAUSE 1500 ALL`", &w);
+    let (p1, p2) = (proxy.clone(), proxy.clone());
+    let w = phase(proxied.clone(), Box::new(move || p1.set_blackhole(true)), Box::new(move || p2.set_blackhole(false)))
+        .await;
+    report("network blackholed, then back", &w);
+
+    // Killed, then restarted empty (on the same port) while calls go on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&direct, &stop);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::block_in_place(|| redis.kill());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| redis.restart());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    report("SIGKILL, then restarted empty", &gather(tasks).await);
+
+    // Down when the gateway starts (its first connection keeps failing),
+    // then started: the first connect is retried in the background.
+    redis.kill();
+    let late = limiter(redis.url()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&late, &stop);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| redis.restart());
+    // The first connection is retried with a back-off of up to a second.
+    let connected = eventually(Duration::from_secs(5), || std::future::ready(late.store_healthy())).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    let w = gather(tasks).await;
+    assert!(connected, "the store did not connect once Redis was up");
+    report("down at start, then started", &w);
+}

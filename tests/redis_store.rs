@@ -621,6 +621,37 @@ async fn calls_waiting_together_share_a_script_call_and_each_gets_its_own_answer
     assert_eq!(evalsha_calls(&r), calls + 1);
 }
 
+/// Calls from separate tasks — connections, as in the gateway — on a
+/// multi-thread runtime form batches too (a flush spawned by the first call
+/// must not run before the others have queued).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_separate_tasks_arriving_together_share_script_calls() {
+    let Some(r) = RedisServer::start("calls_of_separate_tasks_arriving_together_share_script_calls") else {
+        return;
+    };
+    let s = Arc::new(store(&r).await);
+    s.acquire(&ask("warmup", 1, account(5, 60), None)).await.unwrap();
+    assert_eq!(r.cli(&["CONFIG", "RESETSTAT"]), "OK");
+    let start = Arc::new(tokio::sync::Barrier::new(120));
+    let tasks: Vec<_> = (0..120)
+        .map(|_| {
+            let (s, start) = (s.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                s.acquire(&ask("burst", 1, account(25, 60), None)).await.expect("store answered")
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.expect("task").allowed);
+    }
+    assert_eq!(admitted, 25, "exactly the budget");
+    let calls = evalsha_calls(&r);
+    println!("120 calls of separate tasks: {calls} EVALSHA");
+    assert!(calls <= 120 / 4, "{calls} script calls for 120 calls arriving together: not batched");
+}
+
 #[tokio::test]
 async fn a_key_of_another_type_fails_only_its_own_calls_in_a_batch() {
     let Some(r) = RedisServer::start("a_key_of_another_type_fails_only_its_own_calls_in_a_batch") else {

@@ -117,6 +117,10 @@ pub(super) struct RawLimiter {
     pub redis_password_file: Option<Spanned<String>>,
     /// The Redis password read from this environment variable.
     pub redis_password_env: Option<Spanned<String>>,
+    pub redis_sentinel: Option<Spanned<Vec<Spanned<String>>>>,
+    pub redis_sentinel_master: Option<Spanned<String>>,
+    pub redis_sentinel_master_username: Option<Spanned<String>>,
+    pub redis_sentinel_master_password: Option<Spanned<String>>,
 }
 
 /// `[plans.NAME]`; the name is the map key.

@@ -56,6 +56,15 @@ fn store_text(store: &StoreKind, password: Option<&PasswordSource>) -> String {
             let urls: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
             format!("redis cluster {}", urls.join(", "))
         }
+        StoreKind::RedisSentinel { sentinels, master, username, password } => {
+            let urls: Vec<String> = sentinels.iter().map(|u| redact_url(u)).collect();
+            let auth = match (username, password) {
+                (_, None) => "",
+                (None, Some(_)) => ", primary password set",
+                (Some(_), Some(_)) => ", primary username and password set",
+            };
+            format!("redis sentinel: primary \"{master}\" as named by {}{auth}", urls.join(", "))
+        }
     };
     if let Some(from) = password {
         let _ = write!(s, " (password from {from})");
@@ -85,6 +94,7 @@ fn batch_text(l: &LimiterConfig) -> String {
         }
         (StoreKind::RedisCluster { .. }, false) => "redis_batch false".to_owned(),
         (StoreKind::Memory, b) => format!("redis_batch {b} (no Redis)"),
+        (StoreKind::RedisSentinel { .. }, b) => format!("redis_batch {b}"),
     }
 }
 
@@ -215,6 +225,12 @@ impl Config {
             StoreKind::RedisCluster { urls } => {
                 let urls: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
                 json!({"store": "redis", "redis_cluster": urls})
+            }
+            StoreKind::RedisSentinel { sentinels, master, username, password } => {
+                let urls: Vec<String> = sentinels.iter().map(|u| redact_url(u)).collect();
+                json!({"store": "redis", "redis_sentinel": urls, "redis_sentinel_master": master,
+                    "redis_sentinel_master_username": username,
+                    "redis_sentinel_master_password": password.as_ref().map(|_| "***")})
             }
         };
         let mut limiter = json!({

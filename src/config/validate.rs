@@ -596,8 +596,63 @@ fn redis_url(src: &Source, v: &Spanned<String>, key: &str) -> Result<String, Con
     Ok(s.to_owned())
 }
 
+/// `redis_sentinel` and its companions: `None` when no sentinel is named
+/// (then none of the companions may be set either). Exactly one of
+/// `redis_url`, `redis_cluster` and `redis_sentinel` names the store.
+fn sentinel_store(src: &Source, raw: &RawLimiter, kind: RawStore) -> Result<Option<StoreKind>, ConfigError> {
+    let Some(list) = &raw.redis_sentinel else {
+        let companion = [
+            (raw.redis_sentinel_master.as_ref(), "limiter.redis_sentinel_master"),
+            (raw.redis_sentinel_master_username.as_ref(), "limiter.redis_sentinel_master_username"),
+            (raw.redis_sentinel_master_password.as_ref(), "limiter.redis_sentinel_master_password"),
+        ];
+        if let Some((v, key)) = companion.into_iter().find_map(|(v, k)| v.map(|v| (v, k))) {
+            return Err(src.at(v, format!("{key} is set but redis_sentinel is not: name the sentinels or remove it")));
+        }
+        return Ok(None);
+    };
+    if kind == RawStore::Memory {
+        return Err(
+            src.at(list, "limiter.redis_sentinel is set but store = \"memory\": set store = \"redis\" or remove it")
+        );
+    }
+    if raw.redis_url.is_some() || raw.redis_cluster.is_some() {
+        return Err(src.at(list, "limiter: set exactly one of redis_url, redis_cluster or redis_sentinel"));
+    }
+    if list.get_ref().is_empty() {
+        return Err(src.at(list, "limiter.redis_sentinel: must list at least one sentinel URL"));
+    }
+    let sentinels =
+        list.get_ref().iter().map(|u| redis_url(src, u, "limiter.redis_sentinel")).collect::<Result<_, _>>()?;
+    let master = match &raw.redis_sentinel_master {
+        None => {
+            return Err(src.at(
+                list,
+                "limiter.redis_sentinel needs redis_sentinel_master, the name the sentinels know the primary by",
+            ))
+        }
+        Some(m) if m.get_ref().trim().is_empty() => {
+            return Err(src.at(m, "limiter.redis_sentinel_master: must not be empty"))
+        }
+        Some(m) => m.get_ref().trim().to_owned(),
+    };
+    let nonempty = |v: Option<&Spanned<String>>, key: &str| match v {
+        Some(v) if v.get_ref().is_empty() => {
+            Err(src.at(v, format!("{key}: must not be empty (leave it out when the primary needs none)")))
+        }
+        v => Ok(v.map(|v| v.get_ref().clone())),
+    };
+    Ok(Some(StoreKind::RedisSentinel {
+        sentinels,
+        master,
+        username: nonempty(raw.redis_sentinel_master_username.as_ref(), "limiter.redis_sentinel_master_username")?,
+        password: nonempty(raw.redis_sentinel_master_password.as_ref(), "limiter.redis_sentinel_master_password")?,
+    }))
+}
+
 fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> {
     let kind = raw.store.as_ref().map_or(RawStore::Memory, |s| *s.get_ref());
+    let sentinel = sentinel_store(src, &raw, kind)?;
     let store = match (kind, &raw.redis_url, &raw.redis_cluster) {
         (RawStore::Memory, Some(v), _) => {
             return Err(src.at(v, "limiter.redis_url is set but store = \"memory\": set store = \"redis\" or remove it"))
@@ -620,10 +675,16 @@ fn limiter(src: &Source, raw: RawLimiter) -> Result<LimiterConfig, ConfigError> 
                 c.get_ref().iter().map(|u| redis_url(src, u, "limiter.redis_cluster")).collect::<Result<_, _>>()?;
             StoreKind::RedisCluster { urls }
         }
-        (RawStore::Redis, None, None) => {
-            let span = raw.store.as_ref().map(Spanned::span);
-            return Err(src.err(span, "limiter: store = \"redis\" needs redis_url or redis_cluster"));
-        }
+        (RawStore::Redis, None, None) => match sentinel {
+            Some(s) => s,
+            None => {
+                let span = raw.store.as_ref().map(Spanned::span);
+                return Err(src.err(
+                    span,
+                    "limiter: store = \"redis\" needs redis_url or redis_cluster (or redis_sentinel with redis_sentinel_master)",
+                ));
+            }
+        },
     };
     let key_prefix = match &raw.key_prefix {
         None => DEFAULT_KEY_PREFIX.to_owned(),
@@ -693,6 +754,19 @@ fn store_with_password(
         StoreKind::RedisCluster { urls } => {
             Ok(StoreKind::RedisCluster { urls: urls.iter().map(|u| put(u)).collect::<Result<_, _>>()? })
         }
+        // Through Sentinel the password is the primary's (the sentinels'
+        // own stays in their URLs).
+        StoreKind::RedisSentinel { sentinels, master, username, password: None } => Ok(StoreKind::RedisSentinel {
+            sentinels: sentinels.clone(),
+            master: master.clone(),
+            username: username.clone(),
+            password: Some(password.to_owned()),
+        }),
+        StoreKind::RedisSentinel { .. } => Err(src.err(
+            Some(span.clone()),
+            "limiter: the primary's password is set twice (redis_sentinel_master_password and a password file or \
+             variable): keep one",
+        )),
     }
 }
 
@@ -1342,6 +1416,43 @@ mod tests {
         assert_eq!(e, "t.toml:3:13: limiter.redis_url: \"http://:***@127.0.0.1:6379\" is not a redis:// or rediss:// URL with a host");
         let e = error("[limiter]\nstore = \"redis\"\nredis_cluster = [\"redis://a\", \"tcp://b\"]\n");
         assert!(e.starts_with("t.toml:3:31: limiter.redis_cluster"), "{e}");
+    }
+
+    #[test]
+    fn redis_sentinel_needs_its_master_and_excludes_the_other_stores() {
+        let c = load_str(
+            "[limiter]\nstore = \"redis\"\nredis_sentinel = [\"redis://s1:26379\", \"rediss://s2:26379\"]\n\
+             redis_sentinel_master = \"main\"\nredis_sentinel_master_password = \"pw\"\n",
+        );
+        assert_eq!(
+            c.limiter.store,
+            StoreKind::RedisSentinel {
+                sentinels: vec!["redis://s1:26379".into(), "rediss://s2:26379".into()],
+                master: "main".into(),
+                username: None,
+                password: Some("pw".into()),
+            }
+        );
+        let sentinel = "redis_sentinel = [\"redis://s1:26379\"]\n";
+        let e = error(&format!("[limiter]\nstore = \"redis\"\n{sentinel}"));
+        assert_eq!(
+            e,
+            "t.toml:3:18: limiter.redis_sentinel needs redis_sentinel_master, the name the sentinels know the primary by"
+        );
+        let e = error(&format!(
+            "[limiter]\nstore = \"redis\"\nredis_url = \"redis://a\"\n{sentinel}redis_sentinel_master = \"m\"\n"
+        ));
+        assert_eq!(e, "t.toml:4:18: limiter: set exactly one of redis_url, redis_cluster or redis_sentinel");
+        let e = error(&format!("[limiter]\n{sentinel}redis_sentinel_master = \"m\"\n"));
+        assert!(e.starts_with("t.toml:2:18: limiter.redis_sentinel is set but store = \"memory\""), "{e}");
+        let e = error("[limiter]\nstore = \"redis\"\nredis_url = \"redis://a\"\nredis_sentinel_master = \"m\"\n");
+        assert!(e.starts_with("t.toml:4:25: limiter.redis_sentinel_master is set but redis_sentinel is not"), "{e}");
+        let e = error("[limiter]\nstore = \"redis\"\nredis_sentinel = []\nredis_sentinel_master = \"m\"\n");
+        assert!(e.starts_with("t.toml:3:18: limiter.redis_sentinel: must list at least one sentinel URL"), "{e}");
+        let e = error("[limiter]\nstore = \"redis\"\nredis_sentinel = [\"s1:26379\"]\nredis_sentinel_master = \"m\"\n");
+        assert!(e.starts_with("t.toml:3:19: limiter.redis_sentinel: \"s1:26379\" is not a redis://"), "{e}");
+        let e = error(&format!("[limiter]\nstore = \"redis\"\n{sentinel}redis_sentinel_master = \" \"\n"));
+        assert!(e.starts_with("t.toml:4:25: limiter.redis_sentinel_master: must not be empty"), "{e}");
     }
 
     #[test]

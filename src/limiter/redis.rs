@@ -1,5 +1,6 @@
-//! Redis store (docs/reference.md "Store" `redis`): standalone or Redis Cluster, one script
-//! call per decision. The only file that imports `redis`.
+//! Redis store (docs/reference.md "Store" `redis`): standalone, Redis Cluster
+//! or a primary found through Redis Sentinel, one script call per decision.
+//! The only file that imports `redis`.
 //!
 //! # Keys and memory
 //!
@@ -69,7 +70,13 @@
 //! [`ClusterConnection`], which follows slot moves and reconnects too. If
 //! Redis is down when the gateway starts, the first connection is retried in
 //! the background: calls fail (and `on_store_error` applies) until it is up.
-//! Timeouts and the circuit breaker live in [`super::Limiter`].
+//! Behind Sentinel, the primary the sentinels name gets a standalone
+//! connection (batches included), and `follow_primary` swaps in a new one
+//! when the primary moves (see `hear_switches` for why it listens to the
+//! sentinels' announcements rather than only polling them).
+//! Timeouts and the circuit breaker live in [`super::Limiter`]: no call
+//! waits for a connection being made — it fails at once, or waits within
+//! its own deadline for the reconnect already under way.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,10 +85,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{RedisConnectionInfo, TlsMode};
 use tokio::sync::oneshot;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::store::{Store, StoreError};
@@ -99,6 +110,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between background reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// How often the sentinels are asked where the primary is while calls
+/// succeed: finds a failover no call has run into yet.
+const SENTINEL_POLL: Duration = Duration::from_secs(1);
+/// Least time between two questions to the sentinels while calls fail.
+const SENTINEL_RETRY: Duration = Duration::from_millis(100);
+/// Longest a promotion announced by a sentinel is followed without the
+/// sentinels naming the new primary: a failover neither switched nor
+/// aborted by then is left to what the sentinels say.
+const FAILOVER_HOLD: Duration = Duration::from_secs(10);
 /// Most calls decided by one script call: bounds how long one batch holds
 /// Redis (about half a millisecond), since Redis runs scripts one at a time.
 pub const MAX_BATCH: usize = 64;
@@ -121,6 +141,20 @@ enum Conn {
 enum Target {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
+    Sentinel(Box<SentinelTarget>),
+}
+
+/// A primary found through Redis Sentinel, and followed when it moves.
+struct SentinelTarget {
+    sentinels: Vec<String>,
+    master: String,
+    /// How to reach the primary the sentinels name: its credentials, TLS.
+    node: SentinelNodeConnectionInfo,
+    /// Woken when a call fails: the primary may have moved.
+    trouble: Notify,
+    /// The replica being promoted, from the moment a sentinel announced it
+    /// until the switch (or an abort, or [`FAILOVER_HOLD`]).
+    promoting: Mutex<Option<Promotion>>,
 }
 
 struct Inner {
@@ -179,9 +213,34 @@ impl RedisStore {
                     .build()
                     .map_err(backend)?,
             ),
+            StoreKind::RedisSentinel { sentinels, master, username, password } => {
+                // Built once here so a URL it cannot use fails the start.
+                Sentinel::build(sentinels.clone()).map_err(backend)?;
+                let tls = sentinels.first().filter(|u| u.starts_with("rediss://")).map(|u| {
+                    if u.ends_with("#insecure") {
+                        TlsMode::Insecure
+                    } else {
+                        TlsMode::Secure
+                    }
+                });
+                let redis = RedisConnectionInfo {
+                    username: username.clone(),
+                    password: password.clone(),
+                    ..Default::default()
+                };
+                let node = SentinelNodeConnectionInfo { tls_mode: tls, redis_connection_info: Some(redis) };
+                Target::Sentinel(Box::new(SentinelTarget {
+                    sentinels: sentinels.clone(),
+                    master: master.clone(),
+                    node,
+                    trouble: Notify::new(),
+                    promoting: Mutex::new(None),
+                }))
+            }
             StoreKind::Memory => return Err(StoreError::Backend("the memory store is not a Redis store".into())),
         };
-        let batch = batch && matches!(target, Target::Single(_));
+        // A cluster spreads tenants over slots: one key per script call.
+        let batch = batch && !matches!(target, Target::Cluster(_));
         let inner = Arc::new(Inner {
             target,
             conn: ArcSwapOption::empty(),
@@ -192,9 +251,14 @@ impl RedisStore {
             queue: Mutex::new(Vec::new()),
             batch,
         });
-        let first = tokio::spawn(connect_loop(Arc::downgrade(&inner)));
-        // Usually connected by now; otherwise the loop keeps going on its own.
-        let _ = tokio::time::timeout(FIRST_CONNECT_WAIT, first).await;
+        tokio::spawn(connect_loop(Arc::downgrade(&inner)));
+        // Usually connected at once; otherwise the loop keeps going on its own.
+        let connected = async {
+            while inner.conn.load().is_none() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = tokio::time::timeout(FIRST_CONNECT_WAIT, connected).await;
         Ok(RedisStore { inner, key_prefix: key_prefix.to_owned() })
     }
 
@@ -278,11 +342,15 @@ impl RedisStore {
     /// were decided in the same turn of the event loop: well under a
     /// millisecond.
     pub async fn acquire_by(&self, ask: &Ask<'_>, deadline: Instant) -> Result<Decision, StoreError> {
-        if self.inner.batch && self.inner.conn.load().is_some() {
+        let result = if self.inner.batch && self.inner.conn.load().is_some() {
             self.batched(ask, deadline).await
         } else {
             tokio::time::timeout_at(deadline, self.run(ask, None)).await.unwrap_or(Err(StoreError::Timeout))
+        };
+        if result.is_err() {
+            self.inner.troubled();
         }
+        result
     }
 
     /// One call in the next batch (see the module's doc).
@@ -312,7 +380,13 @@ impl RedisStore {
         charged: &Decision,
         deadline: Instant,
     ) -> Result<Refunded, StoreError> {
-        tokio::time::timeout_at(deadline, self.refund_run(ask, charged, None)).await.unwrap_or(Err(StoreError::Timeout))
+        let result = tokio::time::timeout_at(deadline, self.refund_run(ask, charged, None))
+            .await
+            .unwrap_or(Err(StoreError::Timeout));
+        if result.is_err() {
+            self.inner.troubled();
+        }
+        result
     }
 
     /// Like [`Store::refund`], on a given store clock (tests).
@@ -404,10 +478,22 @@ impl RedisStore {
         if let Some(c) = self.inner.conn.load().as_deref() {
             return Ok(c.clone());
         }
-        if !self.inner.connecting.swap(true, Ordering::AcqRel) {
+        // Behind Sentinel, `follow_primary` runs for as long as the store.
+        if !matches!(self.inner.target, Target::Sentinel(_)) && !self.inner.connecting.swap(true, Ordering::AcqRel) {
             tokio::spawn(connect_loop(Arc::downgrade(&self.inner)));
         }
         Err(StoreError::Backend("not connected to Redis yet".into()))
+    }
+}
+
+impl Inner {
+    /// A call failed: behind Sentinel, the primary may have moved (or been
+    /// demoted: writes answer `READONLY`), so the sentinels are asked now
+    /// rather than at the next poll.
+    fn troubled(&self) {
+        if let Target::Sentinel(s) = &self.target {
+            s.trouble.notify_one();
+        }
     }
 }
 
@@ -428,6 +514,15 @@ impl Store for RedisStore {
 /// that gives up (its `store_timeout_ms`, a client gone) never strands the
 /// others.
 async fn flush(inner: Arc<Inner>) {
+    // A task spawned from a worker runs next on that worker (tokio's LIFO
+    // slot), as soon as the call that spawned it waits: the flush would take
+    // a queue of one, and a burst of calls on separate connections would go
+    // out as one script call each — every reply a wake of the connection's
+    // task behind the burst's other work, which is what made 120 calls at
+    // once outlast a 50 ms store timeout. Yielding once puts the flush
+    // behind the tasks that are ready now, so the calls they decide join
+    // this batch; a lone call pays one trip through the scheduler.
+    tokio::task::yield_now().await;
     // The next batch's queue gets room for a burst at once, rather than
     // growing 4, 8, 16 as its calls come.
     let mut queued =
@@ -571,13 +666,25 @@ async fn load_script(conn: &mut ConnectionManager) -> redis::RedisResult<String>
 /// Connects until it succeeds or the store is dropped. Once connected, the
 /// connection types reconnect by themselves.
 async fn connect_loop(inner: Weak<Inner>) {
+    if inner.upgrade().is_some_and(|i| matches!(i.target, Target::Sentinel(_))) {
+        return follow_primary(inner).await;
+    }
     let mut delay = Duration::from_millis(50);
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
         match open(&strong.target).await {
-            Ok(c) => {
+            Ok(mut c) => {
+                // Loaded now, so the first calls after the gateway starts do
+                // not meet `NOSCRIPT` and pay two more round trips within
+                // their timeout (a Redis restarted later still does: that
+                // batch loads it and goes again).
+                if let Conn::Single(m) = &mut c {
+                    if let Err(e) = load_script(m).await {
+                        tracing::warn!(error = %e, "cannot load the rate-limit script yet; it is loaded on first use");
+                    }
+                }
                 strong.conn.store(Some(Arc::new(c)));
                 strong.connecting.store(false, Ordering::Release);
                 tracing::info!("connected to Redis");
@@ -593,16 +700,276 @@ async fn connect_loop(inner: Weak<Inner>) {
 
 async fn open(target: &Target) -> redis::RedisResult<Conn> {
     match target {
-        Target::Single(client) => {
-            let cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(CONNECT_TIMEOUT)
-                .set_response_timeout(RESPONSE_TIMEOUT)
-                .set_factor(50)
-                .set_max_delay(MAX_RECONNECT_DELAY.as_millis() as u64)
-                .set_number_of_retries(1);
-            Ok(Conn::Single(Box::new(ConnectionManager::new_with_config(client.clone(), cfg).await?)))
-        }
+        Target::Single(client) => Ok(Conn::Single(Box::new(open_single(client).await?))),
         Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        Target::Sentinel(_) => {
+            Err((redis::ErrorKind::ClientError, "a Sentinel primary is opened by follow_primary").into())
+        }
+    }
+}
+
+/// A connection to one Redis server that reconnects by itself.
+async fn open_single(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT)
+        .set_factor(50)
+        .set_max_delay(MAX_RECONNECT_DELAY.as_millis() as u64)
+        .set_number_of_retries(1);
+    ConnectionManager::new_with_config(client.clone(), cfg).await
+}
+
+/// Behind Sentinel, for as long as the store lives: asks the sentinels which
+/// server is the primary (they check its `ROLE`), at once when a call has
+/// failed or a sentinel announced a switch, and every [`SENTINEL_POLL`]
+/// otherwise; when it is another one than the connection goes to, connects
+/// to it and swaps the connection in. Calls meanwhile fail by
+/// `on_store_error`, bounded by their timeout as always.
+///
+/// A failover in progress ([`SentinelTarget::promoting`], see
+/// [`hear_switches`]) goes first: the replica being promoted is used at
+/// once, and the old primary not again until the sentinels name it (an
+/// aborted failover).
+async fn follow_primary(inner: Weak<Inner>) {
+    let mut sentinel: Option<Sentinel> = None;
+    let mut primary: Option<String> = None;
+    let mut failing = false;
+    if let Some(strong) = inner.upgrade() {
+        if let Target::Sentinel(t) = &strong.target {
+            for url in &t.sentinels {
+                tokio::spawn(hear_switches(Weak::clone(&inner), url.clone()));
+            }
+        }
+    }
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let Target::Sentinel(t) = &strong.target else {
+            return;
+        };
+        let promoting = t.promoting.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let found = match promoting {
+            Some(p) if p.since.elapsed() < FAILOVER_HOLD => {
+                if primary.as_deref() == Some(p.addr.as_str()) && strong.conn.load().is_some() {
+                    Ok(Ok(None))
+                } else {
+                    let info = node_info(&t.node, p.host, p.port);
+                    tokio::time::timeout(CONNECT_TIMEOUT, connect_primary(redis::Client::open(info)))
+                        .await
+                        .map(|r| r.map(Some))
+                }
+            }
+            _ => {
+                if sentinel.is_none() {
+                    sentinel = Sentinel::build(t.sentinels.clone()).ok();
+                }
+                match sentinel.as_mut() {
+                    None => Ok(Err((redis::ErrorKind::ClientError, "no usable sentinel URL").into())),
+                    Some(s) => {
+                        tokio::time::timeout(CONNECT_TIMEOUT, async {
+                            let client = s.async_master_for(&t.master, Some(&t.node)).await?;
+                            if primary.as_deref() == Some(client.get_connection_info().addr.to_string().as_str())
+                                && strong.conn.load().is_some()
+                            {
+                                return Ok(None);
+                            }
+                            connect_primary(Ok(client)).await.map(Some)
+                        })
+                        .await
+                    }
+                }
+            }
+        };
+        match found {
+            Ok(Ok(None)) => failing = false,
+            Ok(Ok(Some((addr, conn)))) => {
+                strong.conn.store(Some(Arc::new(Conn::Single(Box::new(conn)))));
+                match primary.replace(addr.clone()) {
+                    None => {
+                        tracing::info!(master = %t.master, primary = %addr, "connected to the Redis primary named by Sentinel")
+                    }
+                    Some(old) => {
+                        tracing::warn!(master = %t.master, primary = %addr, previous = %old, "the Redis primary moved; following it")
+                    }
+                }
+                failing = false;
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(master = %t.master, error = %e, "Sentinel names no reachable primary yet; asking again");
+                }
+                failing = true;
+            }
+            Err(_) => {
+                if !failing {
+                    tracing::warn!(master = %t.master, "the sentinels or the primary they name did not answer in time; asking again");
+                }
+                failing = true;
+                // Its cached sentinel connections may be the ones hanging.
+                sentinel = None;
+            }
+        }
+        // While no primary answers (it died and none is promoted yet), ask
+        // again soon; otherwise at a failed call, an announcement or the
+        // poll. Failed calls come in bursts: one question per
+        // SENTINEL_RETRY is plenty; a promotion heard is acted on at once,
+        // since the old primary's every charge from now on is lost.
+        if !failing {
+            tokio::select! {
+                () = t.trouble.notified() => {}
+                () = tokio::time::sleep(SENTINEL_POLL) => {}
+            }
+        }
+        let promotion = t.promoting.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|p| p.addr.clone());
+        drop(strong);
+        if failing || promotion.is_none() || promotion == primary {
+            tokio::time::sleep(SENTINEL_RETRY).await;
+        }
+    }
+}
+
+/// A connection to `client`'s server with the window script loaded (as for
+/// a standalone Redis, see `connect_loop`), and the server's address.
+async fn connect_primary(client: redis::RedisResult<redis::Client>) -> redis::RedisResult<(String, ConnectionManager)> {
+    let client = client?;
+    let addr = client.get_connection_info().addr.to_string();
+    let mut conn = open_single(&client).await?;
+    load_script(&mut conn).await?;
+    Ok((addr, conn))
+}
+
+/// How to reach `host:port`, a server of the set the sentinels watch.
+fn node_info(node: &SentinelNodeConnectionInfo, host: String, port: u16) -> redis::ConnectionInfo {
+    let addr = match node.tls_mode {
+        None => redis::ConnectionAddr::Tcp(host, port),
+        Some(mode) => {
+            redis::ConnectionAddr::TcpTls { host, port, insecure: matches!(mode, TlsMode::Insecure), tls_params: None }
+        }
+    };
+    redis::ConnectionInfo { addr, redis: node.redis_connection_info.clone().unwrap_or_default() }
+}
+
+/// The sentinels' announcements that move the primary.
+const SWITCH_CHANNELS: [&str; 6] = [
+    "+selected-slave",
+    "+failover-state-wait-promotion",
+    "+switch-master",
+    "-failover-abort-not-elected",
+    "-failover-abort-no-good-slave",
+    "-failover-abort-slave-timeout",
+];
+
+/// Listens to one sentinel's failover announcements for as long as the
+/// store lives. A requested failover leaves the old primary running and
+/// writable until the sentinels notice the promotion (up to a second) and
+/// demote it: no call fails meanwhile, yet every charge it takes is lost
+/// when it resyncs from the new primary. So once a replica is selected for
+/// promotion (`+selected-slave`), the old primary is done with: the store
+/// goes to the replica at once (its writes answer `READONLY`, failing by
+/// `on_store_error`, until the promotion a moment later). A switch or an
+/// abort ends that; [`follow_primary`] asks the sentinels again.
+async fn hear_switches(inner: Weak<Inner>, url: String) {
+    let Ok(client) = redis::Client::open(url.as_str()) else {
+        return;
+    };
+    loop {
+        let subscribed = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&SWITCH_CHANNELS[..]).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        if let Ok(Ok(pubsub)) = subscribed {
+            let mut messages = pubsub.into_on_message();
+            loop {
+                // Checks now and then that the store still lives.
+                match tokio::time::timeout(SENTINEL_POLL, messages.next()).await {
+                    Ok(None) => break,
+                    Ok(Some(msg)) => {
+                        let Some(strong) = inner.upgrade() else {
+                            return;
+                        };
+                        let payload: String = msg.get_payload().unwrap_or_default();
+                        strong.heard(msg.get_channel_name(), &payload);
+                    }
+                    Err(_) if inner.strong_count() == 0 => return,
+                    Err(_) => {}
+                }
+            }
+        }
+        if inner.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(SENTINEL_POLL).await;
+    }
+}
+
+/// A replica the sentinels are promoting.
+#[derive(Clone)]
+struct Promotion {
+    host: String,
+    port: u16,
+    /// `host:port`, as a connection names its server.
+    addr: String,
+    since: std::time::Instant,
+}
+
+impl Inner {
+    /// One announcement: `+selected-slave` (`slave <ip:port> <ip> <port> @
+    /// <master> <ip> <port>`) starts a promotion of ours; a switch or an
+    /// abort of ours ends it. Wakes [`follow_primary`] either way.
+    ///
+    /// `+failover-state-wait-promotion` follows the sentinel's `REPLICAOF NO
+    /// ONE` to the replica, which it sends with `CLIENT KILL TYPE normal`:
+    /// the connection opened to the replica before is closed under it, so
+    /// a fresh one is opened now rather than by a call that fails on it.
+    fn heard(&self, channel: &str, payload: &str) {
+        let Target::Sentinel(t) = &self.target else {
+            return;
+        };
+        let Some((master, instance)) = announcement(channel, payload) else {
+            return;
+        };
+        if master != t.master {
+            return;
+        }
+        let mut promoting = t.promoting.lock().unwrap_or_else(PoisonError::into_inner);
+        match channel {
+            "+selected-slave" => {
+                if let Some((host, port)) = instance {
+                    let addr = redis::ConnectionAddr::Tcp(host.to_owned(), port).to_string();
+                    tracing::warn!(master = %t.master, replica = %addr, "Sentinel is promoting a replica; the old primary takes no more calls");
+                    *promoting =
+                        Some(Promotion { host: host.to_owned(), port, addr, since: std::time::Instant::now() });
+                }
+            }
+            "+failover-state-wait-promotion" => {
+                if promoting.is_some() {
+                    self.conn.store(None);
+                }
+            }
+            _ => *promoting = None,
+        }
+        drop(promoting);
+        t.trouble.notify_one();
+    }
+}
+
+/// A sentinel announcement's master name and, when it names an instance
+/// with an address, that instance's host and port. `+switch-master` is
+/// `<master> <old ip> <old port> <new ip> <new port>`; the others name an
+/// instance, `<type> <name> <ip> <port>`, followed by `@ <master> <ip>
+/// <port>` unless the instance is the master itself.
+fn announcement<'a>(channel: &str, payload: &'a str) -> Option<(&'a str, Option<(&'a str, u16)>)> {
+    let words: Vec<&str> = payload.split_whitespace().collect();
+    if channel == "+switch-master" {
+        return Some((words.first()?, None));
+    }
+    let instance = words.get(2).zip(words.get(3).and_then(|p| p.parse().ok())).map(|(h, p)| (*h, p));
+    match words.iter().position(|w| *w == "@") {
+        Some(at) => Some((words.get(at + 1)?, instance)),
+        None => Some((words.get(1)?, instance)),
     }
 }
 
@@ -765,6 +1132,21 @@ mod tests {
         let (late, _rx) = call(now);
         let mut batch = vec![late];
         assert_eq!(live(&mut batch), None);
+    }
+
+    /// The announcements as Redis 7's sentinels publish them.
+    #[test]
+    fn sentinel_announcements_name_their_master_and_instance() {
+        use super::announcement;
+        let selected = "slave 127.0.0.1:6380 127.0.0.1 6380 @ main 127.0.0.1 6379";
+        assert_eq!(announcement("+selected-slave", selected), Some(("main", Some(("127.0.0.1", 6380)))));
+        assert_eq!(announcement("+failover-state-wait-promotion", selected).map(|a| a.0), Some("main"));
+        let switch = "main 127.0.0.1 6379 127.0.0.1 6380";
+        assert_eq!(announcement("+switch-master", switch), Some(("main", None)));
+        let abort = "master main 127.0.0.1 6379";
+        assert_eq!(announcement("-failover-abort-no-good-slave", abort), Some(("main", Some(("127.0.0.1", 6379)))));
+        assert_eq!(announcement("+selected-slave", ""), None);
+        assert_eq!(announcement("+selected-slave", "slave x y notaport @ main"), Some(("main", None)));
     }
 
     #[test]

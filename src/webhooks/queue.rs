@@ -120,6 +120,10 @@ impl Queue {
     pub fn from_config(cfg: &LimiterConfig, id_ttl: Duration) -> Result<Queue, String> {
         match &cfg.store {
             StoreKind::Memory => Ok(Queue::Memory(MemoryQueue::new())),
+            StoreKind::RedisSentinel { .. } => Err(
+                "the webhook queue runs on redis_url or redis_cluster; redis_sentinel is not supported for [webhooks] yet"
+                    .to_owned(),
+            ),
             kind => Ok(Queue::Redis(Box::new(RedisQueue::new(kind, &cfg.key_prefix, id_ttl)?))),
         }
     }

@@ -287,6 +287,9 @@ impl RedisQueue {
                     .map_err(|e| format!("redis_cluster: {e}"))?,
             ),
             StoreKind::Memory => return Err("the memory store is not a Redis store".to_owned()),
+            StoreKind::RedisSentinel { .. } => {
+                return Err("redis_sentinel is not supported for [webhooks] yet".to_owned())
+            }
         };
         Ok(RedisQueue {
             target,

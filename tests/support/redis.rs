@@ -1,6 +1,8 @@
 //! Real `redis-server` processes for tests: one per test, on a free loopback
 //! port (never 6379), in a temp dir, killed on drop. A cluster of three
-//! masters is built with `redis-cli --cluster create`.
+//! masters is built with `redis-cli --cluster create`; a primary with a
+//! replica under three sentinels (`redis-server --sentinel`) by
+//! [`RedisSentinels`].
 //!
 //! Without `redis-server` on PATH, [`RedisServer::start`] prints a line and
 //! returns `None` (the test returns), unless `DESKGATE_REQUIRE_REDIS=1`.
@@ -55,6 +57,10 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     extra: Vec<String>,
     child: Option<Child>,
+    /// A sentinel's config file (a sentinel rewrites it as it learns).
+    sentinel_conf: Option<std::path::PathBuf>,
+    /// `requirepass`, which [`RedisServer::cli`] then sends.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -68,20 +74,21 @@ impl RedisServer {
 
     fn spawn(port: u16, extra: Vec<String>) -> RedisServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = RedisServer { port, dir, extra, child: None };
+        let mut s = RedisServer { port, dir, extra, child: None, sentinel_conf: None, password: None };
         s.launch();
         s
     }
 
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", &self.dir.path().display().to_string()])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
+        let mut cmd = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            cmd.arg(conf).arg("--sentinel");
+        } else {
+            cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--dir", &self.dir.path().display().to_string()]);
+        }
+        let child =
+            cmd.args(&self.extra).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.cli(&["PING"]) != "PONG" {
@@ -105,12 +112,12 @@ impl RedisServer {
 
     /// `redis-cli -p PORT args…`, trimmed stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .expect("run redis-cli");
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(pw) = &self.password {
+            cmd.args(["-a", pw, "--no-auth-warning"]);
+        }
+        let out = cmd.args(args).stderr(Stdio::null()).output().expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -164,7 +171,7 @@ impl RedisCluster {
             let dir = tempfile::tempdir().expect("tempdir");
             let conf = dir.path().join(format!("nodes-{port}.conf")).display().to_string();
             let extra = vec!["--cluster-enabled".into(), "yes".into(), "--cluster-config-file".into(), conf];
-            let mut s = RedisServer { port, dir, extra, child: None };
+            let mut s = RedisServer { port, dir, extra, child: None, sentinel_conf: None, password: None };
             s.launch();
             nodes.push(s);
         }
@@ -187,5 +194,109 @@ impl RedisCluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
+
+/// The name the sentinels of [`RedisSentinels`] know the primary by.
+pub const SENTINEL_MASTER: &str = "deskgate-primary";
+
+/// A primary, one replica of it, and three sentinels watching it (quorum
+/// 2) that call it down after 1 s without an answer, as a small production
+/// setup would (with shorter timeouts, so a failover takes seconds).
+pub struct RedisSentinels {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl RedisSentinels {
+    pub fn start(test: &str) -> Option<RedisSentinels> {
+        RedisSentinels::start_with(test, None)
+    }
+
+    /// With `password` set, the primary and the replica require it
+    /// (`requirepass`, `masterauth`) and the sentinels use it
+    /// (`sentinel auth-pass`); the sentinels themselves need none.
+    pub fn start_with(test: &str, password: Option<&str>) -> Option<RedisSentinels> {
+        if !available(test) {
+            return None;
+        }
+        let auth: Vec<String> = password
+            .map(|pw| vec!["--requirepass".into(), pw.into(), "--masterauth".into(), pw.into()])
+            .unwrap_or_default();
+        let node = |extra: Vec<String>| {
+            let mut s = RedisServer {
+                port: free_port(false),
+                dir: tempfile::tempdir().expect("tempdir"),
+                extra,
+                child: None,
+                sentinel_conf: None,
+                password: password.map(str::to_owned),
+            };
+            s.launch();
+            s
+        };
+        let primary = node(auth.clone());
+        let replicaof = vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()];
+        let replica = node([auth, replicaof].concat());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !replica.cli(&["INFO", "replication"]).contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let sentinels: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let port = free_port(false);
+                let dir = tempfile::tempdir().expect("tempdir");
+                let conf = dir.path().join("sentinel.conf");
+                let text = format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {m} 127.0.0.1 {primary} 2\n\
+                     sentinel down-after-milliseconds {m} 1000\n\
+                     sentinel failover-timeout {m} 5000\n\
+                     sentinel parallel-syncs {m} 1\n{auth_pass}",
+                    auth_pass =
+                        password.map(|pw| format!("sentinel auth-pass {SENTINEL_MASTER} {pw}\n")).unwrap_or_default(),
+                    dir = dir.path().display(),
+                    m = SENTINEL_MASTER,
+                    primary = primary.port,
+                );
+                std::fs::write(&conf, text).expect("write sentinel.conf");
+                let mut s = RedisServer {
+                    port,
+                    dir,
+                    extra: Vec::new(),
+                    child: None,
+                    sentinel_conf: Some(conf),
+                    password: None,
+                };
+                s.launch();
+                s
+            })
+            .collect();
+        let set = RedisSentinels { primary, replica, sentinels };
+        // Ready for a failover: every sentinel sees the others (quorum and
+        // majority reachable) and knows the replica it would promote.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let replica = set.replica.port.to_string();
+        while !set.sentinels.iter().all(|s| {
+            s.cli(&["SENTINEL", "CKQUORUM", SENTINEL_MASTER]).starts_with("OK 3")
+                && s.cli(&["SENTINEL", "REPLICAS", SENTINEL_MASTER]).contains(&replica)
+        }) {
+            assert!(Instant::now() < deadline, "the sentinels did not find each other and the replica");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(set)
+    }
+
+    /// The sentinels' URLs, for `[limiter] redis_sentinel`.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisServer::url).collect()
+    }
+
+    /// The port of the server the first sentinel names as primary now.
+    pub fn primary_port(&self) -> u16 {
+        let addr = self.sentinels[0].cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER]);
+        addr.lines().nth(1).and_then(|p| p.trim().parse().ok()).unwrap_or(0)
     }
 }
