@@ -189,6 +189,7 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         keep(&mut errors, listen(&main, raw.admin.listen.as_ref(), "admin.listen", DEFAULT_ADMIN_LISTEN));
     let upstream = keep(&mut errors, upstream(&main, raw.upstream, base_dir));
     let redis_password = keep(&mut errors, redis_password(&main, &raw.limiter, base_dir));
+    let sentinel_span = raw.limiter.redis_sentinel.as_ref().map(Spanned::span);
     let limiter = keep(&mut errors, limiter(&main, raw.limiter)).and_then(|mut limiter| {
         if let Some(Some((password, _, span))) = &redis_password {
             limiter.store = keep(&mut errors, store_with_password(&main, &limiter.store, password, span))?;
@@ -199,6 +200,15 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
         Some(w) => keep(&mut errors, webhooks(&main, w)).map(Some),
         None => Some(None),
     };
+    // The webhook queue lives in the store, and not (yet) behind Sentinel:
+    // `check` says so here rather than `run` refusing to start.
+    if let (Some(Some(_)), Some(span)) = (&webhooks, &sentinel_span) {
+        errors.push(main.err(
+            Some(span.clone()),
+            "limiter.redis_sentinel: the webhook queue ([webhooks]) cannot run on Redis Sentinel yet: use redis_url \
+             or redis_cluster, or remove [webhooks]",
+        ));
+    }
     let access_log = keep(&mut errors, access_log(&main, &raw.access_log));
     let metrics = keep(&mut errors, metrics(&main, &raw.metrics));
     if let (Some((server, server_listen_span)), Some(admin_listen), Some(webhooks)) = (&server, admin_listen, &webhooks)
@@ -1306,6 +1316,14 @@ mod tests {
     fn a_tenant_named_like_the_unknown_host_bucket_is_an_error() {
         let e = error("[[tenant]]\nname = \"unknown\"\ndomain = \"u.example.com\"\nplan = \"pro\"\n");
         assert_eq!(e, "t.toml:2:8: tenant name \"unknown\" is reserved: metrics count calls to unknown hosts under it");
+    }
+
+    #[test]
+    fn webhooks_on_sentinel_are_refused_at_the_sentinel_key() {
+        let e = error(
+            "[limiter]\nstore = \"redis\"\nredis_sentinel = [\"redis://127.0.0.1:26379\"]\nredis_sentinel_master = \"m\"\n[webhooks]\n",
+        );
+        assert!(e.starts_with("t.toml:3:18: limiter.redis_sentinel: the webhook queue"), "{e}");
     }
 
     #[test]
