@@ -52,14 +52,13 @@ pub async fn handle(
             }
         }
         "/metrics" => {
-            // OpenMetrics when the scraper asks for it (Prometheus does, in
-            // its Accept), else the classic text format, each labelled as
-            // what it is.
-            let open = req.headers().get_all(http::header::ACCEPT).iter().any(|v| {
-                v.as_bytes()
-                    .windows(b"application/openmetrics-text".len())
-                    .any(|w| w == b"application/openmetrics-text")
-            });
+            // The classic text format whenever the scraper takes it, and
+            // OpenMetrics only for one that takes nothing else. Prometheus
+            // asks for OpenMetrics first and the classic format at a lower
+            // q; fed OpenMetrics, it files a counter's type and help under
+            // its family name (`deskgate_requests`), so the name queried
+            // (`deskgate_requests_total`) shows none in Grafana.
+            let open = openmetrics_only(req.headers());
             let text = crate::scrape::metrics_text(&shared, open).await;
             let content_type = if open {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -111,6 +110,30 @@ fn tenants_index(shared: &Shared) -> Response<Body> {
         })
         .collect();
     json(StatusCode::OK, &serde_json::json!({ "count": list.len(), "tenants": list }))
+}
+
+/// Whether an `Accept` asks for OpenMetrics and accepts neither
+/// `text/plain` nor a wildcard (q=0 refuses a range).
+fn openmetrics_only(headers: &http::HeaderMap) -> bool {
+    let (mut open, mut text) = (false, false);
+    for v in headers.get_all(http::header::ACCEPT) {
+        let Ok(v) = v.to_str() else { continue };
+        for range in v.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let refused = parts
+                .any(|p| p.trim().strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)));
+            if refused {
+                continue;
+            }
+            match media.as_str() {
+                "application/openmetrics-text" => open = true,
+                "text/plain" | "text/*" | "*/*" => text = true,
+                _ => {}
+            }
+        }
+    }
+    open && !text
 }
 
 /// What the helpdesk last reported for `t` (its own `X-RateLimit-*`), since

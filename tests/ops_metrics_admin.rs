@@ -281,7 +281,7 @@ async fn readyz_turns_503_while_in_flight_calls_drain() {
 }
 
 #[tokio::test]
-async fn metrics_pass_promtool_in_the_classic_format_and_openmetrics_is_served_when_asked_for() {
+async fn metrics_pass_promtool_in_the_classic_format_and_openmetrics_is_served_when_asked_for_alone() {
     let dir = ConfigDir::new();
     let gw = gateway(&dir).await;
     let auth = basic_auth();
@@ -310,12 +310,21 @@ async fn metrics_pass_promtool_in_the_classic_format_and_openmetrics_is_served_w
         assert!(said.trim().is_empty(), "promtool had remarks:\n{said}");
     }
 
-    let req = http::Request::get("/metrics")
-        .header("host", gw.admin_addr.to_string())
-        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .expect("request");
-    let open = send(gw.admin_addr, req).await;
+    let scrape_as = |accept: &'static str| {
+        http::Request::get("/metrics")
+            .header("host", gw.admin_addr.to_string())
+            .header("accept", accept)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .expect("request")
+    };
+    // Prometheus's own Accept takes the classic format too: it gets it, so
+    // it files each counter's type and help under the name it is queried by.
+    let prometheus = scrape_as("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1");
+    let prometheus = send(gw.admin_addr, prometheus).await;
+    assert_eq!(prometheus.header("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+    assert!(prometheus.text().contains("# TYPE deskgate_requests_total counter\n"));
+    // A scraper that takes only OpenMetrics gets OpenMetrics.
+    let open = send(gw.admin_addr, scrape_as("application/openmetrics-text;version=1.0.0")).await;
     assert_eq!(open.header("content-type"), "application/openmetrics-text; version=1.0.0; charset=utf-8");
     let open = open.text();
     assert!(open.ends_with("# EOF\n"), "{open}");
