@@ -62,45 +62,26 @@ impl Phase {
 
 /// `workers` clients calling `GET /api/v2/tickets` on tenant `big` in a loop
 /// until `stop`; each call's status, degradation and latency are recorded.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<(u16, bool, Duration)>>>,
-}
+struct Load(CallLoop<(u16, bool, Duration)>);
 
 impl Load {
     fn start(gw: &TestGateway, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, addr, c) = (stop.clone(), gw.addr, client());
-                tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let start = Instant::now();
-                        // The upstream answers 502 at once: an admitted call is a 502,
-                        // which is all this load needs to tell admitted from refused.
-                        let got = get(&c, addr, BIG, "/api/v2/tickets").await;
-                        let degraded = got.header("x-ratelimit-used-currentrequest") == "0";
-                        out.push((got.status.as_u16(), degraded, start.elapsed()));
-                    }
-                    out
-                })
-            })
-            .collect();
-        Load { stop, tasks }
+        // The upstream answers 502 at once: an admitted call is a 502,
+        // which is all this load needs to tell admitted from refused.
+        Load(CallLoop::start(gw.addr, workers, BIG, "/api/v2/tickets", |got, sent| {
+            let degraded = got.header("x-ratelimit-used-currentrequest") == "0";
+            (got.status.as_u16(), degraded, sent.elapsed())
+        }))
     }
 
     async fn finish(self) -> Phase {
-        self.stop.store(true, Ordering::Relaxed);
         let mut statuses = BTreeMap::new();
         let mut degraded = 0;
         let mut lat = Vec::new();
-        for t in self.tasks {
-            for (s, d, l) in t.await.expect("load worker panicked") {
-                *statuses.entry(s).or_insert(0) += 1;
-                degraded += usize::from(d && s != 503);
-                lat.push(l);
-            }
+        for (s, d, l) in self.0.finish().await {
+            *statuses.entry(s).or_insert(0) += 1;
+            degraded += usize::from(d && s != 503);
+            lat.push(l);
         }
         Phase { statuses, degraded, latencies: Latencies::new(lat) }
     }

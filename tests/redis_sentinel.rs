@@ -8,8 +8,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::redis::{RedisSentinels, SENTINEL_MASTER};
@@ -85,37 +83,18 @@ async fn a_primary_that_requires_a_password_is_reached_with_redis_sentinel_maste
 }
 
 /// Calls of `hot` from `workers` clients in a loop until stopped: each
-/// call's status and when it was answered.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<(u16, Instant)>>>,
-}
+/// call's status and when it was answered, in that order.
+struct Load(support::faults::CallLoop<(u16, Instant)>);
 
 impl Load {
     fn start(gw: &TestGateway, workers: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = (0..workers)
-            .map(|_| {
-                let (stop, addr, c) = (stop.clone(), gw.addr, client());
-                tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        let status = get(&c, addr, HOT, "/api/v2/tickets").await.status.as_u16();
-                        out.push((status, Instant::now()));
-                    }
-                    out
-                })
-            })
-            .collect();
-        Load { stop, tasks }
+        Load(support::faults::CallLoop::start(gw.addr, workers, HOT, "/api/v2/tickets", |got, _| {
+            (got.status.as_u16(), Instant::now())
+        }))
     }
 
     async fn finish(self) -> Vec<(u16, Instant)> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in self.tasks {
-            all.extend(t.await.expect("load worker"));
-        }
+        let mut all = self.0.finish().await;
         all.sort_by_key(|c| c.1);
         all
     }

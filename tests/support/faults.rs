@@ -11,8 +11,55 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::client::{client, get, Reply};
 use super::eventually;
 use super::upstream::accept_loop;
+
+// ---------------------------------------------------------------- load
+
+/// `workers` clients calling `GET path` on `host` in a loop until
+/// [`CallLoop::finish`]; `record` makes each answer (with when its call was
+/// sent) into what the test keeps.
+pub struct CallLoop<T> {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<T>>>,
+}
+
+impl<T: Send + 'static> CallLoop<T> {
+    pub fn start(
+        addr: SocketAddr,
+        workers: usize,
+        host: &'static str,
+        path: &'static str,
+        record: fn(&Reply, std::time::Instant) -> T,
+    ) -> CallLoop<T> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, c) = (stop.clone(), client());
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let sent = std::time::Instant::now();
+                        out.push(record(&get(&c, addr, host, path).await, sent));
+                    }
+                    out
+                })
+            })
+            .collect();
+        CallLoop { stop, tasks }
+    }
+
+    /// Stops the clients; every call's record, worker by worker.
+    pub async fn finish(self) -> Vec<T> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.expect("load worker panicked"));
+        }
+        all
+    }
+}
 
 // ---------------------------------------------------------------- resource probes
 
